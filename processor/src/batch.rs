@@ -1,0 +1,567 @@
+//! Decoding: canonical events → Arrow record batches → the typed columns the fold reads.
+//!
+//! Two steps, both columnar:
+//! - [`JsonDecoder`] turns JSON lines into a record batch of [`events_schema`] (string
+//!   columns that repeat — tenant, queue, agent, event type — as dictionaries), plus a
+//!   dead letter for each line that is not a valid event.
+//! - [`Decoder`] turns any record batch with the canonical column names (Parquet files,
+//!   the `events` table, the JSON decoder's output) into a [`DecodedBatch`]: ids as
+//!   16-byte keys, names interned to `u32`, times as `i64` ms. Dictionary columns are
+//!   interned once per dictionary value, not per row.
+//!
+//! Row validity is decided here once: a row that is not a valid event gets
+//! `etype == INVALID` and a reason, and the fold skips it.
+
+use std::sync::Arc;
+
+use arrow::array::{
+    Array, ArrayRef, AsArray, Date32Array, Date32Builder, Float64Builder, Int64Array, Int8Builder, RecordBatch,
+    StringArray, StringBuilder, StringDictionaryBuilder, TimestampMillisecondArray, TimestampMillisecondBuilder,
+};
+use arrow::compute::cast;
+use arrow::datatypes::{DataType, Field, Int32Type, Schema, SchemaRef, TimeUnit};
+use ccstream_schemas::{events_schema, parse_uuid, Event, EventType, IdKey, MS_PER_DAY, OTHER_TAG};
+use foldhash::fast::FixedState;
+use hashbrown::HashMap;
+
+use crate::{Error, Result};
+
+/// Marks a row of a [`DecodedBatch`] that is not a valid event.
+pub const INVALID: u8 = u8::MAX;
+/// An absent interned name (queue or agent).
+pub const NONE: u32 = u32::MAX;
+/// An absent call key (no real key is 0: UUID keys have variant bits `10`, others `11`).
+pub const NO_CALL: IdKey = 0;
+
+/// Names (tenants, queues, agents) interned to dense `u32` ids, in order of first sight.
+#[derive(Debug, Default)]
+pub struct Names {
+    ids: HashMap<Box<str>, u32, FixedState>,
+    names: Vec<Box<str>>,
+}
+
+impl Names {
+    pub fn intern(&mut self, s: &str) -> u32 {
+        if let Some(&id) = self.ids.get(s) {
+            return id;
+        }
+        let id = self.names.len() as u32;
+        self.names.push(s.into());
+        self.ids.insert(s.into(), id);
+        id
+    }
+
+    pub fn name(&self, id: u32) -> Option<&str> {
+        self.names.get(id as usize).map(|s| &**s)
+    }
+
+    pub fn len(&self) -> usize {
+        self.names.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.names.is_empty()
+    }
+}
+
+/// Ids that are not canonical UUIDs, interned to `OTHER_TAG | n` (see `ccstream_schemas::ids`).
+#[derive(Debug, Default)]
+pub struct OtherIds {
+    ids: HashMap<Box<str>, u64, FixedState>,
+    names: Vec<Box<str>>,
+}
+
+impl OtherIds {
+    #[inline]
+    pub fn key(&mut self, s: &str) -> IdKey {
+        if let Some(k) = parse_uuid(s.as_bytes()) {
+            return k;
+        }
+        let n = match self.ids.get(s) {
+            Some(&n) => n,
+            None => {
+                let n = self.names.len() as u64;
+                self.names.push(s.into());
+                self.ids.insert(s.into(), n);
+                n
+            }
+        };
+        OTHER_TAG | n as u128
+    }
+
+    /// The text of a key produced by [`OtherIds::key`].
+    pub fn text(&self, key: IdKey, out: &mut String) {
+        if ccstream_schemas::is_uuid_key(key) {
+            ccstream_schemas::format_uuid(key, out);
+        } else {
+            out.push_str(&self.names[(key & !(OTHER_TAG)) as usize]);
+        }
+    }
+}
+
+/// The interning state a decoder keeps across batches (and that the fold reads back when
+/// it writes names).
+#[derive(Debug, Default)]
+pub struct Dictionaries {
+    pub tenants: Names,
+    pub queues: Names,
+    pub agents: Names,
+    pub ids: OtherIds,
+}
+
+/// The columns the fold reads, typed and interned. Buffers are reused across batches.
+#[derive(Debug, Default)]
+pub struct DecodedBatch {
+    pub event_id: Vec<IdKey>,
+    pub call: Vec<IdKey>,
+    pub tenant: Vec<u32>,
+    pub queue: Vec<u32>,
+    pub agent: Vec<u32>,
+    pub etype: Vec<u8>,
+    pub t_ms: Vec<i64>,
+    /// jitter_ms, packet_loss_rate, round_trip_ms, audio_degradation; NaN = NULL.
+    pub media: [Vec<f64>; 4],
+    /// (row, reason) of every invalid row.
+    pub invalid: Vec<(usize, String)>,
+}
+
+impl DecodedBatch {
+    pub fn len(&self) -> usize {
+        self.etype.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.etype.is_empty()
+    }
+
+    fn clear(&mut self) {
+        self.event_id.clear();
+        self.call.clear();
+        self.tenant.clear();
+        self.queue.clear();
+        self.agent.clear();
+        self.etype.clear();
+        self.t_ms.clear();
+        for m in &mut self.media {
+            m.clear();
+        }
+        self.invalid.clear();
+    }
+}
+
+/// The canonical columns the fold needs.
+pub const FOLD_COLUMNS: [&str; 11] = [
+    "event_id",
+    "tenant_id",
+    "call_id",
+    "queue_id",
+    "agent_id",
+    "event_type",
+    "occurred_at",
+    "jitter_ms",
+    "packet_loss_rate",
+    "round_trip_ms",
+    "audio_degradation",
+];
+
+/// Decodes record batches into [`DecodedBatch`]es, interning names into its
+/// [`Dictionaries`].
+#[derive(Debug, Default)]
+pub struct Decoder {
+    pub dicts: Dictionaries,
+    remap: Vec<u32>,
+    type_remap: Vec<u8>,
+}
+
+fn column<'b>(batch: &'b RecordBatch, name: &'static str) -> Result<&'b ArrayRef> {
+    batch.column_by_name(name).ok_or(Error::MissingColumn(name))
+}
+
+impl Decoder {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Decodes `batch` into `out` (cleared first).
+    pub fn decode(&mut self, batch: &RecordBatch, out: &mut DecodedBatch) -> Result<()> {
+        out.clear();
+        let n = batch.num_rows();
+        self.ids(column(batch, "event_id")?, &mut out.event_id, n)?;
+        self.ids(column(batch, "call_id")?, &mut out.call, n)?;
+        Self::names(&mut self.dicts.tenants, &mut self.remap, column(batch, "tenant_id")?, &mut out.tenant)?;
+        Self::names(&mut self.dicts.queues, &mut self.remap, column(batch, "queue_id")?, &mut out.queue)?;
+        Self::names(&mut self.dicts.agents, &mut self.remap, column(batch, "agent_id")?, &mut out.agent)?;
+        self.event_types(column(batch, "event_type")?, &mut out.etype)?;
+        let t = column(batch, "occurred_at")?;
+        let t = match t.data_type() {
+            DataType::Timestamp(TimeUnit::Millisecond, _) => t.clone(),
+            DataType::Timestamp(_, tz) => cast(t, &DataType::Timestamp(TimeUnit::Millisecond, tz.clone()))?,
+            other => return Err(Error::ColumnType { column: "occurred_at", found: other.to_string() }),
+        };
+        let t = t.as_primitive::<arrow::datatypes::TimestampMillisecondType>();
+        out.t_ms.extend_from_slice(t.values());
+        for (i, name) in ["jitter_ms", "packet_loss_rate", "round_trip_ms", "audio_degradation"].into_iter().enumerate()
+        {
+            let dst = &mut out.media[i];
+            match batch.column_by_name(name) {
+                None => dst.resize(n, f64::NAN),
+                Some(a) => {
+                    let a = if a.data_type() == &DataType::Float64 { a.clone() } else { cast(a, &DataType::Float64)? };
+                    let a = a.as_primitive::<arrow::datatypes::Float64Type>();
+                    dst.extend_from_slice(a.values());
+                    if let Some(nulls) = a.nulls() {
+                        for r in nulls.iter().enumerate().filter(|(_, v)| !v).map(|(r, _)| r) {
+                            dst[r] = f64::NAN;
+                        }
+                    }
+                    for v in dst.iter_mut() {
+                        if !v.is_finite() {
+                            *v = f64::NAN;
+                        }
+                    }
+                }
+            }
+        }
+        // Validity: the same rules as `Event::validate`.
+        let tenant_nulls = column(batch, "tenant_id")?.logical_nulls();
+        let time_nulls = t.nulls();
+        for r in 0..n {
+            let reason = if out.event_id[r] == NO_CALL {
+                Some("missing required field `event_id`".to_string())
+            } else if tenant_nulls.as_ref().is_some_and(|b| b.is_null(r)) {
+                Some("missing required field `tenant_id`".to_string())
+            } else if time_nulls.is_some_and(|b| b.is_null(r)) {
+                Some("missing required field `occurred_at`".to_string())
+            } else if out.etype[r] == INVALID {
+                let et = column(batch, "event_type")?;
+                Some(if et.is_null(r) {
+                    "missing required field `event_type`".to_string()
+                } else {
+                    let s = cast(&et.slice(r, 1), &DataType::Utf8)?;
+                    format!("unknown event_type {:?}", s.as_string::<i32>().value(0))
+                })
+            } else if out.call[r] == NO_CALL && out.etype[r] <= EventType::WrapupEnded as u8 {
+                Some(format!("event_type {} needs a call_id", EventType::ALL[out.etype[r] as usize].as_str()))
+            } else {
+                None
+            };
+            if let Some(reason) = reason {
+                out.etype[r] = INVALID;
+                out.invalid.push((r, reason));
+            }
+        }
+        Ok(())
+    }
+
+    fn ids(&mut self, a: &ArrayRef, out: &mut Vec<IdKey>, n: usize) -> Result<()> {
+        let a = match a.data_type() {
+            DataType::Utf8 => a.clone(),
+            _ => cast(a, &DataType::Utf8)?,
+        };
+        let s = a.as_string::<i32>();
+        out.reserve(n);
+        if s.null_count() == 0 {
+            for v in s.iter().flatten() {
+                out.push(if v.is_empty() { NO_CALL } else { self.dicts.ids.key(v) });
+            }
+        } else {
+            for v in s.iter() {
+                out.push(match v {
+                    Some(v) if !v.is_empty() => self.dicts.ids.key(v),
+                    _ => NO_CALL,
+                });
+            }
+        }
+        Ok(())
+    }
+
+    fn names(names: &mut Names, remap: &mut Vec<u32>, a: &ArrayRef, out: &mut Vec<u32>) -> Result<()> {
+        match a.data_type() {
+            DataType::Dictionary(k, v) if **k == DataType::Int32 && **v == DataType::Utf8 => {
+                let d = a.as_dictionary::<Int32Type>();
+                let values = d.values().as_string::<i32>();
+                remap.clear();
+                remap.extend(values.iter().map(|v| v.map_or(NONE, |v| names.intern(v))));
+                let keys = d.keys();
+                if keys.null_count() == 0 {
+                    out.extend(keys.values().iter().map(|&k| remap[k as usize]));
+                } else {
+                    out.extend(keys.iter().map(|k| k.map_or(NONE, |k| remap[k as usize])));
+                }
+            }
+            _ => {
+                let a = if a.data_type() == &DataType::Utf8 { a.clone() } else { cast(a, &DataType::Utf8)? };
+                let s = a.as_string::<i32>();
+                out.extend(s.iter().map(|v| v.map_or(NONE, |v| names.intern(v))));
+            }
+        }
+        Ok(())
+    }
+
+    fn event_types(&mut self, a: &ArrayRef, out: &mut Vec<u8>) -> Result<()> {
+        let parse = |v: Option<&str>| v.and_then(EventType::parse).map_or(INVALID, |t| t as u8);
+        match a.data_type() {
+            DataType::Dictionary(k, v) if **k == DataType::Int32 && **v == DataType::Utf8 => {
+                let d = a.as_dictionary::<Int32Type>();
+                self.type_remap.clear();
+                self.type_remap.extend(d.values().as_string::<i32>().iter().map(parse));
+                out.extend(d.keys().iter().map(|k| k.map_or(INVALID, |k| self.type_remap[k as usize])));
+            }
+            _ => {
+                let a = if a.data_type() == &DataType::Utf8 { a.clone() } else { cast(a, &DataType::Utf8)? };
+                out.extend(a.as_string::<i32>().iter().map(parse));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The Arrow schema the JSON decoder produces: [`events_schema`] with the repeating string
+/// columns dictionary-encoded. Parquet readers ask for the same types.
+pub fn decode_schema() -> SchemaRef {
+    let base = events_schema();
+    let fields: Vec<Field> = base
+        .fields()
+        .iter()
+        .map(|f| {
+            if is_dictionary_column(f.name()) {
+                Field::new(
+                    f.name(),
+                    DataType::Dictionary(Box::new(DataType::Int32), Box::new(DataType::Utf8)),
+                    f.is_nullable(),
+                )
+            } else {
+                f.as_ref().clone()
+            }
+        })
+        .collect();
+    Arc::new(Schema::new(fields))
+}
+
+/// Low-cardinality string columns kept as dictionaries while decoding.
+pub fn is_dictionary_column(name: &str) -> bool {
+    matches!(
+        name,
+        "tenant_id"
+            | "source"
+            | "queue_id"
+            | "agent_id"
+            | "event_type"
+            | "overflow_from_queue_id"
+            | "transfer_type"
+            | "target_agent_id"
+            | "disconnect_by"
+            | "wrapup_code"
+            | "from_state"
+            | "to_state"
+            | "state_reason"
+    )
+}
+
+/// A line of input that is not a valid event.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Rejected {
+    /// Index of the line in the input handed to [`JsonDecoder::decode`].
+    pub line: usize,
+    pub reason: String,
+}
+
+type Dict = StringDictionaryBuilder<Int32Type>;
+
+/// Builds [`decode_schema`] batches from JSON lines.
+#[derive(Debug)]
+pub struct JsonDecoder {
+    /// `source` of events that do not name one.
+    default_source: String,
+    /// `ingested_at` of events that do not carry one.
+    ingested_at_ms: i64,
+}
+
+impl JsonDecoder {
+    pub fn new(default_source: impl Into<String>, ingested_at_ms: i64) -> Self {
+        Self { default_source: default_source.into(), ingested_at_ms }
+    }
+
+    /// Decodes newline-separated JSON objects. Blank lines are skipped; every other line
+    /// is either a row of the batch or a [`Rejected`] entry. Returns the batch and, for each
+    /// row, the index of its line.
+    pub fn decode(&self, lines: &[&str]) -> Result<(RecordBatch, Vec<u32>, Vec<Rejected>)> {
+        let n = lines.len();
+        let mut event_id = StringBuilder::with_capacity(n, n * 36);
+        let mut tenant = Dict::new();
+        let mut source = Dict::new();
+        let mut call = StringBuilder::with_capacity(n, n * 36);
+        let mut queue = Dict::new();
+        let mut agent = Dict::new();
+        let mut etype = Dict::new();
+        let mut occurred = TimestampMillisecondBuilder::with_capacity(n).with_timezone("UTC");
+        let mut ingested = TimestampMillisecondBuilder::with_capacity(n).with_timezone("UTC");
+        let mut priority = Int8Builder::with_capacity(n);
+        let mut ovf = Dict::new();
+        let mut ttype = Dict::new();
+        let mut target = Dict::new();
+        let mut disc = Dict::new();
+        let mut wcode = Dict::new();
+        let mut from_s = Dict::new();
+        let mut to_s = Dict::new();
+        let mut reason = Dict::new();
+        let mut media: [Float64Builder; 4] = std::array::from_fn(|_| Float64Builder::with_capacity(n));
+        let mut payload = StringBuilder::new();
+        let mut day = Date32Builder::with_capacity(n);
+        let mut rows = Vec::with_capacity(n);
+        let mut rejected = Vec::new();
+        for (i, line) in lines.iter().enumerate() {
+            let line = line.trim_end_matches('\r');
+            if line.trim().is_empty() {
+                continue;
+            }
+            let ev = match Event::from_json(line) {
+                Ok(e) => e,
+                Err(e) => {
+                    rejected.push(Rejected { line: i, reason: e.to_string() });
+                    continue;
+                }
+            };
+            let v = match ev.validate() {
+                Ok(v) => v,
+                Err(e) => {
+                    rejected.push(Rejected { line: i, reason: e.to_string() });
+                    continue;
+                }
+            };
+            rows.push(i as u32);
+            event_id.append_option(ev.event_id.as_deref());
+            tenant.append_option(ev.tenant_id.as_deref());
+            source.append_value(ev.source.as_deref().unwrap_or(&self.default_source));
+            call.append_option(ev.call_id.as_deref());
+            queue.append_option(ev.queue_id.as_deref());
+            agent.append_option(ev.agent_id.as_deref());
+            etype.append_value(v.event_type.as_str());
+            occurred.append_value(v.occurred_at_ms);
+            ingested.append_value(v.ingested_at_ms.unwrap_or(self.ingested_at_ms));
+            priority.append_option(ev.priority);
+            ovf.append_option(ev.overflow_from_queue_id.as_deref());
+            ttype.append_option(ev.transfer_type.as_deref());
+            target.append_option(ev.target_agent_id.as_deref());
+            disc.append_option(ev.disconnect_by.as_deref());
+            wcode.append_option(ev.wrapup_code.as_deref());
+            from_s.append_option(ev.from_state.as_deref());
+            to_s.append_option(ev.to_state.as_deref());
+            reason.append_option(ev.state_reason.as_deref());
+            media[0].append_option(ev.jitter_ms);
+            media[1].append_option(ev.packet_loss_rate);
+            media[2].append_option(ev.round_trip_ms);
+            media[3].append_option(ev.audio_degradation);
+            payload.append_option(ev.payload.as_deref());
+            day.append_value(v.occurred_at_ms.div_euclid(MS_PER_DAY) as i32);
+        }
+        let [m0, m1, m2, m3] = &mut media;
+        let columns: Vec<ArrayRef> = vec![
+            Arc::new(event_id.finish()),
+            Arc::new(tenant.finish()),
+            Arc::new(source.finish()),
+            Arc::new(call.finish()),
+            Arc::new(queue.finish()),
+            Arc::new(agent.finish()),
+            Arc::new(etype.finish()),
+            Arc::new(occurred.finish()),
+            Arc::new(ingested.finish()),
+            Arc::new(priority.finish()),
+            Arc::new(ovf.finish()),
+            Arc::new(ttype.finish()),
+            Arc::new(target.finish()),
+            Arc::new(disc.finish()),
+            Arc::new(wcode.finish()),
+            Arc::new(from_s.finish()),
+            Arc::new(to_s.finish()),
+            Arc::new(reason.finish()),
+            Arc::new(m0.finish()),
+            Arc::new(m1.finish()),
+            Arc::new(m2.finish()),
+            Arc::new(m3.finish()),
+            Arc::new(payload.finish()),
+            Arc::new(day.finish()),
+        ];
+        let batch = RecordBatch::try_new(decode_schema(), columns)?;
+        Ok((batch, rows, rejected))
+    }
+}
+
+/// Casts a batch with canonical column names to the `events` table schema, filling the
+/// columns a file may lack (`source`, `ingested_at`, `payload`, `day`).
+pub fn to_events_schema(batch: &RecordBatch, default_source: &str, now: i64) -> Result<RecordBatch> {
+    let schema = events_schema();
+    let n = batch.num_rows();
+    let mut columns: Vec<ArrayRef> = Vec::with_capacity(schema.fields().len());
+    for field in schema.fields() {
+        let col: ArrayRef = match (batch.column_by_name(field.name()), field.name().as_str()) {
+            (Some(c), _) => cast(c, field.data_type())?,
+            (None, "source") => Arc::new(StringArray::from_iter_values(std::iter::repeat_n(default_source, n))),
+            (None, "ingested_at") => Arc::new(TimestampMillisecondArray::from_value(now, n).with_timezone("UTC")),
+            (None, "day") => {
+                let t = batch.column_by_name("occurred_at").ok_or(Error::MissingColumn("occurred_at"))?;
+                let t = cast(&cast(t, &DataType::Timestamp(TimeUnit::Millisecond, None))?, &DataType::Int64)?;
+                let t = t.as_any().downcast_ref::<Int64Array>().expect("cast to Int64 gives Int64Array");
+                Arc::new(Date32Array::from_iter(t.iter().map(|v| v.map(|ms| ms.div_euclid(MS_PER_DAY) as i32))))
+            }
+            (None, _) => arrow::array::new_null_array(field.data_type(), n),
+        };
+        columns.push(col);
+    }
+    Ok(RecordBatch::try_new(schema, columns)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn events_schema_fill() {
+        let batch = RecordBatch::try_from_iter(vec![
+            ("event_id", Arc::new(StringArray::from(vec!["e1"])) as ArrayRef),
+            ("tenant_id", Arc::new(StringArray::from(vec!["t1"])) as ArrayRef),
+            ("event_type", Arc::new(StringArray::from(vec!["agent_state_changed"])) as ArrayRef),
+            (
+                "occurred_at",
+                Arc::new(TimestampMillisecondArray::from(vec![MS_PER_DAY + 5]).with_timezone("UTC")) as ArrayRef,
+            ),
+        ])
+        .unwrap();
+        let out = to_events_schema(&batch, "file.parquet", 7).unwrap();
+        assert_eq!(out.schema(), events_schema());
+        let day = out.column_by_name("day").unwrap().as_any().downcast_ref::<Date32Array>().unwrap();
+        assert_eq!(day.value(0), 1);
+        assert!(out.column_by_name("payload").unwrap().is_null(0));
+    }
+
+    #[test]
+    fn json_lines_decode_and_reject() {
+        let lines = [
+            r#"{"event_id":"dbaa9c7d-cd26-480c-a685-5a09daff8667","tenant_id":"t0001","call_id":"b5c9f8a9-8be3-49c0-9f09-e77f216495fe","queue_id":"t0001-q02","agent_id":null,"event_type":"call_queued","occurred_at":"2026-01-04T17:00:21.926Z","priority":2}"#,
+            "<<< connection reset while streaming batch 298656 >>>",
+            "",
+            r#"{"event_id":"x1","tenant_id":"t0001","agent_id":"a","event_type":"agent_state_changed","occurred_at":"2026-01-04T17:00:22Z","jitter_ms":1.5}"#,
+        ];
+        let (batch, rows, rejected) = JsonDecoder::new("file.jsonl", 0).decode(&lines).unwrap();
+        assert_eq!(batch.num_rows(), 2);
+        assert_eq!(rows, vec![0, 3]);
+        assert_eq!(rejected.len(), 1);
+        assert_eq!(rejected[0].line, 1);
+        assert!(rejected[0].reason.starts_with("not valid JSON"));
+
+        let mut dec = Decoder::new();
+        let mut out = DecodedBatch::default();
+        dec.decode(&batch, &mut out).unwrap();
+        assert_eq!(out.etype, vec![EventType::CallQueued as u8, EventType::AgentStateChanged as u8]);
+        assert_eq!(out.t_ms[1] - out.t_ms[0], 74);
+        assert_eq!(out.call[1], NO_CALL);
+        assert_eq!(out.queue[1], NONE);
+        assert_eq!(dec.dicts.tenants.name(out.tenant[0]), Some("t0001"));
+        assert!(out.media[0][0].is_nan());
+        assert_eq!(out.media[0][1], 1.5);
+        assert!(out.invalid.is_empty());
+        let mut s = String::new();
+        dec.dicts.ids.text(out.event_id[1], &mut s);
+        assert_eq!(s, "x1");
+    }
+}

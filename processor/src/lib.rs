@@ -1,0 +1,33 @@
+//! ccstream's processor: canonical events → Arrow → the call fold → Delta tables.
+//!
+//! - [`batch`]: JSON lines and record batches decoded into the typed, interned columns the
+//!   fold reads (no per-row allocation after warm-up).
+//! - [`kpi`]: the hot synchronous folds (call facts, agent legs, interval partials).
+//! - [`sink`]: Delta tables on an object store (local directory by default); every table
+//!   commit is atomic, so readers see the previous version or the new one, never a mix.
+
+pub mod batch;
+pub mod kpi;
+pub mod sink;
+
+/// What failed in the processor.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("input has no column `{0}`")]
+    MissingColumn(&'static str),
+    #[error("column `{column}` has type {found}, which ccstream cannot read")]
+    ColumnType { column: &'static str, found: String },
+    #[error("Arrow: {0}")]
+    Arrow(#[from] arrow::error::ArrowError),
+    #[error("writing Delta table {table} at {location}: {source}")]
+    WriteTable {
+        table: String,
+        location: String,
+        #[source]
+        source: Box<deltalake::DeltaTableError>,
+    },
+    #[error("table location {location:?} is not a valid URL or path: {reason}")]
+    Location { location: String, reason: String },
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -1,0 +1,174 @@
+//! The query engine: the tables of a data directory and the metric views over them.
+//!
+//! Views (created when their base table exists):
+//! - `interval_metrics`: `interval_partials` merged over log partitions, ratios finished;
+//!   the columns of the oracle's `interval_metrics`, then extra ones.
+//! - `agent_day_metrics`: `agent_legs` folded per tenant, agent and UTC day; the oracle's
+//!   columns.
+//!
+//! Ratios with a zero denominator are NULL. Durations are integer ms summed, then divided.
+
+use std::sync::Arc;
+
+use arrow::array::RecordBatch;
+use arrow::datatypes::SchemaRef;
+use ccstream_schemas::{
+    TABLES, TABLE_AGENT_LEGS, TABLE_INTERVAL_PARTIALS, VIEW_AGENT_DAY_METRICS, VIEW_INTERVAL_METRICS,
+};
+use datafusion::dataframe::DataFrame;
+use datafusion::execution::context::SessionContext;
+use datafusion::prelude::SessionConfig;
+use deltalake::DeltaTableError;
+use url::Url;
+
+use crate::functions;
+use crate::{Error, Result};
+
+/// `interval_metrics`: merges partials (sums, max) and finishes the ratios.
+pub const INTERVAL_METRICS_SQL: &str = "
+SELECT tenant_id, queue_id, interval_start,
+       sum(offered)                                                          AS offered,
+       sum(answered)                                                         AS answered,
+       sum(abandoned)                                                        AS abandoned,
+       sum(short_abandoned)                                                  AS short_abandoned,
+       sum(answered_within_sl)                                               AS answered_within_sl,
+       CAST(sum(answered_within_sl) AS DOUBLE)
+         / nullif(sum(offered) - sum(short_abandoned), 0)                    AS service_level,
+       CAST(sum(sum_answer_wait_ms) AS DOUBLE) / nullif(sum(answered), 0) / 1000.0 AS asa_s,
+       CAST(sum(sum_handle_ms) AS DOUBLE) / nullif(sum(n_handle), 0) / 1000.0      AS aht_s,
+       CAST(sum(abandoned) AS DOUBLE) / nullif(sum(offered), 0)              AS abandon_rate,
+       CAST(max(max_wait_ms) AS DOUBLE) / 1000.0                             AS max_wait_s,
+       CAST(sum(answered) AS DOUBLE) / nullif(sum(offered), 0)               AS answer_rate,
+       CAST(sum(transferred) AS DOUBLE) / nullif(sum(answered), 0)           AS transfer_rate,
+       CAST(sum(sum_abandon_wait_ms) AS DOUBLE) / nullif(sum(abandoned), 0) / 1000.0 AS avg_abandon_s,
+       sum(overflowed)                                                       AS overflowed,
+       max(sl_threshold_ms)                                                  AS sl_threshold_ms,
+       max(short_abandon_ms)                                                 AS short_abandon_ms
+FROM interval_partials
+GROUP BY tenant_id, queue_id, interval_start";
+
+/// `agent_day_metrics`: agent legs per tenant, agent and UTC day of the answer.
+/// Media averages sum exact decimals, then round to 6 places, as the oracle does.
+pub const AGENT_DAY_METRICS_SQL: &str = "
+SELECT tenant_id, agent_id, day,
+       count(*)                                                              AS handled,
+       CAST(sum(handle_ms) AS DOUBLE) / nullif(count(handle_ms), 0) / 1000.0 AS aht_s,
+       CAST(coalesce(sum(talk_ms), 0) AS DOUBLE) / 1000.0                    AS talk_s,
+       CAST(coalesce(sum(hold_ms), 0) AS DOUBLE) / 1000.0                    AS hold_s,
+       CAST(coalesce(sum(acw_ms), 0) AS DOUBLE) / 1000.0                     AS acw_s,
+       sum(transfers)                                                        AS transfers,
+       round_exact(CAST(sum(CAST(jitter_ms AS DECIMAL(18, 4))) AS DOUBLE)
+             / nullif(count(jitter_ms), 0), 6)                               AS avg_jitter_ms,
+       round_exact(CAST(sum(CAST(packet_loss_rate AS DECIMAL(18, 6))) AS DOUBLE)
+             / nullif(count(packet_loss_rate), 0), 6)                        AS avg_packet_loss_rate,
+       round_exact(CAST(sum(CAST(round_trip_ms AS DECIMAL(18, 4))) AS DOUBLE)
+             / nullif(count(round_trip_ms), 0), 6)                           AS avg_round_trip_ms,
+       count(*) FILTER (WHERE classified)                                    AS classified_streams,
+       count(*) FILTER (WHERE classified AND poor)                           AS poor_streams,
+       CAST(count(*) FILTER (WHERE classified AND poor) AS DOUBLE)
+         / nullif(count(*) FILTER (WHERE classified), 0)                     AS poor_stream_rate,
+       avg(mos)                                                              AS avg_mos
+FROM agent_legs
+GROUP BY tenant_id, agent_id, day";
+
+/// The tables and views of one data directory, in one DataFusion session.
+#[derive(Clone)]
+pub struct QueryEngine {
+    ctx: SessionContext,
+    tables: Vec<String>,
+}
+
+impl std::fmt::Debug for QueryEngine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("QueryEngine").field("session", &self.ctx.session_id()).field("tables", &self.tables).finish()
+    }
+}
+
+impl QueryEngine {
+    /// Opens the tables under `location` (a local path or URL) that exist, and creates
+    /// the views whose base tables exist. `threads` bounds DataFusion's partitions.
+    pub async fn open(location: &str, threads: usize) -> Result<Self> {
+        let root = deltalake::table::builder::parse_table_uri(location).map_err(|e| Error::Location {
+            location: location.to_string(),
+            reason: format!("{e}; run `ccstream replay` or `ccstream demo` to create tables"),
+        })?;
+        let config = SessionConfig::new()
+            .with_information_schema(true)
+            .with_target_partitions(threads.max(1))
+            .set_str("datafusion.sql_parser.enable_ident_normalization", "true");
+        let ctx = SessionContext::new_with_config(config);
+        functions::register(&ctx);
+        let mut tables = Vec::new();
+        for name in TABLES {
+            let url = table_url(&root, name)?;
+            let table = match deltalake::open_table(url.clone()).await {
+                Ok(t) => t,
+                Err(DeltaTableError::NotATable(_)) | Err(DeltaTableError::InvalidTableLocation(_)) => continue,
+                Err(source) => {
+                    return Err(Error::OpenTable {
+                        table: name.to_string(),
+                        location: url.to_string(),
+                        source: Box::new(source),
+                    })
+                }
+            };
+            table.update_datafusion_session(&ctx.state()).map_err(|source| Error::OpenTable {
+                table: name.to_string(),
+                location: url.to_string(),
+                source: Box::new(source),
+            })?;
+            let provider = table.table_provider().await?;
+            ctx.register_table(name, provider)?;
+            tables.push(name.to_string());
+        }
+        let engine = QueryEngine { ctx, tables };
+        if engine.has_table(TABLE_INTERVAL_PARTIALS) {
+            engine.create_view(VIEW_INTERVAL_METRICS, INTERVAL_METRICS_SQL).await?;
+        }
+        if engine.has_table(TABLE_AGENT_LEGS) {
+            engine.create_view(VIEW_AGENT_DAY_METRICS, AGENT_DAY_METRICS_SQL).await?;
+        }
+        Ok(engine)
+    }
+
+    async fn create_view(&self, name: &str, sql: &str) -> Result<()> {
+        self.ctx.sql(&format!("CREATE VIEW {name} AS {sql}")).await?.collect().await?;
+        Ok(())
+    }
+
+    /// The tables found in the data directory.
+    pub fn tables(&self) -> &[String] {
+        &self.tables
+    }
+
+    pub fn has_table(&self, name: &str) -> bool {
+        self.tables.iter().any(|t| t == name)
+    }
+
+    /// The session, for frontends that plan themselves.
+    pub fn context(&self) -> &SessionContext {
+        &self.ctx
+    }
+
+    /// Plans `sql`.
+    pub async fn sql(&self, sql: &str) -> Result<DataFrame> {
+        Ok(self.ctx.sql(sql).await?)
+    }
+
+    /// Runs `sql` to completion: its schema and batches.
+    pub async fn query(&self, sql: &str) -> Result<(SchemaRef, Vec<RecordBatch>)> {
+        let df = self.sql(sql).await?;
+        let schema: SchemaRef = Arc::new(df.schema().as_arrow().clone());
+        let batches = df.collect().await?;
+        Ok((schema, batches))
+    }
+}
+
+fn table_url(root: &Url, name: &str) -> Result<Url> {
+    let mut root = root.clone();
+    if !root.path().ends_with('/') {
+        let p = format!("{}/", root.path());
+        root.set_path(&p);
+    }
+    root.join(&format!("{name}/")).map_err(|e| Error::Location { location: root.to_string(), reason: e.to_string() })
+}

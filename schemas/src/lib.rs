@@ -1,0 +1,26 @@
+//! ccstream's public data contracts: the canonical event, its JSON form, id keys, and the
+//! Arrow schemas of every table ccstream writes.
+//!
+//! Invariants:
+//! - One canonical event is one fact about a call or an agent at one instant. Copies of an
+//!   event carry the same `event_id`; consumers keep exactly one.
+//! - Times are UTC epoch milliseconds inside; the JSON form is RFC 3339 (`…T10:40:00.123Z`).
+//! - Table names and column names are a public interface: changing one is a breaking change,
+//!   and the snapshot tests in this crate say so.
+//!
+//! No IO and no async here.
+
+mod event;
+mod ids;
+mod tables;
+mod time;
+
+pub use event::Validated;
+pub use event::{Event, EventError, EventType, CALL_EVENT_TYPES};
+pub use ids::{format_uuid, is_uuid_key, parse_uuid, IdKey, OTHER_TAG};
+pub use tables::{
+    agent_legs_schema, call_facts_schema, dead_letters_schema, events_schema, interval_partials_schema,
+    partition_columns, table_schema, TABLES, TABLE_AGENT_LEGS, TABLE_CALL_FACTS, TABLE_DEAD_LETTERS, TABLE_EVENTS,
+    TABLE_INTERVAL_PARTIALS, VIEW_AGENT_DAY_METRICS, VIEW_INTERVAL_METRICS,
+};
+pub use time::{format_rfc3339_ms, parse_rfc3339_ms, TimeError, MS_PER_DAY, PARTIAL_INTERVAL_MS};

@@ -1,0 +1,212 @@
+//! Table names and Arrow schemas: the public interface of ccstream's storage.
+//!
+//! Timestamps are `timestamp[ms, UTC]`, durations in seconds are `float64` computed from
+//! integer milliseconds in one final division, counts are `int64`. Every derived row carries
+//! `revision` (1 for the first version, +1 for each correction) and `computed_at`.
+
+use std::sync::Arc;
+
+use arrow_schema::{DataType, Field, Schema, SchemaRef, TimeUnit};
+
+pub const TABLE_EVENTS: &str = "events";
+pub const TABLE_CALL_FACTS: &str = "call_facts";
+pub const TABLE_AGENT_LEGS: &str = "agent_legs";
+pub const TABLE_INTERVAL_PARTIALS: &str = "interval_partials";
+pub const TABLE_DEAD_LETTERS: &str = "dead_letters";
+pub const VIEW_INTERVAL_METRICS: &str = "interval_metrics";
+pub const VIEW_AGENT_DAY_METRICS: &str = "agent_day_metrics";
+
+/// Every table ccstream writes, in commit order (events first, dead letters last).
+pub const TABLES: [&str; 5] =
+    [TABLE_EVENTS, TABLE_CALL_FACTS, TABLE_AGENT_LEGS, TABLE_INTERVAL_PARTIALS, TABLE_DEAD_LETTERS];
+
+fn ts() -> DataType {
+    DataType::Timestamp(TimeUnit::Millisecond, Some("UTC".into()))
+}
+
+fn utf8(name: &str, nullable: bool) -> Field {
+    Field::new(name, DataType::Utf8, nullable)
+}
+
+fn f(name: &str, dt: DataType, nullable: bool) -> Field {
+    Field::new(name, dt, nullable)
+}
+
+fn revision_fields() -> [Field; 2] {
+    [f("revision", DataType::Int64, false), f("computed_at", ts(), false)]
+}
+
+/// `events`: one row per unique event (the event store). Partitioned by `tenant_id` and the
+/// UTC date `day` of `occurred_at`.
+pub fn events_schema() -> SchemaRef {
+    Arc::new(Schema::new(vec![
+        utf8("event_id", false),
+        utf8("tenant_id", false),
+        utf8("source", false),
+        utf8("call_id", true),
+        utf8("queue_id", true),
+        utf8("agent_id", true),
+        utf8("event_type", false),
+        f("occurred_at", ts(), false),
+        f("ingested_at", ts(), false),
+        f("priority", DataType::Int8, true),
+        utf8("overflow_from_queue_id", true),
+        utf8("transfer_type", true),
+        utf8("target_agent_id", true),
+        utf8("disconnect_by", true),
+        utf8("wrapup_code", true),
+        utf8("from_state", true),
+        utf8("to_state", true),
+        utf8("state_reason", true),
+        f("jitter_ms", DataType::Float64, true),
+        f("packet_loss_rate", DataType::Float64, true),
+        f("round_trip_ms", DataType::Float64, true),
+        f("audio_degradation", DataType::Float64, true),
+        utf8("payload", true),
+        f("day", DataType::Date32, false),
+    ]))
+}
+
+/// `call_facts`: one row per call, the oracle's `call_facts` columns plus the integer-ms
+/// helpers `wait_ms` and `handle_ms` (exact thresholds at query time) and the revision.
+pub fn call_facts_schema() -> SchemaRef {
+    let mut fields = vec![
+        utf8("call_id", false),
+        utf8("tenant_id", false),
+        utf8("queue_id", true),
+        utf8("final_queue_id", true),
+        f("queued_at", ts(), true),
+        f("answered_at", ts(), true),
+        f("abandoned_at", ts(), true),
+        f("ended_at", ts(), true),
+        f("answered", DataType::Boolean, false),
+        f("abandoned", DataType::Boolean, false),
+        f("wait_s", DataType::Float64, true),
+        f("talk_s", DataType::Float64, true),
+        f("hold_s", DataType::Float64, true),
+        f("acw_s", DataType::Float64, true),
+        f("handle_s", DataType::Float64, true),
+        f("answered_within_sl", DataType::Boolean, false),
+        f("short_abandon", DataType::Boolean, false),
+        f("transferred", DataType::Boolean, false),
+        f("n_transfers", DataType::Int64, false),
+        f("overflowed", DataType::Boolean, false),
+        f("legs", DataType::Int64, false),
+        f("legs_complete", DataType::Boolean, false),
+        f("wait_ms", DataType::Int64, true),
+        f("handle_ms", DataType::Int64, true),
+        f("mos", DataType::Float64, true),
+    ];
+    fields.extend(revision_fields());
+    Arc::new(Schema::new(fields))
+}
+
+/// `agent_legs`: one row per (call, agent) that the agent answered, as the oracle's
+/// `agent_legs`, plus the leg's MOS (E-model, R0 = 94.768, latency = round trip).
+pub fn agent_legs_schema() -> SchemaRef {
+    let mut fields = vec![
+        utf8("call_id", false),
+        utf8("agent_id", false),
+        utf8("tenant_id", false),
+        f("answered_at", ts(), false),
+        f("day", DataType::Date32, false),
+        f("leg_complete", DataType::Boolean, false),
+        f("hold_ms", DataType::Int64, true),
+        f("talk_ms", DataType::Int64, true),
+        f("acw_ms", DataType::Int64, true),
+        f("handle_ms", DataType::Int64, true),
+        f("transfers", DataType::Int64, false),
+        f("jitter_ms", DataType::Float64, true),
+        f("packet_loss_rate", DataType::Float64, true),
+        f("round_trip_ms", DataType::Float64, true),
+        f("audio_degradation", DataType::Float64, true),
+        f("classified", DataType::Boolean, false),
+        f("poor", DataType::Boolean, false),
+        f("mos", DataType::Float64, true),
+    ];
+    fields.extend(revision_fields());
+    Arc::new(Schema::new(fields))
+}
+
+/// `interval_partials`: mergeable aggregates per tenant × entry queue × 15-minute UTC
+/// interval × log partition, at the parameters recorded in the row. Merging = summing the
+/// counts and sums and taking the max of `max_wait_ms`.
+pub fn interval_partials_schema() -> SchemaRef {
+    let mut fields = vec![
+        utf8("tenant_id", false),
+        utf8("queue_id", false),
+        f("interval_start", ts(), false),
+        f("partition", DataType::Int32, false),
+        f("offered", DataType::Int64, false),
+        f("answered", DataType::Int64, false),
+        f("abandoned", DataType::Int64, false),
+        f("short_abandoned", DataType::Int64, false),
+        f("answered_within_sl", DataType::Int64, false),
+        f("abandoned_within_sl", DataType::Int64, false),
+        f("overflowed", DataType::Int64, false),
+        f("transferred", DataType::Int64, false),
+        f("sum_answer_wait_ms", DataType::Int64, false),
+        f("sum_abandon_wait_ms", DataType::Int64, false),
+        f("sum_handle_ms", DataType::Int64, false),
+        f("n_handle", DataType::Int64, false),
+        f("max_wait_ms", DataType::Int64, true),
+        f("sl_threshold_ms", DataType::Int64, false),
+        f("short_abandon_ms", DataType::Int64, false),
+    ];
+    fields.extend(revision_fields());
+    Arc::new(Schema::new(fields))
+}
+
+/// `dead_letters`: one row per rejected input, with the reason and the raw bytes (bounded).
+pub fn dead_letters_schema() -> SchemaRef {
+    Arc::new(Schema::new(vec![
+        f("received_at", ts(), false),
+        utf8("source", false),
+        utf8("origin", false),
+        f("line", DataType::Int64, true),
+        utf8("reason", false),
+        f("raw", DataType::Binary, false),
+        f("raw_truncated", DataType::Boolean, false),
+    ]))
+}
+
+/// The schema of a table by name.
+pub fn table_schema(name: &str) -> Option<SchemaRef> {
+    Some(match name {
+        TABLE_EVENTS => events_schema(),
+        TABLE_CALL_FACTS => call_facts_schema(),
+        TABLE_AGENT_LEGS => agent_legs_schema(),
+        TABLE_INTERVAL_PARTIALS => interval_partials_schema(),
+        TABLE_DEAD_LETTERS => dead_letters_schema(),
+        _ => return None,
+    })
+}
+
+/// Delta partition columns of a table.
+pub fn partition_columns(name: &str) -> &'static [&'static str] {
+    match name {
+        TABLE_EVENTS => &["tenant_id", "day"],
+        _ => &[],
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn layout(schema: &Schema) -> String {
+        schema
+            .fields()
+            .iter()
+            .map(|f| format!("{} {}{}", f.name(), f.data_type(), if f.is_nullable() { "" } else { " NOT NULL" }))
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
+    #[test]
+    fn table_layouts() {
+        for name in TABLES {
+            insta::assert_snapshot!(name, layout(&table_schema(name).unwrap()));
+        }
+    }
+}

@@ -1,0 +1,114 @@
+//! The pipeline config file (TOML): what the numbers mean. Runtime knobs are flags.
+//!
+//! ```toml
+//! [service_level]
+//! sl_threshold_s = 20     # answered within this many seconds (inclusive) meets the SL
+//! short_abandon_s = 5     # abandons strictly shorter than this are short abandons
+//!
+//! [quality]               # Teams CQD audio thresholds: poor if any is exceeded
+//! poor_jitter_ms = 30
+//! poor_loss_rate = 0.1
+//! poor_rtt_ms = 500
+//! poor_degradation = 1.0
+//! ```
+//!
+//! Every key is optional; the defaults are the oracle's. Unknown keys are errors.
+
+use std::path::Path;
+
+use anyhow::{bail, Context, Result};
+use ccstream_processor::kpi::{Cqd, Params};
+use serde::Deserialize;
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct Config {
+    #[serde(default)]
+    pub(crate) service_level: ServiceLevel,
+    #[serde(default)]
+    pub(crate) quality: Quality,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub(crate) struct ServiceLevel {
+    pub(crate) sl_threshold_s: f64,
+    pub(crate) short_abandon_s: f64,
+}
+
+impl Default for ServiceLevel {
+    fn default() -> Self {
+        ServiceLevel { sl_threshold_s: 20.0, short_abandon_s: 5.0 }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub(crate) struct Quality {
+    pub(crate) poor_jitter_ms: f64,
+    pub(crate) poor_loss_rate: f64,
+    pub(crate) poor_rtt_ms: f64,
+    pub(crate) poor_degradation: f64,
+}
+
+impl Default for Quality {
+    fn default() -> Self {
+        let c = Cqd::default();
+        Quality {
+            poor_jitter_ms: c.jitter_ms,
+            poor_loss_rate: c.loss_rate,
+            poor_rtt_ms: c.rtt_ms,
+            poor_degradation: c.degradation,
+        }
+    }
+}
+
+impl Config {
+    /// Reads `path`, or the defaults when `None`.
+    pub(crate) fn load(path: Option<&Path>) -> Result<Config> {
+        let Some(path) = path else { return Ok(Config::default()) };
+        let text = std::fs::read_to_string(path).with_context(|| format!("reading config {}", path.display()))?;
+        let config: Config = toml::from_str(&text).with_context(|| format!("config {}", path.display()))?;
+        config.params()?;
+        Ok(config)
+    }
+
+    /// The fold's parameters.
+    pub(crate) fn params(&self) -> Result<Params> {
+        let sl = &self.service_level;
+        for (name, v) in [("sl_threshold_s", sl.sl_threshold_s), ("short_abandon_s", sl.short_abandon_s)] {
+            if !v.is_finite() || v < 0.0 {
+                bail!("service_level.{name} must be a number of seconds ≥ 0, not {v}");
+            }
+        }
+        let q = &self.quality;
+        Ok(Params {
+            sl_threshold_ms: (sl.sl_threshold_s * 1000.0).round() as i64,
+            short_abandon_ms: (sl.short_abandon_s * 1000.0).round() as i64,
+            cqd: Cqd {
+                jitter_ms: q.poor_jitter_ms,
+                loss_rate: q.poor_loss_rate,
+                rtt_ms: q.poor_rtt_ms,
+                degradation: q.poor_degradation,
+            },
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_the_oracles() {
+        assert_eq!(Config::default().params().unwrap(), Params::default());
+    }
+
+    #[test]
+    fn unknown_keys_are_errors() {
+        let err = toml::from_str::<Config>("[service_level]\nsl_treshold_s = 30\n").unwrap_err();
+        assert!(err.to_string().contains("unknown field `sl_treshold_s`"), "{err}");
+        let c: Config = toml::from_str("[service_level]\nsl_threshold_s = 30\n").unwrap();
+        assert_eq!(c.params().unwrap().sl_threshold_ms, 30_000);
+    }
+}

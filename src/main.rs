@@ -1,0 +1,60 @@
+//! `ccstream`: the one binary. Each subcommand lives in its own file; this file only parses
+//! the command line, builds the runtime and reports errors as one line.
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+mod config;
+mod demo;
+mod generate;
+mod output;
+mod replay;
+mod sql;
+
+/// Event-sourced analytics for contact centers on Microsoft Teams.
+#[derive(Debug, Parser)]
+#[command(name = "ccstream", version, about, propagate_version = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Recompute every table from canonical events files (JSONL, gzip, Parquet)
+    Replay(replay::ReplayArgs),
+    /// Run SQL over the tables and metric views
+    Sql(sql::SqlArgs),
+    /// Generate synthetic contact-center traffic as canonical events
+    Generate(generate::GenerateArgs),
+    /// Generate a day of traffic, replay it and print a per-queue summary
+    Demo(demo::DemoArgs),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async move {
+        match cli.command {
+            Command::Replay(args) => replay::run(args).await.map(|_| ()),
+            Command::Sql(args) => sql::run(args).await,
+            Command::Generate(args) => generate::run(args),
+            Command::Demo(args) => demo::run(args).await,
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            let msg = format!("{e:#}").replace('\n', " ");
+            eprintln!("error: {msg}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,481 @@
+//! `ccstream replay`: recompute every table from canonical events files.
+//!
+//! Pass 1 reads only the columns the fold needs, decodes, folds, and writes `call_facts`,
+//! `agent_legs`, `interval_partials` and `dead_letters`. Pass 2 (unless
+//! `--events-table false`) reads every column again and writes the first copy of each
+//! valid event to `events`. Each table is replaced in one Delta commit, so running replay
+//! again rebuilds the same tables, and a failed run leaves the previous ones readable.
+//!
+//! With `--threads 2` or more, reading and decoding files runs on its own thread, feeding
+//! the fold through a bounded channel.
+
+use std::path::PathBuf;
+use std::sync::mpsc::{sync_channel, Receiver};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Result;
+use arrow::array::{
+    ArrayRef, BinaryArray, BooleanArray, Int64Array, RecordBatch, StringArray, TimestampMillisecondArray,
+};
+use arrow::compute::filter_record_batch;
+use ccstream_ingest::file::{discover, Chunk, FileReader, Format, InputFile, ReadOptions};
+use ccstream_processor::batch::{
+    is_dictionary_column, to_events_schema, DecodedBatch, Decoder, JsonDecoder, FOLD_COLUMNS,
+};
+use ccstream_processor::kpi::CallFold;
+use ccstream_processor::sink::TableStore;
+use ccstream_schemas::{
+    dead_letters_schema, TABLE_AGENT_LEGS, TABLE_CALL_FACTS, TABLE_DEAD_LETTERS, TABLE_EVENTS, TABLE_INTERVAL_PARTIALS,
+};
+use clap::{ArgAction, Args};
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+
+use crate::config::Config;
+
+/// Raw input kept in a dead letter, at most.
+const MAX_RAW_BYTES: usize = 64 * 1024;
+
+#[derive(Debug, Args)]
+pub(crate) struct ReplayArgs {
+    /// Canonical events files or directories (JSONL, .jsonl.gz, Parquet)
+    #[arg(long = "input", required = true, num_args = 1.., value_delimiter = ',', env = "CCSTREAM_INPUT")]
+    pub(crate) input: Vec<PathBuf>,
+    /// Data directory (local path or URL) that holds the tables
+    #[arg(long, env = "CCSTREAM_DATA")]
+    pub(crate) data: String,
+    /// Pipeline config file (TOML): service-level and quality parameters
+    #[arg(long, env = "CCSTREAM_CONFIG")]
+    pub(crate) config: Option<PathBuf>,
+    /// Threads: 1 folds on the calling thread; 2 or more also read and decode on another
+    #[arg(long, env = "CCSTREAM_THREADS", default_value_t = 2)]
+    pub(crate) threads: usize,
+    /// Also write the deduplicated input to the `events` table (a second pass)
+    #[arg(long, env = "CCSTREAM_EVENTS_TABLE", default_value_t = true, action = ArgAction::Set)]
+    pub(crate) events_table: bool,
+    /// Progress bar on stderr: auto (when it is a terminal), always or never
+    #[arg(long, env = "CCSTREAM_PROGRESS", default_value = "auto", value_parser = ["auto", "always", "never"])]
+    pub(crate) progress: String,
+    /// Print the summary as one JSON object instead of text
+    #[arg(long, env = "CCSTREAM_SUMMARY_JSON", default_value_t = false)]
+    pub(crate) summary_json: bool,
+}
+
+/// What a replay did; printed at the end.
+#[derive(Debug, Default, serde::Serialize)]
+pub(crate) struct Summary {
+    pub(crate) files: usize,
+    pub(crate) rows_read: u64,
+    pub(crate) dead_letters: u64,
+    pub(crate) duplicate_copies: u64,
+    pub(crate) events: u64,
+    pub(crate) calls: u64,
+    pub(crate) call_facts_rows: u64,
+    pub(crate) agent_legs_rows: u64,
+    pub(crate) interval_partials_rows: u64,
+    pub(crate) events_rows: u64,
+    /// Reading and decoding files (pass 1), seconds of thread time.
+    pub(crate) read_s: f64,
+    /// Interning and folding, seconds.
+    pub(crate) fold_s: f64,
+    /// Building and committing the derived tables, seconds.
+    pub(crate) write_s: f64,
+    /// Pass 1 from start to committed derived tables, wall seconds.
+    pub(crate) tables_s: f64,
+    /// Pass 2 (the `events` table), wall seconds.
+    pub(crate) events_table_s: f64,
+    pub(crate) total_s: f64,
+    /// Valid input events per second of `tables_s`.
+    pub(crate) events_per_s: f64,
+}
+
+/// A dead letter, before it becomes a row.
+#[derive(Debug)]
+struct DeadLetter {
+    source: &'static str,
+    origin: String,
+    line: Option<i64>,
+    reason: String,
+    raw: Vec<u8>,
+}
+
+impl DeadLetter {
+    fn new(file: &InputFile, line: Option<u64>, reason: String, raw: &[u8]) -> Self {
+        DeadLetter {
+            source: source_name(file.format),
+            origin: file.path.display().to_string(),
+            line: line.map(|l| l as i64),
+            reason,
+            raw: raw.to_vec(),
+        }
+    }
+}
+
+fn source_name(format: Format) -> &'static str {
+    match format {
+        Format::Jsonl { .. } => "file.jsonl",
+        Format::Parquet => "file.parquet",
+    }
+}
+
+/// One framed piece of input: a record batch plus what is needed to trace its rows.
+#[derive(Debug)]
+struct Framed {
+    file: usize,
+    batch: RecordBatch,
+    /// 1-based line or row number of each row.
+    lines: Vec<u64>,
+    rejects: Vec<DeadLetter>,
+    /// Input bytes this piece stands for (progress).
+    bytes: u64,
+    read_time: Duration,
+}
+
+/// Reads files into [`Framed`] pieces (stage A).
+struct Framer {
+    files: Arc<Vec<InputFile>>,
+    opts: ReadOptions,
+    json: JsonDecoder,
+    next_file: usize,
+    current: Option<(FileReader, u64)>,
+}
+
+impl Framer {
+    fn new(files: Arc<Vec<InputFile>>, opts: ReadOptions, now_ms: i64) -> Self {
+        Framer { files, opts, json: JsonDecoder::new("file.jsonl", now_ms), next_file: 0, current: None }
+    }
+
+    fn next(&mut self) -> Result<Option<Framed>> {
+        loop {
+            let start = Instant::now();
+            if self.current.is_none() {
+                if self.next_file == self.files.len() {
+                    return Ok(None);
+                }
+                let f = &self.files[self.next_file];
+                let reader = FileReader::open(f, &self.opts)?;
+                self.current = Some((reader, 0));
+                self.next_file += 1;
+            }
+            let file_idx = self.next_file - 1;
+            let file = &self.files[file_idx];
+            let (reader, done_bytes) = self.current.as_mut().expect("set above");
+            let chunk = reader.next_chunk()?;
+            let Some(chunk) = chunk else {
+                let rest = file.bytes.saturating_sub(*done_bytes);
+                self.current = None;
+                if rest > 0 {
+                    return Ok(Some(Framed {
+                        file: file_idx,
+                        batch: RecordBatch::new_empty(Arc::new(arrow::datatypes::Schema::empty())),
+                        lines: Vec::new(),
+                        rejects: Vec::new(),
+                        bytes: rest,
+                        read_time: start.elapsed(),
+                    }));
+                }
+                continue;
+            };
+            let framed = match chunk {
+                Chunk::Lines { first_line, data } => {
+                    let mut lines = Vec::new();
+                    let mut rejects = Vec::new();
+                    let mut numbers = Vec::new();
+                    for (i, raw) in data.split(|&b| b == b'\n').enumerate() {
+                        match std::str::from_utf8(raw) {
+                            Ok(s) => {
+                                lines.push(s);
+                                numbers.push(first_line + i as u64);
+                            }
+                            Err(e) => rejects.push(DeadLetter::new(
+                                file,
+                                Some(first_line + i as u64),
+                                format!("not UTF-8: {e}"),
+                                &raw[..raw.len().min(MAX_RAW_BYTES)],
+                            )),
+                        }
+                    }
+                    let (batch, rows, rejected) = self.json.decode(&lines)?;
+                    for r in rejected {
+                        let raw = lines[r.line].as_bytes();
+                        rejects.push(DeadLetter::new(
+                            file,
+                            Some(numbers[r.line]),
+                            r.reason,
+                            &raw[..raw.len().min(MAX_RAW_BYTES)],
+                        ));
+                    }
+                    let bytes = if matches!(file.format, Format::Jsonl { gzip: true }) { 0 } else { data.len() as u64 };
+                    *done_bytes += bytes;
+                    Framed {
+                        file: file_idx,
+                        lines: rows.iter().map(|&r| numbers[r as usize]).collect(),
+                        batch,
+                        rejects,
+                        bytes,
+                        read_time: Duration::ZERO,
+                    }
+                }
+                Chunk::Batch { first_row, batch } => {
+                    let n = batch.num_rows() as u64;
+                    let bytes = match reader.total_rows() {
+                        Some(total) if total > 0 => file.bytes * n / total,
+                        _ => 0,
+                    };
+                    *done_bytes += bytes;
+                    Framed {
+                        file: file_idx,
+                        lines: (first_row + 1..=first_row + n).collect(),
+                        batch,
+                        rejects: Vec::new(),
+                        bytes,
+                        read_time: Duration::ZERO,
+                    }
+                }
+            };
+            return Ok(Some(Framed { read_time: start.elapsed(), ..framed }));
+        }
+    }
+}
+
+/// Stage A on its own thread when `threads > 1`, inline otherwise.
+enum Source {
+    Inline(Box<Framer>),
+    Thread(Receiver<Result<Framed>>, Option<std::thread::JoinHandle<()>>),
+}
+
+impl Source {
+    fn new(framer: Framer, threads: usize) -> Self {
+        if threads <= 1 {
+            return Source::Inline(Box::new(framer));
+        }
+        let (tx, rx) = sync_channel(4);
+        let handle = std::thread::Builder::new()
+            .name("ccstream-read".into())
+            .spawn(move || {
+                let mut framer = framer;
+                loop {
+                    let item = framer.next();
+                    let stop = !matches!(item, Ok(Some(_)));
+                    if let Some(item) = item.transpose() {
+                        if tx.send(item).is_err() {
+                            return;
+                        }
+                    }
+                    if stop {
+                        return;
+                    }
+                }
+            })
+            .expect("spawning a thread");
+        Source::Thread(rx, Some(handle))
+    }
+
+    fn next(&mut self) -> Result<Option<Framed>> {
+        match self {
+            Source::Inline(f) => f.next(),
+            Source::Thread(rx, handle) => match rx.recv() {
+                Ok(item) => item.map(Some),
+                Err(_) => {
+                    if let Some(h) = handle.take() {
+                        h.join().map_err(|_| anyhow::anyhow!("the reader thread panicked"))?;
+                    }
+                    Ok(None)
+                }
+            },
+        }
+    }
+}
+
+fn progress_bar(mode: &str, total: u64, label: &str) -> ProgressBar {
+    let target = match mode {
+        "always" => ProgressDrawTarget::stderr(),
+        "never" => ProgressDrawTarget::hidden(),
+        _ if std::io::IsTerminal::is_terminal(&std::io::stderr()) => ProgressDrawTarget::stderr(),
+        _ => ProgressDrawTarget::hidden(),
+    };
+    let bar = ProgressBar::with_draw_target(Some(total), target);
+    bar.set_style(
+        ProgressStyle::with_template(
+            "{prefix:>8} [{bar:30}] {bytes}/{total_bytes} {binary_bytes_per_sec} eta {eta} {msg}",
+        )
+        .expect("a valid template")
+        .progress_chars("=> "),
+    );
+    bar.set_prefix(label.to_string());
+    bar
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
+}
+
+pub(crate) async fn run(args: ReplayArgs) -> Result<Summary> {
+    let start = Instant::now();
+    let config = Config::load(args.config.as_deref())?;
+    let params = config.params()?;
+    let files = Arc::new(discover(&args.input)?);
+    let total_bytes: u64 = files.iter().map(|f| f.bytes).sum();
+    let store = TableStore::new(&args.data)?;
+    let now = now_ms();
+    let mut summary = Summary { files: files.len(), ..Summary::default() };
+
+    // ---- pass 1: fold
+    let dict_cols: Vec<String> =
+        FOLD_COLUMNS.iter().filter(|c| is_dictionary_column(c)).map(|c| c.to_string()).collect();
+    let opts = ReadOptions {
+        columns: Some(FOLD_COLUMNS.iter().map(|c| c.to_string()).collect()),
+        dictionary_columns: dict_cols,
+        ..ReadOptions::default()
+    };
+    let bar = progress_bar(&args.progress, total_bytes, "fold");
+    let mut source = Source::new(Framer::new(files.clone(), opts, now), args.threads);
+    let mut decoder = Decoder::new();
+    let mut decoded = DecodedBatch::default();
+    let mut fold = CallFold::new(0);
+    let mut dead = Vec::new();
+    let mut keep: Vec<bool> = Vec::new();
+    let mut read_time = Duration::ZERO;
+    let mut fold_time = Duration::ZERO;
+    while let Some(framed) = source.next()? {
+        read_time += framed.read_time;
+        bar.inc(framed.bytes);
+        summary.rows_read += framed.batch.num_rows() as u64 + framed.rejects.len() as u64;
+        dead.extend(framed.rejects);
+        if framed.batch.num_rows() == 0 {
+            continue;
+        }
+        let t = Instant::now();
+        decoder.decode(&framed.batch, &mut decoded)?;
+        fold.update(&decoded, &decoder.dicts);
+        if args.events_table {
+            keep.extend_from_slice(fold.first_copy());
+        }
+        fold_time += t.elapsed();
+        for (r, reason) in decoded.invalid.drain(..) {
+            let raw = row_json(&framed.batch, r);
+            dead.push(DeadLetter::new(&files[framed.file], Some(framed.lines[r]), reason, &raw));
+        }
+    }
+    bar.finish_and_clear();
+    let stats = fold.stats();
+    summary.dead_letters = dead.len() as u64;
+    summary.duplicate_copies = stats.duplicates;
+    summary.events = stats.call_events + stats.other_events;
+    summary.calls = fold.calls() as u64;
+    summary.read_s = read_time.as_secs_f64();
+    summary.fold_s = fold_time.as_secs_f64();
+
+    let t = Instant::now();
+    let out = fold.output(&decoder.dicts, &params, now)?;
+    drop(fold);
+    summary.call_facts_rows = out.call_facts.num_rows() as u64;
+    summary.agent_legs_rows = out.agent_legs.num_rows() as u64;
+    summary.interval_partials_rows = out.interval_partials.num_rows() as u64;
+    let dead_batch = dead_letters_batch(&dead, now)?;
+    let (a, b, c, d) = tokio::join!(
+        store.overwrite(TABLE_CALL_FACTS, vec![out.call_facts]),
+        store.overwrite(TABLE_AGENT_LEGS, vec![out.agent_legs]),
+        store.overwrite(TABLE_INTERVAL_PARTIALS, vec![out.interval_partials]),
+        store.overwrite(TABLE_DEAD_LETTERS, vec![dead_batch]),
+    );
+    a?;
+    b?;
+    c?;
+    d?;
+    summary.write_s = t.elapsed().as_secs_f64();
+    summary.tables_s = start.elapsed().as_secs_f64();
+    summary.events_per_s = summary.events as f64 / summary.tables_s.max(1e-9);
+
+    // ---- pass 2: the events table
+    if args.events_table {
+        let t = Instant::now();
+        summary.events_rows = write_events(&args, &files, &store, &keep, now, total_bytes).await?;
+        summary.events_table_s = t.elapsed().as_secs_f64();
+    }
+    summary.total_s = start.elapsed().as_secs_f64();
+    print_summary(&summary, &args);
+    Ok(summary)
+}
+
+async fn write_events(
+    args: &ReplayArgs,
+    files: &Arc<Vec<InputFile>>,
+    store: &TableStore,
+    keep: &[bool],
+    now: i64,
+    total_bytes: u64,
+) -> Result<u64> {
+    let bar = progress_bar(&args.progress, total_bytes, "events");
+    let mut source = Source::new(Framer::new(files.clone(), ReadOptions::default(), now), args.threads);
+    let mut offset = 0usize;
+    let mut batches = Vec::new();
+    let mut rows = 0u64;
+    while let Some(framed) = source.next()? {
+        bar.inc(framed.bytes);
+        let n = framed.batch.num_rows();
+        if n == 0 {
+            continue;
+        }
+        let mask = BooleanArray::from(keep[offset..offset + n].to_vec());
+        offset += n;
+        let kept = filter_record_batch(&framed.batch, &mask)?;
+        if kept.num_rows() == 0 {
+            continue;
+        }
+        rows += kept.num_rows() as u64;
+        batches.push(to_events_schema(&kept, source_name(files[framed.file].format), now)?);
+    }
+    bar.finish_and_clear();
+    anyhow::ensure!(offset == keep.len(), "input changed between the two passes ({offset} rows, then {})", keep.len());
+    store.overwrite(TABLE_EVENTS, batches).await?;
+    Ok(rows)
+}
+
+/// One row as a JSON line, for the dead letter of an invalid Parquet row.
+fn row_json(batch: &RecordBatch, row: usize) -> Vec<u8> {
+    let mut buf = Vec::new();
+    let mut w = arrow::json::LineDelimitedWriter::new(&mut buf);
+    if w.write(&batch.slice(row, 1)).is_err() || w.finish().is_err() {
+        return b"(row not representable as JSON)".to_vec();
+    }
+    drop(w);
+    while buf.last() == Some(&b'\n') {
+        buf.pop();
+    }
+    buf.truncate(MAX_RAW_BYTES);
+    buf
+}
+
+fn dead_letters_batch(dead: &[DeadLetter], now: i64) -> Result<RecordBatch> {
+    let n = dead.len();
+    let columns: Vec<ArrayRef> = vec![
+        Arc::new(TimestampMillisecondArray::from_value(now, n).with_timezone("UTC")),
+        Arc::new(StringArray::from_iter_values(dead.iter().map(|d| d.source))),
+        Arc::new(StringArray::from_iter_values(dead.iter().map(|d| d.origin.as_str()))),
+        Arc::new(Int64Array::from_iter(dead.iter().map(|d| d.line))),
+        Arc::new(StringArray::from_iter_values(dead.iter().map(|d| d.reason.as_str()))),
+        Arc::new(BinaryArray::from_iter_values(dead.iter().map(|d| &d.raw[..d.raw.len().min(MAX_RAW_BYTES)]))),
+        Arc::new(BooleanArray::from_iter(dead.iter().map(|d| Some(d.raw.len() > MAX_RAW_BYTES)))),
+    ];
+    Ok(RecordBatch::try_new(dead_letters_schema(), columns)?)
+}
+
+fn print_summary(s: &Summary, args: &ReplayArgs) {
+    if args.summary_json {
+        println!("{}", serde_json::to_string(s).unwrap_or_default());
+        return;
+    }
+    eprintln!(
+        "replayed {} file(s): {} rows read, {} dead letters, {} duplicate copies, {} events, {} calls",
+        s.files, s.rows_read, s.dead_letters, s.duplicate_copies, s.events, s.calls
+    );
+    eprintln!(
+        "tables in {}: call_facts {} rows, agent_legs {}, interval_partials {}, events {}",
+        args.data, s.call_facts_rows, s.agent_legs_rows, s.interval_partials_rows, s.events_rows
+    );
+    eprintln!(
+        "time: derived tables {:.2} s ({:.0} events/s; read {:.2} s, fold {:.2} s, write {:.2} s), events table {:.2} s, total {:.2} s",
+        s.tables_s, s.events_per_s, s.read_s, s.fold_s, s.write_s, s.events_table_s, s.total_s
+    );
+}
