@@ -99,7 +99,7 @@ const WRAPUP: [&str; 5] = ["resolved", "follow_up", "escalated", "sale", "info_o
 /// Relative call intensity at local hour `h`: a morning and an afternoon peak, a night floor.
 fn intensity(h: f64) -> f64 {
     let g = |m: f64, s: f64| (-0.5 * ((h - m) / s).powi(2)).exp();
-    0.04 + g(10.0, 1.5) + 0.8 * g(14.5, 1.8)
+    0.02 + g(10.0, 1.5) + 0.8 * g(14.5, 1.8)
 }
 
 fn day_weight(weekday: u32) -> f64 {
@@ -256,12 +256,12 @@ fn build_world(args: &GenerateArgs, rng: &mut ChaCha8Rng, t0: i64) -> Result<Wor
                 tenant: ti,
                 overflow_to,
                 overflow_after_ms: rng.gen_range(25_000..60_000),
-                patience: Exp::new(1.0 / rng.gen_range(90_000.0..180_000.0)).expect("valid"),
+                patience: Exp::new(1.0 / rng.gen_range(150_000.0..300_000.0)).expect("valid"),
                 talk: LogNormal::new((rng.gen_range(150.0f64..260.0) * 1000.0).ln(), 0.7).expect("valid"),
             });
         }
     }
-    // Staffing: agents on shift at the peak hour ≈ 1.15 × the peak offered load in Erlangs.
+    // Staffing: agents on shift at the peak hour ≈ 1.3 × the peak offered load in Erlangs.
     let weekdays = (0..args.days).map(|d| day_weight(d % 7)).sum::<f64>();
     let curve: Vec<f64> = (0..240).map(|i| intensity(i as f64 / 10.0)).collect();
     let peak_share_per_hour = curve.iter().cloned().fold(0.0, f64::max) / (curve.iter().sum::<f64>() / 10.0);
@@ -270,7 +270,7 @@ fn build_world(args: &GenerateArgs, rng: &mut ChaCha8Rng, t0: i64) -> Result<Wor
         let calls_per_weekday = args.calls as f64 * w / total_w / weekdays;
         let peak_per_hour = calls_per_weekday * peak_share_per_hour;
         let erlangs = peak_per_hour * 330.0 / 3600.0;
-        let n = ((erlangs * 1.15 / 0.8).ceil() as usize + 1).max(2);
+        let n = ((erlangs * 1.3 / 0.6).ceil() as usize + 1).max(2);
         let tq: Vec<usize> = (0..queues.len()).filter(|&q| queues[q].tenant == ti).collect();
         for ai in 0..n {
             let mut skills = vec![tq[ai % tq.len()]];
@@ -281,7 +281,7 @@ fn build_world(args: &GenerateArgs, rng: &mut ChaCha8Rng, t0: i64) -> Result<Wor
                 }
             }
             let mut shifts = Vec::new();
-            let start_h: f64 = rng.gen_range(7.0..10.5);
+            let start_h: f64 = rng.gen_range(6.5..11.5);
             for d in 0..args.days {
                 let works = rng.gen_bool(if d % 7 < 5 { 0.95 } else { 0.35 });
                 if !works {

@@ -58,3 +58,36 @@ fn main() -> ExitCode {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    use super::Cli;
+
+    /// `docs/operations.md` names every flag and environment variable of every command.
+    #[test]
+    fn operations_doc_lists_every_flag() {
+        let doc = include_str!("../docs/operations.md");
+        let mut missing = Vec::new();
+        for sub in Cli::command().get_subcommands() {
+            assert!(doc.contains(&format!("## `ccstream {}`", sub.get_name())), "no section for {}", sub.get_name());
+            for arg in sub.get_arguments() {
+                if let Some(long) = arg.get_long() {
+                    if !doc.contains(&format!("`--{long}")) {
+                        missing.push(format!("{} --{long}", sub.get_name()));
+                    }
+                }
+                if let Some(env) = arg.get_env() {
+                    if !doc.contains(&format!("`{}`", env.to_string_lossy())) {
+                        missing.push(format!("{} {}", sub.get_name(), env.to_string_lossy()));
+                    }
+                }
+                if arg.get_long().is_some() && arg.get_env().is_none() {
+                    missing.push(format!("{} --{} has no env var", sub.get_name(), arg.get_id()));
+                }
+            }
+        }
+        assert!(missing.is_empty(), "docs/operations.md lacks: {missing:?}");
+    }
+}

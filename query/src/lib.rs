@@ -13,8 +13,8 @@ pub use engine::QueryEngine;
 /// What failed in the query engine.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("{0}")]
-    DataFusion(#[from] Box<datafusion::error::DataFusionError>),
+    #[error(transparent)]
+    DataFusion(Box<datafusion::error::DataFusionError>),
     #[error("opening table {table} at {location}: {source}")]
     OpenTable {
         table: String,
