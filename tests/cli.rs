@@ -1,0 +1,181 @@
+//! The commands end to end: generate, replay, sql (errors too), the query-time variants, demo.
+
+mod common;
+
+use common::{ccstream, ccstream_raw, fixture, sql_csv};
+
+fn value(csv: &str) -> String {
+    csv.lines().nth(1).unwrap_or_default().to_string()
+}
+
+#[test]
+fn generate_is_deterministic_and_replays_cleanly() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = dir.path().join("a.jsonl");
+    let b = dir.path().join("b.jsonl");
+    let c = dir.path().join("c.jsonl");
+    let gen = |out: &std::path::Path, seed: &str| {
+        let o =
+            ccstream(&["generate", "--calls", "3000", "--seed", seed, "--days", "2", "--out", out.to_str().unwrap()]);
+        String::from_utf8(o.stderr).unwrap()
+    };
+    let report = gen(&a, "5");
+    gen(&b, "5");
+    gen(&c, "6");
+    let (ta, tb, tc) = (std::fs::read(&a).unwrap(), std::fs::read(&b).unwrap(), std::fs::read(&c).unwrap());
+    assert_eq!(ta, tb, "same arguments, same bytes");
+    assert_ne!(ta, tc, "another seed, other traffic");
+    let malformed: u64 = report
+        .split(" malformed lines")
+        .next()
+        .and_then(|s| s.rsplit(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no malformed count in {report:?}"));
+    assert!(malformed > 0, "the generator adds malformed lines by default");
+
+    let data = dir.path().join("data");
+    let out = ccstream(&["replay", "--input", a.to_str().unwrap(), "--data", data.to_str().unwrap(), "--summary-json"]);
+    let s: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(s["calls"], 3000);
+    assert_eq!(s["dead_letters"], malformed, "only the deliberately malformed lines are rejected");
+    // Realistic ranges for the generated traffic.
+    let day = sql_csv(
+        &data,
+        "SELECT CAST(sum(answered_within_sl) AS DOUBLE) / sum(offered - short_abandoned) AS sl, \
+         CAST(sum(abandoned) AS DOUBLE) / sum(offered) AS ab FROM interval_partials",
+    );
+    let v: Vec<f64> = value(&day).split(',').map(|x| x.parse().unwrap()).collect();
+    assert!((0.5..0.95).contains(&v[0]), "service level {}", v[0]);
+    assert!((0.02..0.25).contains(&v[1]), "abandon rate {}", v[1]);
+
+    let pq = dir.path().join("a.parquet");
+    ccstream(&["generate", "--calls", "3000", "--seed", "5", "--days", "2", "--out", pq.to_str().unwrap()]);
+    let data2 = dir.path().join("data2");
+    let out =
+        ccstream(&["replay", "--input", pq.to_str().unwrap(), "--data", data2.to_str().unwrap(), "--summary-json"]);
+    let s2: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(s2["dead_letters"], 0);
+    assert_eq!(s2["events"], s["events"], "the Parquet file holds the JSONL file's valid events");
+}
+
+#[test]
+fn sql_errors_are_one_line_and_fail() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let missing = ccstream_raw(&["sql", "--data", data.to_str().unwrap(), "SELECT 1"]);
+    assert!(!missing.status.success());
+    let err = String::from_utf8(missing.stderr).unwrap();
+    assert!(err.starts_with("error: ") && err.contains("ccstream replay"), "{err}");
+    ccstream(&[
+        "replay",
+        "--input",
+        fixture("oracle/events.parquet").to_str().unwrap(),
+        "--data",
+        data.to_str().unwrap(),
+    ]);
+    for bad in [
+        "SELEC 1",
+        "SELECT * FROM no_such_table",
+        "SELECT * FROM interval_metrics_at(45)",
+        "SELECT * FROM interval_metrics_at(60, 'Mars/Olympus')",
+    ] {
+        let out = ccstream_raw(&["sql", "--data", data.to_str().unwrap(), bad]);
+        assert_eq!(out.status.code(), Some(1), "{bad}");
+        let err = String::from_utf8(out.stderr).unwrap();
+        assert_eq!(err.lines().count(), 1, "{bad}: {err}");
+        assert!(err.starts_with("error: "), "{bad}: {err}");
+    }
+    let out = ccstream_raw(&[
+        "sql",
+        "--data",
+        data.to_str().unwrap(),
+        "SELECT * FROM interval_metrics_at(60, 'Mars/Olympus')",
+    ]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("unknown time zone \"Mars/Olympus\""));
+}
+
+#[test]
+fn query_time_variants_agree_with_the_views() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    ccstream(&[
+        "replay",
+        "--input",
+        fixture("oracle/events.parquet").to_str().unwrap(),
+        "--data",
+        data.to_str().unwrap(),
+    ]);
+    // At the stored parameters, the table function computed from call_facts equals the view.
+    let diff = sql_csv(
+        &data,
+        "SELECT count(*) AS rows, count(*) FILTER (WHERE (v.offered IS DISTINCT FROM f.offered) \
+           OR (v.service_level IS DISTINCT FROM f.service_level) OR (v.asa_s IS DISTINCT FROM f.asa_s) \
+           OR (v.aht_s IS DISTINCT FROM f.aht_s) OR (v.max_wait_s IS DISTINCT FROM f.max_wait_s) \
+           OR (v.abandon_rate IS DISTINCT FROM f.abandon_rate)) AS differ \
+         FROM interval_metrics v FULL JOIN interval_metrics_at(15, 'UTC', 20, 5) f \
+           USING (tenant_id, queue_id, interval_start)",
+    );
+    assert_eq!(value(&diff), "663,0", "{diff}");
+    // Rollups keep every call: local days (Nepal, UTC+05:45) and hours, from partials and facts.
+    let totals = sql_csv(
+        &data,
+        "SELECT (SELECT sum(offered) FROM interval_rollup(1440, 'Asia/Kathmandu')), \
+                (SELECT sum(offered) FROM interval_metrics_at(60, 'America/New_York')), \
+                (SELECT count(*) FROM call_facts WHERE queued_at IS NOT NULL)",
+    );
+    assert_eq!(value(&totals), "1500,1500,1500");
+    // Hourly rollup from partials equals hourly metrics from facts, in a zone with a half-hour offset.
+    let hourly = sql_csv(
+        &data,
+        "SELECT count(*) FILTER (WHERE (r.answered_within_sl IS DISTINCT FROM f.answered_within_sl) \
+           OR (r.aht_s IS DISTINCT FROM f.aht_s)) \
+         FROM interval_rollup(60, 'Asia/Kolkata') r JOIN interval_metrics_at(60, 'Asia/Kolkata') f \
+           USING (tenant_id, queue_id, interval_start)",
+    );
+    assert_eq!(value(&hourly), "0");
+    // Variants are the published ratios.
+    let v = sql_csv(
+        &data,
+        "SELECT count(*) FILTER (WHERE abs(sl_positive_abandons - CAST(answered_within_sl + abandoned_within_sl AS DOUBLE) / offered) > 1e-12 \
+           OR abs(sl_handled - CAST(answered_within_sl AS DOUBLE) / answered) > 1e-12 \
+           OR abs(sl_negative_abandons - CAST(answered_within_sl AS DOUBLE) / offered) > 1e-12) \
+         FROM interval_metrics_at(30, 'UTC', 30, 10)",
+    );
+    assert_eq!(value(&v), "0");
+    // A stricter CQD jitter threshold can only find more poor streams.
+    let poor = sql_csv(
+        &data,
+        "SELECT (SELECT sum(poor_streams) FROM agent_day_metrics), (SELECT sum(poor_streams) FROM agent_day_metrics_at('UTC', 10))",
+    );
+    let p: Vec<i64> = value(&poor).split(',').map(|x| x.parse().unwrap()).collect();
+    assert!(p[1] > p[0], "{poor}");
+}
+
+#[test]
+fn a_failed_replay_leaves_the_previous_tables() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    ccstream(&[
+        "replay",
+        "--input",
+        fixture("oracle/events.parquet").to_str().unwrap(),
+        "--data",
+        data.to_str().unwrap(),
+    ]);
+    let broken = dir.path().join("broken.parquet");
+    let bytes = std::fs::read(fixture("oracle/events.parquet")).unwrap();
+    std::fs::write(&broken, &bytes[..bytes.len() / 2]).unwrap();
+    let out = ccstream_raw(&["replay", "--input", broken.to_str().unwrap(), "--data", data.to_str().unwrap()]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("broken.parquet"));
+    assert_eq!(value(&sql_csv(&data, "SELECT count(*) FROM call_facts")), "1500");
+}
+
+#[test]
+fn demo_runs() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = ccstream(&["demo", "--dir", dir.path().to_str().unwrap(), "--calls", "2000"]);
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(text.contains("tenant-01-sales"), "{text}");
+    assert!(text.contains("sql --data"), "{text}");
+}
