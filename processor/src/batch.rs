@@ -514,6 +514,40 @@ pub fn to_events_schema(batch: &RecordBatch, default_source: &str, now: i64) -> 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// Any text: no panic, and every non-blank line is either a row or a rejection.
+        #[test]
+        fn json_decoder_accounts_for_every_line(lines in proptest::collection::vec("\\PC{0,80}", 0..20)) {
+            let refs: Vec<&str> = lines.iter().map(String::as_str).collect();
+            let (batch, rows, rejected) = JsonDecoder::new("t", 0).decode(&refs).unwrap();
+            let non_blank = lines.iter().filter(|l| !l.trim_end_matches('\r').trim().is_empty()).count();
+            prop_assert_eq!(batch.num_rows() + rejected.len(), non_blank);
+            prop_assert_eq!(rows.len(), batch.num_rows());
+            let mut out = DecodedBatch::default();
+            Decoder::new().decode(&batch, &mut out).unwrap();
+        }
+
+        /// Valid events with arbitrary ids and names survive decoding.
+        #[test]
+        fn arbitrary_ids_decode(id in "[ -~]{1,40}", call in "[ -~]{1,40}", tenant in "[a-z0-9-]{1,12}") {
+            let mut e = Event::new(id.clone(), tenant, EventType::CallQueued, 1_000);
+            e.call_id = Some(call.clone().into());
+            let line = e.to_json();
+            let (batch, _, rejected) = JsonDecoder::new("t", 0).decode(&[line.as_str()]).unwrap();
+            prop_assert!(rejected.is_empty(), "{:?}", rejected);
+            let mut dec = Decoder::new();
+            let mut out = DecodedBatch::default();
+            dec.decode(&batch, &mut out).unwrap();
+            let mut text = String::new();
+            dec.dicts.ids.text(out.call[0], &mut text);
+            prop_assert_eq!(&text, &call);
+            text.clear();
+            dec.dicts.ids.text(out.event_id[0], &mut text);
+            prop_assert_eq!(&text, &id);
+        }
+    }
 
     #[test]
     fn events_schema_fill() {

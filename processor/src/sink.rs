@@ -5,16 +5,38 @@
 //! then the new one; a failed write leaves the previous version readable.
 
 use deltalake::kernel::transaction::CommitProperties;
-use deltalake::parquet::basic::Compression;
+use deltalake::parquet::basic::{Compression, Encoding, ZstdLevel};
 use deltalake::parquet::file::properties::WriterProperties;
+use deltalake::parquet::schema::types::ColumnPath;
 use deltalake::protocol::SaveMode;
 use deltalake::DeltaTable;
 use url::Url;
 
 use arrow::array::RecordBatch;
-use ccstream_schemas::partition_columns;
+use arrow::datatypes::DataType;
+use ccstream_schemas::{partition_columns, table_schema};
 
 use crate::{Error, Result};
+
+/// Columns whose values repeat enough for dictionary encoding.
+const DICTIONARY_COLUMNS: &[&str] = &[
+    "tenant_id",
+    "queue_id",
+    "final_queue_id",
+    "agent_id",
+    "source",
+    "event_type",
+    "overflow_from_queue_id",
+    "transfer_type",
+    "target_agent_id",
+    "disconnect_by",
+    "wrapup_code",
+    "from_state",
+    "to_state",
+    "state_reason",
+    "origin",
+    "reason",
+];
 
 /// The data directory that holds ccstream's tables.
 #[derive(Debug, Clone)]
@@ -60,7 +82,29 @@ impl TableStore {
         let wrap =
             |source| Error::WriteTable { table: name.to_string(), location: url.to_string(), source: Box::new(source) };
         let table = DeltaTable::try_from_url(url.clone()).await.map_err(wrap)?;
-        let props = WriterProperties::builder().set_compression(Compression::SNAPPY).build();
+        // Dictionary pages only where values repeat (tenants, queues, agents, enums): for
+        // unique ids a dictionary is pure cost.
+        let mut props = WriterProperties::builder()
+            .set_compression(Compression::ZSTD(ZstdLevel::try_new(1).expect("level 1 is valid")))
+            .set_dictionary_enabled(false);
+        for col in DICTIONARY_COLUMNS {
+            props = props.set_column_dictionary_enabled(ColumnPath::from(*col), true);
+        }
+        // Integers and timestamps as deltas (call rows come roughly in time order), floats
+        // split by byte: both shrink the files, and writing them is what costs.
+        if let Some(schema) = table_schema(name) {
+            for field in schema.fields() {
+                let encoding = match field.data_type() {
+                    DataType::Int32 | DataType::Int64 | DataType::Date32 | DataType::Timestamp(_, _) => {
+                        Encoding::DELTA_BINARY_PACKED
+                    }
+                    DataType::Float64 => Encoding::BYTE_STREAM_SPLIT,
+                    _ => continue,
+                };
+                props = props.set_column_encoding(ColumnPath::from(field.name().as_str()), encoding);
+            }
+        }
+        let props = props.build();
         let parts = partition_columns(name);
         let mut write = table
             .write(batches)

@@ -27,38 +27,49 @@ const HEX: [u8; 256] = {
 /// Variant bits (bits 62..64 of the low half) of keys that are not UUIDs.
 pub const OTHER_TAG: u128 = 0b11 << 62;
 
+/// Byte offsets of the 32 hex digits of a canonical UUID.
+const HEX_AT: [usize; 32] = [
+    0, 1, 2, 3, 4, 5, 6, 7, 9, 10, 11, 12, 14, 15, 16, 17, 19, 20, 21, 22, 24, 25, 26, 27, 28, 29, 30, 31, 32, 33, 34,
+    35,
+];
+
 /// Parses a lowercase canonical RFC 4122 UUID (variant `10`) into its 128 bits.
 /// Anything else returns `None` and must be interned.
 #[inline]
 pub fn parse_uuid(s: &[u8]) -> Option<IdKey> {
-    if s.len() != 36 || s[8] != b'-' || s[13] != b'-' || s[18] != b'-' || s[23] != b'-' {
+    let s: &[u8; 36] = s.try_into().ok()?;
+    if s[8] != b'-' || s[13] != b'-' || s[18] != b'-' || s[23] != b'-' {
         return None;
     }
-    let mut v: u128 = 0;
+    // Two 64-bit halves, no branches per digit; invalid digits map to 0xff and are
+    // caught once at the end.
+    let mut hi: u64 = 0;
+    let mut lo: u64 = 0;
     let mut bad = 0u8;
-    for (i, &c) in s.iter().enumerate() {
-        if matches!(i, 8 | 13 | 18 | 23) {
-            continue;
-        }
-        let h = HEX[c as usize];
+    for &i in &HEX_AT[..16] {
+        let h = HEX[s[i] as usize];
         bad |= h;
-        v = (v << 4) | (h & 0x0f) as u128;
+        hi = (hi << 4) | (h & 0x0f) as u64;
     }
-    if bad & 0xf0 != 0 || (v >> 62) & 0b11 != 0b10 {
+    for &i in &HEX_AT[16..] {
+        let h = HEX[s[i] as usize];
+        bad |= h;
+        lo = (lo << 4) | (h & 0x0f) as u64;
+    }
+    if bad & 0xf0 != 0 || lo >> 62 != 0b10 {
         return None;
     }
-    Some(v)
+    Some(((hi as u128) << 64) | lo as u128)
 }
 
 /// Formats a UUID key back to its canonical lowercase text.
 pub fn format_uuid(v: IdKey, out: &mut String) {
     const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    for i in 0..32 {
-        if matches!(i, 8 | 12 | 16 | 20) {
-            out.push('-');
-        }
-        out.push(DIGITS[((v >> (124 - 4 * i)) & 0xf) as usize] as char);
+    let mut buf = [b'-'; 36];
+    for (n, &i) in HEX_AT.iter().enumerate() {
+        buf[i] = DIGITS[((v >> (124 - 4 * n)) & 0xf) as usize];
     }
+    out.push_str(std::str::from_utf8(&buf).expect("hex digits and dashes are ASCII"));
 }
 
 /// Whether a key came from [`parse_uuid`] (as opposed to an interned id).
