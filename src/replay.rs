@@ -19,7 +19,7 @@ use arrow::array::{
     ArrayRef, BinaryArray, BooleanArray, Int64Array, RecordBatch, StringArray, TimestampMillisecondArray,
 };
 use arrow::compute::filter_record_batch;
-use ccstream_ingest::file::{discover, Chunk, FileReader, Format, InputFile, ReadOptions};
+use ccstream_ingest::file::{discover, parquet_rows, Chunk, FileReader, Format, InputFile, ReadOptions};
 use ccstream_processor::batch::{
     is_dictionary_column, to_events_schema, DecodedBatch, Decoder, JsonDecoder, FOLD_COLUMNS,
 };
@@ -335,6 +335,10 @@ pub(crate) async fn run(args: ReplayArgs) -> Result<Summary> {
     let mut decoder = Decoder::new();
     let mut decoded = DecodedBatch::default();
     let mut fold = CallFold::new(0);
+    // Size the state from what the input says of itself: Parquet footers give row counts;
+    // JSON lines are about 250 bytes.
+    let rows_hint: u64 = files.iter().map(|f| parquet_rows(f).unwrap_or(f.bytes / 250)).sum();
+    fold.reserve_for_events(rows_hint as usize);
     let mut dead = Vec::new();
     let mut keep: Vec<bool> = Vec::new();
     let mut read_time = Duration::ZERO;

@@ -50,6 +50,17 @@ pub fn format_of(path: &Path) -> Option<Format> {
     }
 }
 
+/// Rows of a Parquet file according to its footer (`None` for other formats or on error).
+pub fn parquet_rows(file: &InputFile) -> Option<u64> {
+    if file.format != Format::Parquet {
+        return None;
+    }
+    let f = File::open(&file.path).ok()?;
+    let reader = parquet::file::reader::SerializedFileReader::new(f).ok()?;
+    use parquet::file::reader::FileReader as _;
+    Some(reader.metadata().file_metadata().num_rows().max(0) as u64)
+}
+
 /// Expands paths (files or directories) into input files. A file named explicitly must
 /// have a known format; files under a directory without one are skipped.
 pub fn discover(paths: &[PathBuf]) -> Result<Vec<InputFile>> {
