@@ -492,6 +492,16 @@ fn simulate(args: &GenerateArgs, w: &mut World, rng: &mut ChaCha8Rng, t0: i64) -
             .then(|| pick(&w.agents, end1, &w.agents[a1].skills.clone()))
             .flatten()
             .filter(|&(b, f)| b != a1 && f < end1 + 60_000);
+        emit(
+            wrap1,
+            call,
+            tenant,
+            Some(queue_now),
+            Some(a1),
+            EventType::WrapupEnded,
+            Extra::Wrapup(rng.gen_range(0..WRAPUP.len() as u8)),
+            rng,
+        );
         match target {
             Some((b, f)) => {
                 emit(
@@ -502,16 +512,6 @@ fn simulate(args: &GenerateArgs, w: &mut World, rng: &mut ChaCha8Rng, t0: i64) -
                     Some(a1),
                     EventType::CallTransferred,
                     Extra::Transfer { target: b as u32, consult: rng.gen_bool(0.4), media: media1 },
-                    rng,
-                );
-                emit(
-                    wrap1,
-                    call,
-                    tenant,
-                    Some(queue_now),
-                    Some(a1),
-                    EventType::WrapupEnded,
-                    Extra::Wrapup(rng.gen_range(0..WRAPUP.len() as u8)),
                     rng,
                 );
                 let offer2 = f.max(end1 + 500);
@@ -553,16 +553,6 @@ fn simulate(args: &GenerateArgs, w: &mut World, rng: &mut ChaCha8Rng, t0: i64) -
                     Some(a1),
                     EventType::CallEnded,
                     Extra::Ended { by_agent: rng.gen_bool(0.4), media: media1 },
-                    rng,
-                );
-                emit(
-                    wrap1,
-                    call,
-                    tenant,
-                    Some(queue_now),
-                    Some(a1),
-                    EventType::WrapupEnded,
-                    Extra::Wrapup(rng.gen_range(0..WRAPUP.len() as u8)),
                     rng,
                 );
             }

@@ -20,9 +20,7 @@ use arrow::array::{
 };
 use arrow::compute::filter_record_batch;
 use ccstream_ingest::file::{discover, parquet_rows, Chunk, FileReader, Format, InputFile, ReadOptions};
-use ccstream_processor::batch::{
-    is_dictionary_column, to_events_schema, DecodedBatch, Decoder, JsonDecoder, FOLD_COLUMNS,
-};
+use ccstream_processor::batch::{to_events_schema, DecodedBatch, Decoder, JsonDecoder, FOLD_COLUMNS};
 use ccstream_processor::kpi::CallFold;
 use ccstream_processor::sink::TableStore;
 use ccstream_schemas::{
@@ -323,11 +321,9 @@ pub(crate) async fn run(args: ReplayArgs) -> Result<Summary> {
     let mut summary = Summary { files: files.len(), ..Summary::default() };
 
     // ---- pass 1: fold
-    let dict_cols: Vec<String> =
-        FOLD_COLUMNS.iter().filter(|c| is_dictionary_column(c)).map(|c| c.to_string()).collect();
     let opts = ReadOptions {
         columns: Some(FOLD_COLUMNS.iter().map(|c| c.to_string()).collect()),
-        dictionary_columns: dict_cols,
+        dictionaries: true,
         ..ReadOptions::default()
     };
     let bar = progress_bar(&args.progress, total_bytes, "fold");

@@ -19,8 +19,8 @@ use arrow::array::{
     StringArray, StringBuilder, StringDictionaryBuilder, TimestampMillisecondArray, TimestampMillisecondBuilder,
 };
 use arrow::compute::cast;
-use arrow::datatypes::{DataType, Field, Int32Type, Schema, SchemaRef, TimeUnit};
-use ccstream_schemas::{events_schema, parse_uuid, Event, EventType, IdKey, MS_PER_DAY, OTHER_TAG};
+use arrow::datatypes::{DataType, Int32Type, SchemaRef, TimeUnit};
+use ccstream_schemas::{events_schema, parse_uuid, with_dictionaries, Event, EventType, IdKey, MS_PER_DAY, OTHER_TAG};
 use foldhash::fast::FixedState;
 use hashbrown::HashMap;
 
@@ -316,46 +316,10 @@ impl Decoder {
     }
 }
 
-/// The Arrow schema the JSON decoder produces: [`events_schema`] with the repeating string
-/// columns dictionary-encoded. Parquet readers ask for the same types.
+/// The Arrow schema the JSON decoder produces: [`events_schema`] with the low-cardinality
+/// string columns dictionary-encoded. Parquet readers ask for the same types.
 pub fn decode_schema() -> SchemaRef {
-    let base = events_schema();
-    let fields: Vec<Field> = base
-        .fields()
-        .iter()
-        .map(|f| {
-            if is_dictionary_column(f.name()) {
-                Field::new(
-                    f.name(),
-                    DataType::Dictionary(Box::new(DataType::Int32), Box::new(DataType::Utf8)),
-                    f.is_nullable(),
-                )
-            } else {
-                f.as_ref().clone()
-            }
-        })
-        .collect();
-    Arc::new(Schema::new(fields))
-}
-
-/// Low-cardinality string columns kept as dictionaries while decoding.
-pub fn is_dictionary_column(name: &str) -> bool {
-    matches!(
-        name,
-        "tenant_id"
-            | "source"
-            | "queue_id"
-            | "agent_id"
-            | "event_type"
-            | "overflow_from_queue_id"
-            | "transfer_type"
-            | "target_agent_id"
-            | "disconnect_by"
-            | "wrapup_code"
-            | "from_state"
-            | "to_state"
-            | "state_reason"
-    )
+    with_dictionaries(&events_schema())
 }
 
 /// A line of input that is not a valid event.

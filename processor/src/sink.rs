@@ -14,29 +14,9 @@ use url::Url;
 
 use arrow::array::RecordBatch;
 use arrow::datatypes::DataType;
-use ccstream_schemas::{partition_columns, table_schema};
+use ccstream_schemas::{is_low_cardinality, partition_columns, table_schema};
 
 use crate::{Error, Result};
-
-/// Columns whose values repeat enough for dictionary encoding.
-const DICTIONARY_COLUMNS: &[&str] = &[
-    "tenant_id",
-    "queue_id",
-    "final_queue_id",
-    "agent_id",
-    "source",
-    "event_type",
-    "overflow_from_queue_id",
-    "transfer_type",
-    "target_agent_id",
-    "disconnect_by",
-    "wrapup_code",
-    "from_state",
-    "to_state",
-    "state_reason",
-    "origin",
-    "reason",
-];
 
 /// The data directory that holds ccstream's tables.
 #[derive(Debug, Clone)]
@@ -87,13 +67,13 @@ impl TableStore {
         let mut props = WriterProperties::builder()
             .set_compression(Compression::ZSTD(ZstdLevel::try_new(1).expect("level 1 is valid")))
             .set_dictionary_enabled(false);
-        for col in DICTIONARY_COLUMNS {
-            props = props.set_column_dictionary_enabled(ColumnPath::from(*col), true);
-        }
         // Integers and timestamps as deltas (call rows come roughly in time order), floats
         // split by byte: both shrink the files, and writing them is what costs.
         if let Some(schema) = table_schema(name) {
             for field in schema.fields() {
+                if is_low_cardinality(field.name()) {
+                    props = props.set_column_dictionary_enabled(ColumnPath::from(field.name().as_str()), true);
+                }
                 let encoding = match field.data_type() {
                     DataType::Int32 | DataType::Int64 | DataType::Date32 | DataType::Timestamp(_, _) => {
                         Encoding::DELTA_BINARY_PACKED

@@ -182,6 +182,51 @@ pub fn table_schema(name: &str) -> Option<SchemaRef> {
     })
 }
 
+/// String columns whose values repeat (tenants, queues, agents, enums): kept
+/// dictionary-encoded while decoding and written with Parquet dictionary pages. Unique ids
+/// (`event_id`, `call_id`) are not: for them a dictionary is pure cost.
+pub fn is_low_cardinality(name: &str) -> bool {
+    matches!(
+        name,
+        "tenant_id"
+            | "source"
+            | "queue_id"
+            | "final_queue_id"
+            | "agent_id"
+            | "event_type"
+            | "overflow_from_queue_id"
+            | "transfer_type"
+            | "target_agent_id"
+            | "disconnect_by"
+            | "wrapup_code"
+            | "from_state"
+            | "to_state"
+            | "state_reason"
+            | "origin"
+            | "reason"
+    )
+}
+
+/// `schema` with its low-cardinality `Utf8` columns as `Dictionary(Int32, Utf8)`.
+pub fn with_dictionaries(schema: &Schema) -> SchemaRef {
+    let fields: Vec<Field> = schema
+        .fields()
+        .iter()
+        .map(|f| {
+            if f.data_type() == &DataType::Utf8 && is_low_cardinality(f.name()) {
+                Field::new(
+                    f.name(),
+                    DataType::Dictionary(Box::new(DataType::Int32), Box::new(DataType::Utf8)),
+                    f.is_nullable(),
+                )
+            } else {
+                f.as_ref().clone()
+            }
+        })
+        .collect();
+    Arc::new(Schema::new_with_metadata(fields, schema.metadata().clone()))
+}
+
 /// Delta partition columns of a table.
 pub fn partition_columns(name: &str) -> &'static [&'static str] {
     match name {

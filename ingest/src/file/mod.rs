@@ -8,10 +8,8 @@
 use std::fs::File;
 use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 
 use arrow::array::RecordBatch;
-use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use flate2::read::MultiGzDecoder;
 use parquet::arrow::arrow_reader::{ArrowReaderOptions, ParquetRecordBatchReader, ParquetRecordBatchReaderBuilder};
 use parquet::arrow::ProjectionMask;
@@ -118,13 +116,14 @@ pub struct ReadOptions {
     pub batch_rows: usize,
     /// Parquet columns to read (all when `None`); absent names are ignored.
     pub columns: Option<Vec<String>>,
-    /// Parquet string columns to read as `Dictionary(Int32, Utf8)` (kept encoded).
-    pub dictionary_columns: Vec<String>,
+    /// Read low-cardinality Parquet string columns as `Dictionary(Int32, Utf8)` (kept
+    /// encoded: decoding interns each distinct value once per batch, not once per row).
+    pub dictionaries: bool,
 }
 
 impl Default for ReadOptions {
     fn default() -> Self {
-        ReadOptions { chunk_bytes: 4 << 20, batch_rows: 64 * 1024, columns: None, dictionary_columns: Vec::new() }
+        ReadOptions { chunk_bytes: 4 << 20, batch_rows: 64 * 1024, columns: None, dictionaries: false }
     }
 }
 
@@ -169,13 +168,17 @@ impl FileReader {
                 let pq = |source| Error::Parquet { path: path.clone(), source };
                 let builder = ParquetRecordBatchReaderBuilder::try_new(f).map_err(pq)?;
                 total_rows = Some(builder.metadata().file_metadata().num_rows().max(0) as u64);
-                let hinted = hint_schema(builder.schema(), &opts.dictionary_columns);
-                let f = File::open(&file.path).map_err(|source| Error::Read { path: path.clone(), source })?;
-                let builder = ParquetRecordBatchReaderBuilder::try_new_with_options(
-                    f,
-                    ArrowReaderOptions::new().with_schema(hinted),
-                )
-                .map_err(pq)?;
+                let builder = if opts.dictionaries {
+                    let hinted = ccstream_schemas::with_dictionaries(builder.schema());
+                    let f = File::open(&file.path).map_err(|source| Error::Read { path: path.clone(), source })?;
+                    ParquetRecordBatchReaderBuilder::try_new_with_options(
+                        f,
+                        ArrowReaderOptions::new().with_schema(hinted),
+                    )
+                    .map_err(pq)?
+                } else {
+                    builder
+                };
                 let builder = match &opts.columns {
                     None => builder,
                     Some(cols) => {
@@ -233,26 +236,6 @@ impl FileReader {
             },
         }
     }
-}
-
-/// The file's Arrow schema with the named string columns as dictionaries.
-fn hint_schema(schema: &SchemaRef, dictionary_columns: &[String]) -> SchemaRef {
-    let fields: Vec<Field> = schema
-        .fields()
-        .iter()
-        .map(|f| {
-            if f.data_type() == &DataType::Utf8 && dictionary_columns.iter().any(|c| c == f.name()) {
-                Field::new(
-                    f.name(),
-                    DataType::Dictionary(Box::new(DataType::Int32), Box::new(DataType::Utf8)),
-                    f.is_nullable(),
-                )
-            } else {
-                f.as_ref().clone()
-            }
-        })
-        .collect();
-    Arc::new(Schema::new_with_metadata(fields, schema.metadata().clone()))
 }
 
 #[cfg(test)]
