@@ -24,7 +24,8 @@ use ccstream_processor::batch::{to_events_schema, DecodedBatch, Decoder, JsonDec
 use ccstream_processor::kpi::CallFold;
 use ccstream_processor::sink::TableStore;
 use ccstream_schemas::{
-    dead_letters_schema, TABLE_AGENT_LEGS, TABLE_CALL_FACTS, TABLE_DEAD_LETTERS, TABLE_EVENTS, TABLE_INTERVAL_PARTIALS,
+    dead_letters_schema, events_schema, TABLE_AGENT_LEGS, TABLE_CALL_FACTS, TABLE_DEAD_LETTERS, TABLE_EVENTS,
+    TABLE_INTERVAL_PARTIALS,
 };
 use clap::{ArgAction, Args};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
@@ -415,26 +416,24 @@ async fn write_events(
     let bar = progress_bar(&args.progress, total_bytes, "events");
     let mut source = Source::new(Framer::new(files.clone(), ReadOptions::default(), now), args.threads);
     let mut offset = 0usize;
-    let mut batches = Vec::new();
-    let mut rows = 0u64;
+    let mut sink = store.overwrite_streaming(TABLE_EVENTS, events_schema(), 1 << 20).await?;
     while let Some(framed) = source.next()? {
         bar.inc(framed.bytes);
         let n = framed.batch.num_rows();
         if n == 0 {
             continue;
         }
+        anyhow::ensure!(offset + n <= keep.len(), "input changed between the two passes");
         let mask = BooleanArray::from(keep[offset..offset + n].to_vec());
         offset += n;
         let kept = filter_record_batch(&framed.batch, &mask)?;
-        if kept.num_rows() == 0 {
-            continue;
+        if kept.num_rows() > 0 {
+            sink.write(to_events_schema(&kept, source_name(files[framed.file].format), now)?).await?;
         }
-        rows += kept.num_rows() as u64;
-        batches.push(to_events_schema(&kept, source_name(files[framed.file].format), now)?);
     }
     bar.finish_and_clear();
-    anyhow::ensure!(offset == keep.len(), "input changed between the two passes ({offset} rows, then {})", keep.len());
-    store.overwrite(TABLE_EVENTS, batches).await?;
+    anyhow::ensure!(offset == keep.len(), "input changed between the two passes ({} rows, then {offset})", keep.len());
+    let (rows, _version) = sink.commit().await?;
     Ok(rows)
 }
 

@@ -4,19 +4,49 @@
 //! is one Delta commit: readers see the table's previous version until the commit lands,
 //! then the new one; a failed write leaves the previous version readable.
 
-use deltalake::kernel::transaction::CommitProperties;
+use deltalake::kernel::transaction::{CommitBuilder, CommitProperties};
+use deltalake::kernel::Action;
 use deltalake::parquet::basic::{Compression, Encoding, ZstdLevel};
 use deltalake::parquet::file::properties::WriterProperties;
 use deltalake::parquet::schema::types::ColumnPath;
+use deltalake::protocol::DeltaOperation;
 use deltalake::protocol::SaveMode;
+use deltalake::writer::{DeltaWriter, RecordBatchWriter};
 use deltalake::DeltaTable;
 use url::Url;
 
 use arrow::array::RecordBatch;
-use arrow::datatypes::DataType;
+use arrow::datatypes::{DataType, SchemaRef};
 use ccstream_schemas::{is_low_cardinality, partition_columns, table_schema};
 
 use crate::{Error, Result};
+
+/// Parquet settings of table `name`'s files.
+fn writer_properties(name: &str) -> WriterProperties {
+    // Dictionary pages only where values repeat (tenants, queues, agents, enums): for
+    // unique ids a dictionary is pure cost.
+    let mut props = WriterProperties::builder()
+        .set_compression(Compression::ZSTD(ZstdLevel::try_new(1).expect("level 1 is valid")))
+        .set_dictionary_enabled(false);
+    // Integers and timestamps as deltas (call rows come roughly in time order), floats
+    // split by byte: both shrink the files, and writing them is what costs.
+    if let Some(schema) = table_schema(name) {
+        for field in schema.fields() {
+            if is_low_cardinality(field.name()) {
+                props = props.set_column_dictionary_enabled(ColumnPath::from(field.name().as_str()), true);
+            }
+            let encoding = match field.data_type() {
+                DataType::Int32 | DataType::Int64 | DataType::Date32 | DataType::Timestamp(_, _) => {
+                    Encoding::DELTA_BINARY_PACKED
+                }
+                DataType::Float64 => Encoding::BYTE_STREAM_SPLIT,
+                _ => continue,
+            };
+            props = props.set_column_encoding(ColumnPath::from(field.name().as_str()), encoding);
+        }
+    }
+    props.build()
+}
 
 /// The data directory that holds ccstream's tables.
 #[derive(Debug, Clone)]
@@ -62,29 +92,7 @@ impl TableStore {
         let wrap =
             |source| Error::WriteTable { table: name.to_string(), location: url.to_string(), source: Box::new(source) };
         let table = DeltaTable::try_from_url(url.clone()).await.map_err(wrap)?;
-        // Dictionary pages only where values repeat (tenants, queues, agents, enums): for
-        // unique ids a dictionary is pure cost.
-        let mut props = WriterProperties::builder()
-            .set_compression(Compression::ZSTD(ZstdLevel::try_new(1).expect("level 1 is valid")))
-            .set_dictionary_enabled(false);
-        // Integers and timestamps as deltas (call rows come roughly in time order), floats
-        // split by byte: both shrink the files, and writing them is what costs.
-        if let Some(schema) = table_schema(name) {
-            for field in schema.fields() {
-                if is_low_cardinality(field.name()) {
-                    props = props.set_column_dictionary_enabled(ColumnPath::from(field.name().as_str()), true);
-                }
-                let encoding = match field.data_type() {
-                    DataType::Int32 | DataType::Int64 | DataType::Date32 | DataType::Timestamp(_, _) => {
-                        Encoding::DELTA_BINARY_PACKED
-                    }
-                    DataType::Float64 => Encoding::BYTE_STREAM_SPLIT,
-                    _ => continue,
-                };
-                props = props.set_column_encoding(ColumnPath::from(field.name().as_str()), encoding);
-            }
-        }
-        let props = props.build();
+        let props = writer_properties(name);
         let parts = partition_columns(name);
         let mut write = table
             .write(batches)
@@ -97,5 +105,120 @@ impl TableStore {
         }
         let table = write.await.map_err(wrap)?;
         Ok(table.version().unwrap_or_default())
+    }
+
+    /// Starts replacing the whole content of table `name` with batches written one at a
+    /// time ([`Overwrite::write`]); nothing is visible until [`Overwrite::commit`], which
+    /// is one Delta commit. Memory stays bounded: files are finished every
+    /// `flush_rows` rows.
+    pub async fn overwrite_streaming(&self, name: &str, schema: SchemaRef, flush_rows: usize) -> Result<Overwrite> {
+        let url = self.table_url(name)?;
+        let wrap =
+            |source| Error::WriteTable { table: name.to_string(), location: url.to_string(), source: Box::new(source) };
+        let mut table = DeltaTable::try_from_url(url.clone()).await.map_err(wrap)?;
+        let parts: Vec<String> = partition_columns(name).iter().map(|s| s.to_string()).collect();
+        if table.version().is_none() {
+            // A new table: commit its schema (no files) first, so the writer has metadata.
+            table = table
+                .write(vec![RecordBatch::new_empty(schema.clone())])
+                .with_save_mode(SaveMode::Overwrite)
+                .with_table_name(name)
+                .with_partition_columns(parts.clone())
+                .await
+                .map_err(wrap)?;
+        }
+        let removes: Vec<Action> =
+            table.snapshot().map_err(wrap)?.log_data().iter().map(|f| Action::Remove(f.remove_action(true))).collect();
+        let writer =
+            RecordBatchWriter::for_table(&table).map_err(wrap)?.with_writer_properties(writer_properties(name));
+        Ok(Overwrite {
+            name: name.to_string(),
+            location: url.to_string(),
+            table,
+            writer,
+            removes,
+            adds: Vec::new(),
+            partition_by: parts,
+            flush_rows: flush_rows.max(1),
+            buffered: 0,
+            rows: 0,
+        })
+    }
+}
+
+/// A table replacement in progress (see [`TableStore::overwrite_streaming`]).
+pub struct Overwrite {
+    name: String,
+    location: String,
+    table: DeltaTable,
+    writer: RecordBatchWriter,
+    removes: Vec<Action>,
+    adds: Vec<Action>,
+    partition_by: Vec<String>,
+    flush_rows: usize,
+    buffered: usize,
+    rows: u64,
+}
+
+impl std::fmt::Debug for Overwrite {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Overwrite").field("table", &self.name).field("rows", &self.rows).finish()
+    }
+}
+
+impl Overwrite {
+    fn wrap(&self, source: deltalake::DeltaTableError) -> Error {
+        Error::WriteTable { table: self.name.clone(), location: self.location.clone(), source: Box::new(source) }
+    }
+
+    /// Encodes `batch` into the table's new files.
+    pub async fn write(&mut self, batch: RecordBatch) -> Result<()> {
+        let n = batch.num_rows();
+        if n == 0 {
+            return Ok(());
+        }
+        if let Err(e) = self.writer.write(batch).await {
+            return Err(self.wrap(e));
+        }
+        self.buffered += n;
+        self.rows += n as u64;
+        if self.buffered >= self.flush_rows {
+            self.flush().await?;
+        }
+        Ok(())
+    }
+
+    async fn flush(&mut self) -> Result<()> {
+        match self.writer.flush().await {
+            Ok(adds) => self.adds.extend(adds.into_iter().map(Action::Add)),
+            Err(e) => return Err(self.wrap(e)),
+        }
+        self.buffered = 0;
+        Ok(())
+    }
+
+    /// Finishes the files and commits them, replacing the previous content, in one commit.
+    /// Returns the rows written and the table's new version.
+    pub async fn commit(mut self) -> Result<(u64, u64)> {
+        self.flush().await?;
+        let mut actions = std::mem::take(&mut self.adds);
+        actions.append(&mut self.removes);
+        let operation = DeltaOperation::Write {
+            mode: SaveMode::Overwrite,
+            partition_by: (!self.partition_by.is_empty()).then(|| self.partition_by.clone()),
+            predicate: None,
+        };
+        let snapshot = match self.table.snapshot() {
+            Ok(s) => s,
+            Err(e) => return Err(self.wrap(e)),
+        };
+        let done = CommitBuilder::default()
+            .with_actions(actions)
+            .build(Some(snapshot), self.table.log_store(), operation)
+            .await;
+        match done {
+            Ok(c) => Ok((self.rows, c.version())),
+            Err(e) => Err(self.wrap(e.into())),
+        }
     }
 }
