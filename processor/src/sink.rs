@@ -218,7 +218,7 @@ impl Overwrite {
             .await;
         match done {
             Ok(c) => Ok((self.rows, c.version())),
-            Err(e) => Err(self.wrap(e.into())),
+            Err(e) => Err(self.wrap(e)),
         }
     }
 }
