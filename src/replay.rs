@@ -378,10 +378,10 @@ pub(crate) async fn run(args: ReplayArgs) -> Result<Summary> {
     summary.output_s = t.elapsed().as_secs_f64();
     let t = Instant::now();
     let (a, b, c, d) = tokio::join!(
-        store.overwrite(TABLE_CALL_FACTS, vec![out.call_facts]),
-        store.overwrite(TABLE_AGENT_LEGS, vec![out.agent_legs]),
-        store.overwrite(TABLE_INTERVAL_PARTIALS, vec![out.interval_partials]),
-        store.overwrite(TABLE_DEAD_LETTERS, vec![dead_batch]),
+        store.replace(TABLE_CALL_FACTS, out.call_facts, 64 * 1024),
+        store.replace(TABLE_AGENT_LEGS, out.agent_legs, 64 * 1024),
+        store.replace(TABLE_INTERVAL_PARTIALS, out.interval_partials, 64 * 1024),
+        store.replace(TABLE_DEAD_LETTERS, dead_batch, 64 * 1024),
     );
     a?;
     b?;

@@ -1,10 +1,12 @@
 //! Delta tables under one data directory: `DIR/<table>/` (Parquet files + `_delta_log/`).
 //!
-//! `DIR` is a local path or a URL (`file://`, `memory://`). Each [`TableStore::overwrite`]
-//! is one Delta commit: readers see the table's previous version until the commit lands,
-//! then the new one; a failed write leaves the previous version readable.
+//! `DIR` is a local path or a URL (`file://`, `memory://`). A table is replaced by writing
+//! new Parquet files, then one Delta commit that adds them and removes the previous ones
+//! ([`TableStore::overwrite_streaming`], [`TableStore::replace`]): readers see the
+//! previous version until the commit lands, then the new one; a failed run leaves the
+//! previous version readable (its stray files are never referenced).
 
-use deltalake::kernel::transaction::{CommitBuilder, CommitProperties};
+use deltalake::kernel::transaction::CommitBuilder;
 use deltalake::kernel::Action;
 use deltalake::parquet::basic::{Compression, Encoding, ZstdLevel};
 use deltalake::parquet::file::properties::WriterProperties;
@@ -85,26 +87,18 @@ impl TableStore {
         Ok(url)
     }
 
-    /// Replaces the whole content of table `name` with `batches`, in one commit.
-    /// Returns the table's new version.
-    pub async fn overwrite(&self, name: &str, batches: Vec<RecordBatch>) -> Result<u64> {
-        let url = self.table_url(name)?;
-        let wrap =
-            |source| Error::WriteTable { table: name.to_string(), location: url.to_string(), source: Box::new(source) };
-        let table = DeltaTable::try_from_url(url.clone()).await.map_err(wrap)?;
-        let props = writer_properties(name);
-        let parts = partition_columns(name);
-        let mut write = table
-            .write(batches)
-            .with_save_mode(SaveMode::Overwrite)
-            .with_writer_properties(props)
-            .with_table_name(name)
-            .with_commit_properties(CommitProperties::default());
-        if !parts.is_empty() {
-            write = write.with_partition_columns(parts.iter().map(|s| s.to_string()));
+    /// Replaces the whole content of table `name` with `batch`, in one commit, writing it
+    /// in slices of `slice_rows` (no second copy of the table). Returns the rows written and
+    /// the table's new version.
+    pub async fn replace(&self, name: &str, batch: RecordBatch, slice_rows: usize) -> Result<(u64, u64)> {
+        let mut w = self.overwrite_streaming(name, batch.schema(), usize::MAX).await?;
+        let mut at = 0;
+        while at < batch.num_rows() {
+            let n = slice_rows.max(1).min(batch.num_rows() - at);
+            w.write(batch.slice(at, n)).await?;
+            at += n;
         }
-        let table = write.await.map_err(wrap)?;
-        Ok(table.version().unwrap_or_default())
+        w.commit().await
     }
 
     /// Starts replacing the whole content of table `name` with batches written one at a
