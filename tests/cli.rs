@@ -2,7 +2,7 @@
 
 mod common;
 
-use common::{ccstream, ccstream_raw, fixture, sql_csv};
+use common::{ccstream, ccstream_raw, fixture, replayed_fixture, sql_csv};
 
 fn value(csv: &str) -> String {
     csv.lines().nth(1).unwrap_or_default().to_string()
@@ -96,15 +96,7 @@ fn sql_errors_are_one_line_and_fail() {
 
 #[test]
 fn query_time_variants_agree_with_the_views() {
-    let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("data");
-    ccstream(&[
-        "replay",
-        "--input",
-        fixture("oracle/events.parquet").to_str().unwrap(),
-        "--data",
-        data.to_str().unwrap(),
-    ]);
+    let (_dir, data) = replayed_fixture();
     // At the stored parameters, the table function computed from call_facts equals the view.
     let diff = sql_csv(
         &data,
@@ -153,15 +145,7 @@ fn query_time_variants_agree_with_the_views() {
 
 #[test]
 fn a_failed_replay_leaves_the_previous_tables() {
-    let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("data");
-    ccstream(&[
-        "replay",
-        "--input",
-        fixture("oracle/events.parquet").to_str().unwrap(),
-        "--data",
-        data.to_str().unwrap(),
-    ]);
+    let (dir, data) = replayed_fixture();
     let broken = dir.path().join("broken.parquet");
     let bytes = std::fs::read(fixture("oracle/events.parquet")).unwrap();
     std::fs::write(&broken, &bytes[..bytes.len() / 2]).unwrap();

@@ -26,6 +26,15 @@ pub fn ccstream_raw(args: &[&str]) -> Output {
         .expect("running the ccstream binary")
 }
 
+/// Replays the oracle fixture's Parquet file into a new temporary data directory.
+pub fn replayed_fixture() -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let input = fixture("oracle/events.parquet");
+    ccstream(&["replay", "--input", input.to_str().unwrap(), "--data", data.to_str().unwrap()]);
+    (dir, data)
+}
+
 /// `ccstream sql --format csv` → the CSV text.
 pub fn sql_csv(data: &Path, sql: &str) -> String {
     let out = ccstream(&["sql", "--data", data.to_str().unwrap(), "--format", "csv", sql]);
