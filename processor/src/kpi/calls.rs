@@ -12,6 +12,7 @@
 //! touches are almost always in cache; the cost per event is a hash probe and a few adds.
 
 use std::hash::BuildHasher;
+use std::ops::Range;
 use std::sync::Arc;
 
 use arrow::array::{
@@ -423,12 +424,43 @@ impl CallFold {
 
     /// The tables as of now, at `params`, stamped `revision` 1 and `computed_at_ms`.
     pub fn output(&self, dicts: &Dictionaries, params: &Params, computed_at_ms: i64) -> Result<FoldOutput> {
-        let legs = self.agent_legs(dicts, params, computed_at_ms)?;
         let call_mos = self.call_mos();
         Ok(FoldOutput {
-            call_facts: self.call_facts(dicts, params, &call_mos, computed_at_ms)?,
-            agent_legs: legs,
+            call_facts: self.call_facts(0..self.calls.len(), dicts, params, &call_mos, computed_at_ms)?,
+            agent_legs: self.agent_legs(0..self.legs.len(), dicts, params, computed_at_ms)?,
             interval_partials: self.interval_partials(dicts, params, computed_at_ms)?,
+        })
+    }
+
+    /// `call_facts` in slices of at most `rows` calls, so that a writer can encode each
+    /// slice while the next is built, and no table-sized arrays are ever allocated.
+    pub fn call_facts_slices<'s>(
+        &'s self,
+        dicts: &'s Dictionaries,
+        params: &'s Params,
+        computed_at_ms: i64,
+        rows: usize,
+    ) -> impl Iterator<Item = Result<RecordBatch>> + 's {
+        let call_mos = self.call_mos();
+        let rows = rows.max(1);
+        (0..self.calls.len()).step_by(rows).map(move |start| {
+            let end = (start + rows).min(self.calls.len());
+            self.call_facts(start..end, dicts, params, &call_mos, computed_at_ms)
+        })
+    }
+
+    /// `agent_legs` in slices of the legs of at most `rows` (call, agent) pairs.
+    pub fn agent_legs_slices<'s>(
+        &'s self,
+        dicts: &'s Dictionaries,
+        params: &'s Params,
+        computed_at_ms: i64,
+        rows: usize,
+    ) -> impl Iterator<Item = Result<RecordBatch>> + 's {
+        let rows = rows.max(1);
+        (0..self.legs.len()).step_by(rows).map(move |start| {
+            let end = (start + rows).min(self.legs.len());
+            self.agent_legs(start..end, dicts, params, computed_at_ms)
         })
     }
 
@@ -448,8 +480,17 @@ impl CallFold {
         out
     }
 
-    fn call_facts(&self, dicts: &Dictionaries, p: &Params, call_mos: &[f64], now: i64) -> Result<RecordBatch> {
-        let n = self.calls.len();
+    fn call_facts(
+        &self,
+        range: Range<usize>,
+        dicts: &Dictionaries,
+        p: &Params,
+        call_mos: &[f64],
+        now: i64,
+    ) -> Result<RecordBatch> {
+        let calls = &self.calls[range.clone()];
+        let call_mos = &call_mos[range];
+        let n = calls.len();
         let mut call_id = StringBuilder::with_capacity(n, n * 36);
         let mut text = String::with_capacity(40);
         let opt = |v: i64, none: i64| if v == none { None } else { Some(v) };
@@ -460,7 +501,7 @@ impl CallFold {
         let mut answered = Vec::with_capacity(n);
         let mut abandoned = Vec::with_capacity(n);
         let mut complete = Vec::with_capacity(n);
-        for c in &self.calls {
+        for c in calls {
             text.clear();
             dicts.ids.text(c.key, &mut text);
             call_id.append_value(&text);
@@ -485,13 +526,13 @@ impl CallFold {
         let talk: Float64Array =
             (0..n).map(|i| Some((handle_ms[i]? - hold_ms[i]? - acw_ms[i]?) as f64 / 1000.0)).collect();
         let ts = |f: &dyn Fn(&CallAcc) -> Option<i64>| -> ArrayRef {
-            Arc::new(TimestampMillisecondArray::from_iter(self.calls.iter().map(f)).with_timezone("UTC"))
+            Arc::new(TimestampMillisecondArray::from_iter(calls.iter().map(f)).with_timezone("UTC"))
         };
         let columns: Vec<ArrayRef> = vec![
             Arc::new(call_id.finish()),
-            Arc::new(StringArray::from_iter(self.calls.iter().map(|c| name(&dicts.tenants, c.tenant)))),
-            Arc::new(StringArray::from_iter(self.calls.iter().map(|c| name(&dicts.queues, c.entry_queue)))),
-            Arc::new(StringArray::from_iter(self.calls.iter().map(|c| name(&dicts.queues, c.final_queue)))),
+            Arc::new(StringArray::from_iter(calls.iter().map(|c| name(&dicts.tenants, c.tenant)))),
+            Arc::new(StringArray::from_iter(calls.iter().map(|c| name(&dicts.queues, c.entry_queue)))),
+            Arc::new(StringArray::from_iter(calls.iter().map(|c| name(&dicts.queues, c.final_queue)))),
             ts(&|c| opt(c.queued_ms, MIN_NONE)),
             ts(&|c| opt(c.answered_ms, MIN_NONE)),
             ts(&|c| opt(c.abandoned_ms, MIN_NONE)),
@@ -509,10 +550,10 @@ impl CallFold {
             Arc::new(BooleanArray::from_iter(
                 (0..n).map(|i| Some(abandoned[i] && wait_ms[i].is_some_and(|w| w < p.short_abandon_ms))),
             )),
-            Arc::new(BooleanArray::from_iter(self.calls.iter().map(|c| Some(c.n_transfers > 0)))),
-            Arc::new(Int64Array::from_iter_values(self.calls.iter().map(|c| c.n_transfers as i64))),
-            Arc::new(BooleanArray::from_iter(self.calls.iter().map(|c| Some(c.n_queued > 1)))),
-            Arc::new(Int64Array::from_iter_values(self.calls.iter().map(|c| c.n_answered as i64))),
+            Arc::new(BooleanArray::from_iter(calls.iter().map(|c| Some(c.n_transfers > 0)))),
+            Arc::new(Int64Array::from_iter_values(calls.iter().map(|c| c.n_transfers as i64))),
+            Arc::new(BooleanArray::from_iter(calls.iter().map(|c| Some(c.n_queued > 1)))),
+            Arc::new(Int64Array::from_iter_values(calls.iter().map(|c| c.n_answered as i64))),
             Arc::new(BooleanArray::from(complete)),
             Arc::new(Int64Array::from(wait_ms)),
             Arc::new(Int64Array::from(handle_ms)),
@@ -523,8 +564,8 @@ impl CallFold {
         Ok(RecordBatch::try_new(call_facts_schema(), columns)?)
     }
 
-    fn agent_legs(&self, dicts: &Dictionaries, p: &Params, now: i64) -> Result<RecordBatch> {
-        let legs: Vec<&LegAcc> = self.legs.iter().filter(|l| l.n_answered > 0).collect();
+    fn agent_legs(&self, range: Range<usize>, dicts: &Dictionaries, p: &Params, now: i64) -> Result<RecordBatch> {
+        let legs: Vec<&LegAcc> = self.legs[range].iter().filter(|l| l.n_answered > 0).collect();
         let n = legs.len();
         let mut call_id = StringBuilder::with_capacity(n, n * 36);
         let mut text = String::with_capacity(40);
@@ -579,7 +620,8 @@ impl CallFold {
         Ok(RecordBatch::try_new(agent_legs_schema(), columns)?)
     }
 
-    fn interval_partials(&self, dicts: &Dictionaries, p: &Params, now: i64) -> Result<RecordBatch> {
+    /// `interval_partials` (one row per tenant × entry queue × 15-minute interval).
+    pub fn interval_partials(&self, dicts: &Dictionaries, p: &Params, now: i64) -> Result<RecordBatch> {
         #[derive(Default, Clone, Copy)]
         struct Part {
             offered: i64,
