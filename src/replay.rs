@@ -22,7 +22,7 @@ use arrow::compute::filter_record_batch;
 use ccstream_ingest::file::{discover, parquet_rows, Chunk, FileReader, Format, InputFile, ReadOptions};
 use ccstream_processor::batch::{to_events_schema, DecodedBatch, Decoder, JsonDecoder, FOLD_COLUMNS};
 use ccstream_processor::kpi::CallFold;
-use ccstream_processor::sink::TableStore;
+use ccstream_processor::sink::{Overwrite, TableStore};
 use ccstream_schemas::{
     agent_legs_schema, call_facts_schema, dead_letters_schema, events_schema, TABLE_AGENT_LEGS, TABLE_CALL_FACTS,
     TABLE_DEAD_LETTERS, TABLE_EVENTS, TABLE_INTERVAL_PARTIALS,
@@ -369,29 +369,42 @@ pub(crate) async fn run(args: ReplayArgs) -> Result<Summary> {
     summary.read_s = read_time.as_secs_f64();
     summary.fold_s = fold_time.as_secs_f64();
 
-    // Each table is built in slices and encoded as it is built: no table-sized arrays.
+    // Each table is built in slices on this thread and encoded as it is built by its own
+    // task (in parallel when there are cores for it): no table-sized arrays, ever.
     const SLICE_ROWS: usize = 64 * 1024;
     let mut output_time = Duration::ZERO;
     let t = Instant::now();
     let dicts = &decoder.dicts;
-    let mut sink = store.overwrite_streaming(TABLE_CALL_FACTS, call_facts_schema(), usize::MAX).await?;
-    for slice in fold.call_facts_slices(dicts, &params, now, SLICE_ROWS) {
+    let (facts_tx, facts_done) =
+        spawn_sink(store.overwrite_streaming(TABLE_CALL_FACTS, call_facts_schema(), usize::MAX).await?);
+    let (legs_tx, legs_done) =
+        spawn_sink(store.overwrite_streaming(TABLE_AGENT_LEGS, agent_legs_schema(), usize::MAX).await?);
+    let mut facts = fold.call_facts_slices(dicts, &params, now, SLICE_ROWS);
+    let mut legs = fold.agent_legs_slices(dicts, &params, now, SLICE_ROWS);
+    loop {
         let built = Instant::now();
-        let slice = slice?;
+        let (f, l) = (facts.next().transpose()?, legs.next().transpose()?);
         output_time += built.elapsed();
-        summary.call_facts_rows += slice.num_rows() as u64;
-        sink.write(slice).await?;
+        if f.is_none() && l.is_none() {
+            break;
+        }
+        // A send fails only if the sink task ended early: its error is reported below.
+        if let Some(f) = f {
+            summary.call_facts_rows += f.num_rows() as u64;
+            if facts_tx.send(f).await.is_err() {
+                break;
+            }
+        }
+        if let Some(l) = l {
+            summary.agent_legs_rows += l.num_rows() as u64;
+            if legs_tx.send(l).await.is_err() {
+                break;
+            }
+        }
     }
-    sink.commit().await?;
-    let mut sink = store.overwrite_streaming(TABLE_AGENT_LEGS, agent_legs_schema(), usize::MAX).await?;
-    for slice in fold.agent_legs_slices(dicts, &params, now, SLICE_ROWS) {
-        let built = Instant::now();
-        let slice = slice?;
-        output_time += built.elapsed();
-        summary.agent_legs_rows += slice.num_rows() as u64;
-        sink.write(slice).await?;
-    }
-    sink.commit().await?;
+    drop((facts, legs, facts_tx, legs_tx));
+    facts_done.await??;
+    legs_done.await??;
     let built = Instant::now();
     let partials = fold.interval_partials(dicts, &params, now)?;
     let dead_batch = dead_letters_batch(&dead, now)?;
@@ -453,6 +466,20 @@ async fn write_events(
     anyhow::ensure!(offset == keep.len(), "input changed between the two passes ({} rows, then {offset})", keep.len());
     let (rows, _version) = sink.commit().await?;
     Ok(rows)
+}
+
+/// A task that writes the batches it receives into `sink` and commits when the sender
+/// is dropped.
+fn spawn_sink(sink: Overwrite) -> (tokio::sync::mpsc::Sender<RecordBatch>, tokio::task::JoinHandle<Result<(u64, u64)>>) {
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<RecordBatch>(2);
+    let done = tokio::spawn(async move {
+        let mut sink = sink;
+        while let Some(batch) = rx.recv().await {
+            sink.write(batch).await?;
+        }
+        Ok(sink.commit().await?)
+    });
+    (tx, done)
 }
 
 /// One row as a JSON line, for the dead letter of an invalid Parquet row.
