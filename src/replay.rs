@@ -470,7 +470,9 @@ async fn write_events(
 
 /// A task that writes the batches it receives into `sink` and commits when the sender
 /// is dropped.
-fn spawn_sink(sink: Overwrite) -> (tokio::sync::mpsc::Sender<RecordBatch>, tokio::task::JoinHandle<Result<(u64, u64)>>) {
+fn spawn_sink(
+    sink: Overwrite,
+) -> (tokio::sync::mpsc::Sender<RecordBatch>, tokio::task::JoinHandle<Result<(u64, u64)>>) {
     let (tx, mut rx) = tokio::sync::mpsc::channel::<RecordBatch>(2);
     let done = tokio::spawn(async move {
         let mut sink = sink;
