@@ -434,7 +434,6 @@ fn simulate(args: &GenerateArgs, w: &mut World, rng: &mut ChaCha8Rng, t0: i64) -
         };
         let mut best = pick(&w.agents, t, &[q]);
         let mut queue_now = q;
-        let mut overflowed = false;
         if let Some(ov) = queue.overflow_to {
             let after = t + queue.overflow_after_ms;
             if best.is_none_or(|b| b.1 > after) && patience > queue.overflow_after_ms {
@@ -448,7 +447,6 @@ fn simulate(args: &GenerateArgs, w: &mut World, rng: &mut ChaCha8Rng, t0: i64) -
                     Extra::Queued { priority, overflow_from: Some(q as u16) },
                     rng,
                 );
-                overflowed = true;
                 queue_now = ov;
                 let alt = pick(&w.agents, after, &[q, ov]);
                 best = match (best, alt) {
@@ -457,7 +455,6 @@ fn simulate(args: &GenerateArgs, w: &mut World, rng: &mut ChaCha8Rng, t0: i64) -
                 };
             }
         }
-        let _ = overflowed;
         let deadline = t + patience;
         // ring-no-answer: the first offer rings out and the call waits 15 s more
         let mut offer_at = best.map(|b| b.1);
