@@ -442,11 +442,7 @@ impl CallFold {
         rows: usize,
     ) -> impl Iterator<Item = Result<RecordBatch>> + 's {
         let call_mos = self.call_mos();
-        let rows = rows.max(1);
-        (0..self.calls.len()).step_by(rows).map(move |start| {
-            let end = (start + rows).min(self.calls.len());
-            self.call_facts(start..end, dicts, params, &call_mos, computed_at_ms)
-        })
+        slices(self.calls.len(), rows).map(move |r| self.call_facts(r, dicts, params, &call_mos, computed_at_ms))
     }
 
     /// `agent_legs` in slices of the legs of at most `rows` (call, agent) pairs.
@@ -457,11 +453,7 @@ impl CallFold {
         computed_at_ms: i64,
         rows: usize,
     ) -> impl Iterator<Item = Result<RecordBatch>> + 's {
-        let rows = rows.max(1);
-        (0..self.legs.len()).step_by(rows).map(move |start| {
-            let end = (start + rows).min(self.legs.len());
-            self.agent_legs(start..end, dicts, params, computed_at_ms)
-        })
+        slices(self.legs.len(), rows).map(move |r| self.agent_legs(r, dicts, params, computed_at_ms))
     }
 
     /// Minimum leg MOS per call (Genesys convention); NaN when no leg has one.
@@ -713,6 +705,12 @@ impl CallFold {
         ];
         Ok(RecordBatch::try_new(interval_partials_schema(), columns)?)
     }
+}
+
+/// `0..len` cut into consecutive ranges of at most `rows` (at least 1).
+fn slices(len: usize, rows: usize) -> impl Iterator<Item = Range<usize>> {
+    let rows = rows.max(1);
+    (0..len).step_by(rows).map(move |start| start..(start + rows).min(len))
 }
 
 /// The name of `id`, NULL for NONE.
