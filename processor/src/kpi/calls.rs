@@ -92,6 +92,41 @@ impl CallAcc {
             first_leg: NO_LEG,
         }
     }
+
+    fn answered(&self) -> bool {
+        self.answered_ms != MIN_NONE
+    }
+
+    /// Abandoned and never answered.
+    fn abandoned(&self) -> bool {
+        self.abandoned_ms != MIN_NONE && !self.answered()
+    }
+
+    /// Answered, and as many answers as leg ends and wrap-ups, with paired holds.
+    fn legs_complete(&self) -> bool {
+        self.answered()
+            && self.n_answered == self.n_leg_end
+            && self.n_answered == self.n_wrapup
+            && self.n_hold_started == self.n_hold_ended
+    }
+
+    /// Answer (or abandon) minus queue entry; NULL without both.
+    fn wait_ms(&self) -> Option<i64> {
+        if self.queued_ms == MIN_NONE {
+            None
+        } else if self.answered() {
+            Some(self.answered_ms - self.queued_ms)
+        } else if self.abandoned() {
+            Some(self.abandoned_ms - self.queued_ms)
+        } else {
+            None
+        }
+    }
+
+    /// Σ wrap-ups − Σ answers, when the legs are complete.
+    fn handle_ms(&self) -> Option<i64> {
+        self.legs_complete().then(|| self.sum_wrapup - self.sum_answered)
+    }
 }
 
 /// Per-(call, agent) accumulator.
@@ -497,21 +532,13 @@ impl CallFold {
             text.clear();
             dicts.ids.text(c.key, &mut text);
             call_id.append_value(&text);
-            let ans = c.answered_ms != MIN_NONE;
-            let abd = c.abandoned_ms != MIN_NONE && !ans;
-            let lc =
-                ans && c.n_answered == c.n_leg_end && c.n_answered == c.n_wrapup && c.n_hold_started == c.n_hold_ended;
-            let queued = opt(c.queued_ms, MIN_NONE);
-            wait_ms.push(match queued {
-                Some(q) if ans => Some(c.answered_ms - q),
-                Some(q) if abd => Some(c.abandoned_ms - q),
-                _ => None,
-            });
+            let lc = c.legs_complete();
+            wait_ms.push(c.wait_ms());
             hold_ms.push(lc.then(|| c.sum_hold_ended - c.sum_hold_started));
             acw_ms.push(lc.then(|| c.sum_wrapup - c.sum_leg_end));
-            handle_ms.push(lc.then(|| c.sum_wrapup - c.sum_answered));
-            answered.push(ans);
-            abandoned.push(abd);
+            handle_ms.push(c.handle_ms());
+            answered.push(c.answered());
+            abandoned.push(c.abandoned());
             complete.push(lc);
         }
         let secs = |v: &Option<i64>| v.map(|ms| ms as f64 / 1000.0);
@@ -642,29 +669,18 @@ impl CallFold {
                 order.push(key);
                 Part::default()
             });
-            let ans = c.answered_ms != MIN_NONE;
-            let abd = c.abandoned_ms != MIN_NONE && !ans;
-            let wait = if ans {
-                Some(c.answered_ms - c.queued_ms)
-            } else if abd {
-                Some(c.abandoned_ms - c.queued_ms)
-            } else {
-                None
-            };
-            let lc =
-                ans && c.n_answered == c.n_leg_end && c.n_answered == c.n_wrapup && c.n_hold_started == c.n_hold_ended;
             g.offered += 1;
             g.overflowed += (c.n_queued > 1) as i64;
             g.transferred += (c.n_transfers > 0) as i64;
-            if let Some(w) = wait {
+            if let Some(w) = c.wait_ms() {
                 g.max_wait_ms = Some(g.max_wait_ms.map_or(w, |m| m.max(w)));
-                if ans {
+                if c.answered() {
                     g.answered += 1;
                     g.sum_answer_wait_ms += w;
                     g.answered_within_sl += (w <= p.sl_threshold_ms) as i64;
-                    if lc {
+                    if let Some(h) = c.handle_ms() {
                         g.n_handle += 1;
-                        g.sum_handle_ms += c.sum_wrapup - c.sum_answered;
+                        g.sum_handle_ms += h;
                     }
                 } else {
                     g.abandoned += 1;
