@@ -92,18 +92,18 @@ pub(crate) struct Summary {
 
 /// A dead letter, before it becomes a row.
 #[derive(Debug)]
-struct DeadLetter {
-    source: &'static str,
-    origin: String,
-    line: Option<i64>,
-    reason: String,
-    raw: Vec<u8>,
+pub(crate) struct DeadLetter {
+    pub(crate) source: String,
+    pub(crate) origin: String,
+    pub(crate) line: Option<i64>,
+    pub(crate) reason: String,
+    pub(crate) raw: Vec<u8>,
 }
 
 impl DeadLetter {
     fn new(file: &InputFile, line: Option<u64>, reason: String, raw: &[u8]) -> Self {
         DeadLetter {
-            source: source_name(file.format),
+            source: source_name(file.format).to_string(),
             origin: file.path.display().to_string(),
             line: line.map(|l| l as i64),
             reason,
@@ -288,7 +288,7 @@ impl Source {
     }
 }
 
-fn progress_bar(mode: &str, total: u64, label: &str) -> ProgressBar {
+pub(crate) fn progress_bar(mode: &str, total: u64, label: &str) -> ProgressBar {
     let target = match mode {
         "always" => ProgressDrawTarget::stderr(),
         "never" => ProgressDrawTarget::hidden(),
@@ -307,7 +307,7 @@ fn progress_bar(mode: &str, total: u64, label: &str) -> ProgressBar {
     bar
 }
 
-fn now_ms() -> i64 {
+pub(crate) fn now_ms() -> i64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
 }
 
@@ -499,11 +499,11 @@ fn row_json(batch: &RecordBatch, row: usize) -> Vec<u8> {
     buf
 }
 
-fn dead_letters_batch(dead: &[DeadLetter], now: i64) -> Result<RecordBatch> {
+pub(crate) fn dead_letters_batch(dead: &[DeadLetter], now: i64) -> Result<RecordBatch> {
     let n = dead.len();
     let columns: Vec<ArrayRef> = vec![
         Arc::new(TimestampMillisecondArray::from_value(now, n).with_timezone("UTC")),
-        Arc::new(StringArray::from_iter_values(dead.iter().map(|d| d.source))),
+        Arc::new(StringArray::from_iter_values(dead.iter().map(|d| d.source.as_str()))),
         Arc::new(StringArray::from_iter_values(dead.iter().map(|d| d.origin.as_str()))),
         Arc::new(Int64Array::from_iter(dead.iter().map(|d| d.line))),
         Arc::new(StringArray::from_iter_values(dead.iter().map(|d| d.reason.as_str()))),

@@ -3,23 +3,7 @@
 
 mod common;
 
-use common::{assert_same_table, ccstream, fixture, sql_csv};
-
-const OUTPUTS: [(&str, &str); 3] = [
-    ("call_facts", "call_id"),
-    ("interval_metrics", "tenant_id, queue_id, interval_start"),
-    ("agent_day_metrics", "tenant_id, agent_id, day"),
-];
-
-fn check_against(data: &std::path::Path, expected_dir: &str) {
-    for (name, key) in OUTPUTS {
-        let expected = std::fs::read_to_string(fixture(&format!("oracle/{expected_dir}/{name}.csv"))).unwrap();
-        let columns = expected.lines().next().unwrap().to_string();
-        let actual = sql_csv(data, &format!("SELECT {columns} FROM {name} ORDER BY {key}"));
-        let n = assert_same_table(name, &expected, &actual);
-        assert!(n > 40, "{name}: only {n} rows compared");
-    }
-}
+use common::{ccstream, check_against, fixture, sql_csv};
 
 fn replay(input: &str, data: &std::path::Path, extra: &[&str]) -> serde_json::Value {
     let input = fixture(input);

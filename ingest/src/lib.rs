@@ -4,7 +4,7 @@
 //!   in chunks of whole lines or record batches, with the position of each chunk so that
 //!   rejected input can be traced to its file and line.
 //!
-//! Parsing JSON into events is the processor's decoder's job; this crate only frames input.
+//! - [`file::records`]: input framed as event-log records (events and dead letters).
 
 pub mod file;
 
@@ -27,6 +27,12 @@ pub enum Error {
         "{path}: not a canonical events file (expected .jsonl, .ndjson, .json, .parquet, optionally .gz for JSON)"
     )]
     UnknownFormat { path: String },
+    #[error("writing rows of {path} as JSON: {source}")]
+    Json {
+        path: String,
+        #[source]
+        source: arrow::error::ArrowError,
+    },
     #[error("no input files found under {0}")]
     NoInput(String),
 }

@@ -106,6 +106,34 @@ impl TableStore {
     /// is one Delta commit. Memory stays bounded: files are finished every
     /// `flush_rows` rows.
     pub async fn overwrite_streaming(&self, name: &str, schema: SchemaRef, flush_rows: usize) -> Result<Overwrite> {
+        self.start_write(name, schema, flush_rows, SaveMode::Overwrite).await
+    }
+
+    /// Like [`TableStore::overwrite_streaming`], but the commit adds the new files to what the
+    /// table holds instead of replacing it.
+    pub async fn append_streaming(&self, name: &str, schema: SchemaRef, flush_rows: usize) -> Result<Overwrite> {
+        self.start_write(name, schema, flush_rows, SaveMode::Append).await
+    }
+
+    /// The versions of the application transactions `app_ids` recorded in table `name`
+    /// (`None` for an id never committed, or a table that does not exist yet).
+    pub async fn transaction_versions(&self, name: &str, app_ids: &[String]) -> Result<Vec<Option<i64>>> {
+        let url = self.table_url(name)?;
+        let wrap =
+            |source| Error::WriteTable { table: name.to_string(), location: url.to_string(), source: Box::new(source) };
+        let mut table = DeltaTable::try_from_url(url.clone()).await.map_err(wrap)?;
+        if table.load().await.is_err() || table.version().is_none() {
+            return Ok(vec![None; app_ids.len()]);
+        }
+        let snapshot = table.snapshot().map_err(wrap)?;
+        let mut out = Vec::with_capacity(app_ids.len());
+        for id in app_ids {
+            out.push(snapshot.transaction_version(table.log_store().as_ref(), id).await.map_err(wrap)?);
+        }
+        Ok(out)
+    }
+
+    async fn start_write(&self, name: &str, schema: SchemaRef, flush_rows: usize, mode: SaveMode) -> Result<Overwrite> {
         let url = self.table_url(name)?;
         let wrap =
             |source| Error::WriteTable { table: name.to_string(), location: url.to_string(), source: Box::new(source) };
@@ -121,8 +149,16 @@ impl TableStore {
                 .await
                 .map_err(wrap)?;
         }
-        let removes: Vec<Action> =
-            table.snapshot().map_err(wrap)?.log_data().iter().map(|f| Action::Remove(f.remove_action(true))).collect();
+        let removes: Vec<Action> = match mode {
+            SaveMode::Overwrite => table
+                .snapshot()
+                .map_err(wrap)?
+                .log_data()
+                .iter()
+                .map(|f| Action::Remove(f.remove_action(true)))
+                .collect(),
+            _ => Vec::new(),
+        };
         let writer =
             RecordBatchWriter::for_table(&table).map_err(wrap)?.with_writer_properties(writer_properties(name));
         Ok(Overwrite {
@@ -136,6 +172,8 @@ impl TableStore {
             flush_rows: flush_rows.max(1),
             buffered: 0,
             rows: 0,
+            mode,
+            transactions: Vec::new(),
         })
     }
 }
@@ -152,6 +190,8 @@ pub struct Overwrite {
     flush_rows: usize,
     buffered: usize,
     rows: u64,
+    mode: SaveMode,
+    transactions: Vec<(String, i64)>,
 }
 
 impl std::fmt::Debug for Overwrite {
@@ -191,14 +231,24 @@ impl Overwrite {
         Ok(())
     }
 
-    /// Finishes the files and commits them, replacing the previous content, in one commit.
+    /// Records application transaction `(app_id, version)` in the same commit (the
+    /// processor's consumed offsets: they land with the rows or not at all).
+    pub fn with_transaction(&mut self, app_id: String, version: i64) {
+        self.transactions.push((app_id, version));
+    }
+
+    /// Finishes the files and commits them (replacing the previous content, or adding to
+    /// it for [`TableStore::append_streaming`]) in one commit.
     /// Returns the rows written and the table's new version.
     pub async fn commit(mut self) -> Result<(u64, u64)> {
         self.flush().await?;
         let mut actions = std::mem::take(&mut self.adds);
         actions.append(&mut self.removes);
+        for (app_id, version) in self.transactions.drain(..) {
+            actions.push(Action::Txn(deltalake::kernel::Transaction::new(app_id, version)));
+        }
         let operation = DeltaOperation::Write {
-            mode: SaveMode::Overwrite,
+            mode: self.mode,
             partition_by: (!self.partition_by.is_empty()).then(|| self.partition_by.clone()),
             predicate: None,
         };

@@ -12,12 +12,14 @@
 
 mod event;
 mod ids;
+mod record;
 mod tables;
 mod time;
 
 pub use event::Validated;
 pub use event::{Event, EventError, EventType, CALL_EVENT_TYPES};
 pub use ids::{format_uuid, is_uuid_key, parse_uuid, IdKey, OTHER_TAG};
+pub use record::{event_key, DeadLetterRecord, DEAD_LETTER_KEY};
 pub use tables::{
     agent_legs_schema, call_facts_schema, dead_letters_schema, events_schema, interval_partials_schema,
     is_low_cardinality, partition_columns, table_schema, with_dictionaries, TABLES, TABLE_AGENT_LEGS, TABLE_CALL_FACTS,

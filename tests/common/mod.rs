@@ -26,6 +26,24 @@ pub fn ccstream_raw(args: &[&str]) -> Output {
         .expect("running the ccstream binary")
 }
 
+/// The oracle's three outputs and the key each is sorted by.
+pub const OUTPUTS: [(&str, &str); 3] = [
+    ("call_facts", "call_id"),
+    ("interval_metrics", "tenant_id, queue_id, interval_start"),
+    ("agent_day_metrics", "tenant_id, agent_id, day"),
+];
+
+/// Asserts that the tables in `data` equal the oracle's CSVs in `oracle/<expected_dir>/`.
+pub fn check_against(data: &Path, expected_dir: &str) {
+    for (name, key) in OUTPUTS {
+        let expected = std::fs::read_to_string(fixture(&format!("oracle/{expected_dir}/{name}.csv"))).unwrap();
+        let columns = expected.lines().next().unwrap().to_string();
+        let actual = sql_csv(data, &format!("SELECT {columns} FROM {name} ORDER BY {key}"));
+        let n = assert_same_table(name, &expected, &actual);
+        assert!(n > 40, "{name}: only {n} rows compared");
+    }
+}
+
 /// Replays the oracle fixture's Parquet file into a new temporary data directory.
 pub fn replayed_fixture() -> (tempfile::TempDir, PathBuf) {
     let dir = tempfile::tempdir().unwrap();

@@ -5,6 +5,8 @@
 //! A directory stands for every such file under it, in path order. A JSON chunk always
 //! ends at a line end, so no line is ever split; line numbers are 1-based.
 
+pub mod records;
+
 use std::fs::File;
 use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};

@@ -1,0 +1,167 @@
+//! Input files framed as event-log records (sans-IO): each valid event becomes one record
+//! (key = call key, value = its JSON form); each rejected line or row becomes a dead-letter
+//! record with its file, line and reason. See `ccstream_schemas::event_key` and
+//! `DeadLetterRecord` for the record contract.
+
+use std::ops::Range;
+
+use arrow::array::RecordBatch;
+use ccstream_eventlog::RecordRef;
+use ccstream_schemas::{event_key, DeadLetterRecord, Event, DEAD_LETTER_KEY};
+
+use super::{Format, InputFile};
+use crate::Error;
+
+/// Log records built from a chunk, in input order, in one buffer.
+#[derive(Debug, Default)]
+pub struct LogRecords {
+    bytes: Vec<u8>,
+    spans: Vec<(Range<usize>, Range<usize>)>,
+    timestamp_ms: i64,
+    /// Valid events among the records.
+    pub events: u64,
+    /// Dead letters among the records.
+    pub dead_letters: u64,
+}
+
+impl LogRecords {
+    /// Empty, stamping records with `timestamp_ms` (the ingestion time).
+    pub fn new(timestamp_ms: i64) -> Self {
+        LogRecords { timestamp_ms, ..LogRecords::default() }
+    }
+
+    pub fn len(&self) -> usize {
+        self.spans.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.spans.is_empty()
+    }
+
+    /// Forgets the records (keeps the buffers and the counters).
+    pub fn clear(&mut self) {
+        self.bytes.clear();
+        self.spans.clear();
+    }
+
+    /// The records, ready for `EventLog::append`.
+    pub fn refs(&self) -> Vec<RecordRef<'_>> {
+        self.spans
+            .iter()
+            .map(|(k, v)| RecordRef {
+                key: &self.bytes[k.clone()],
+                value: &self.bytes[v.clone()],
+                timestamp_ms: self.timestamp_ms,
+            })
+            .collect()
+    }
+
+    fn push(&mut self, key: &[u8], value: &[u8]) {
+        let k0 = self.bytes.len();
+        self.bytes.extend_from_slice(key);
+        let v0 = self.bytes.len();
+        self.bytes.extend_from_slice(value);
+        self.spans.push((k0..v0, v0..self.bytes.len()));
+    }
+
+    fn push_dead(&mut self, file: &InputFile, line: u64, reason: String, raw: &[u8]) {
+        let d = DeadLetterRecord::new(
+            source_name(file.format),
+            &file.path.display().to_string(),
+            Some(line as i64),
+            reason,
+            raw,
+        );
+        self.push(DEAD_LETTER_KEY, &d.to_json());
+        self.dead_letters += 1;
+    }
+
+    /// Adds one JSON line (number `line` of `file`): an event record or a dead letter.
+    /// Blank lines are skipped.
+    pub fn add_line(&mut self, file: &InputFile, line: u64, raw: &[u8]) {
+        let raw = raw.strip_suffix(b"\r").unwrap_or(raw);
+        if raw.iter().all(u8::is_ascii_whitespace) {
+            return;
+        }
+        let text = match std::str::from_utf8(raw) {
+            Ok(t) => t,
+            Err(e) => return self.push_dead(file, line, format!("not UTF-8: {e}"), raw),
+        };
+        let event = match Event::from_json(text) {
+            Ok(e) => e,
+            Err(e) => return self.push_dead(file, line, e.to_string(), raw),
+        };
+        if let Err(e) = event.validate() {
+            return self.push_dead(file, line, e.to_string(), raw);
+        }
+        let key = event_key(&event).to_vec();
+        self.push(&key, text.trim().as_bytes());
+        self.events += 1;
+    }
+
+    /// Adds the lines of a JSON Lines chunk whose first line is number `first_line`.
+    pub fn add_lines(&mut self, file: &InputFile, first_line: u64, data: &[u8]) {
+        for (i, raw) in data.split(|&b| b == b'\n').enumerate() {
+            self.add_line(file, first_line + i as u64, raw);
+        }
+    }
+
+    /// Adds the rows of a Parquet batch whose first row has 0-based index `first_row`
+    /// (each row is written as its JSON form, then checked like a line).
+    pub fn add_batch(&mut self, file: &InputFile, first_row: u64, batch: &RecordBatch) -> Result<(), Error> {
+        let mut buf = Vec::with_capacity(batch.num_rows() * 300);
+        {
+            let mut w = arrow::json::LineDelimitedWriter::new(&mut buf);
+            w.write(batch).map_err(|e| Error::Json { path: file.path.display().to_string(), source: e })?;
+            w.finish().map_err(|e| Error::Json { path: file.path.display().to_string(), source: e })?;
+        }
+        let mut row = first_row + 1;
+        for raw in buf.split(|&b| b == b'\n') {
+            if raw.is_empty() {
+                continue;
+            }
+            self.add_line(file, row, raw);
+            row += 1;
+        }
+        Ok(())
+    }
+}
+
+/// The `source` of a file's dead letters.
+pub fn source_name(format: Format) -> &'static str {
+    match format {
+        Format::Jsonl { .. } => "file.jsonl",
+        Format::Parquet => "file.parquet",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::PathBuf;
+
+    fn file() -> InputFile {
+        InputFile { path: PathBuf::from("in.jsonl"), format: Format::Jsonl { gzip: false }, bytes: 0 }
+    }
+
+    #[test]
+    fn lines_become_keyed_records_or_dead_letters() {
+        let data = b"{\"event_id\":\"e1\",\"tenant_id\":\"t\",\"call_id\":\"c9\",\"event_type\":\"call_queued\",\"occurred_at\":\"2025-01-01T00:00:00.000Z\"}\n\
+                     \n\
+                     {\"event_id\": broken\n\
+                     {\"event_id\":\"e2\",\"tenant_id\":\"t\",\"event_type\":\"call_queued\",\"occurred_at\":\"2025-01-01T00:00:00.000Z\"}";
+        let mut r = LogRecords::new(5);
+        r.add_lines(&file(), 10, data);
+        assert_eq!((r.events, r.dead_letters, r.len()), (1, 2, 3));
+        let refs = r.refs();
+        assert_eq!(refs[0].key, b"c9");
+        assert!(refs[0].value.starts_with(b"{\"event_id\":\"e1\""));
+        assert_eq!(refs[0].timestamp_ms, 5);
+        assert_eq!(refs[1].key, DEAD_LETTER_KEY);
+        let d = DeadLetterRecord::from_json(refs[1].value).unwrap();
+        assert_eq!((d.line, d.origin.as_str()), (Some(12), "in.jsonl"));
+        let d = DeadLetterRecord::from_json(refs[2].value).unwrap();
+        assert_eq!(d.line, Some(13));
+        assert!(d.reason.contains("call_id"), "{}", d.reason);
+    }
+}
