@@ -14,6 +14,7 @@ mod config;
 mod demo;
 mod generate;
 mod ingest;
+mod metrics_http;
 mod output;
 mod process;
 mod replay;

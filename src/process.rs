@@ -27,6 +27,7 @@ use ccstream_eventlog::{open, Delivered, EventLog, LogConsumer, OpenOptions, Par
 use ccstream_processor::batch::{to_events_schema, DecodedBatch, Decoder, JsonDecoder};
 use ccstream_processor::kpi::{CallFold, Params};
 use ccstream_processor::sink::TableStore;
+use ccstream_processor::telemetry::Telemetry;
 use ccstream_schemas::{
     agent_legs_schema, call_facts_schema, events_schema, interval_partials_schema, DeadLetterRecord, DEAD_LETTER_KEY,
     TABLE_AGENT_LEGS, TABLE_CALL_FACTS, TABLE_DEAD_LETTERS, TABLE_EVENTS, TABLE_INTERVAL_PARTIALS,
@@ -59,6 +60,12 @@ pub(crate) struct ProcessArgs {
     /// Most records taken from the log per poll
     #[arg(long, env = "CCSTREAM_POLL_RECORDS", default_value_t = 65_536)]
     pub(crate) poll_records: usize,
+    /// Serve Prometheus metrics at http://ADDR/metrics (port 0: any free port)
+    #[arg(long, env = "CCSTREAM_METRICS_LISTEN")]
+    pub(crate) metrics_listen: Option<std::net::SocketAddr>,
+    /// Write the metrics address, once bound, to this file
+    #[arg(long, env = "CCSTREAM_LISTEN_FILE")]
+    pub(crate) listen_file: Option<PathBuf>,
 }
 
 /// What a `process` run did.
@@ -104,6 +111,10 @@ struct Processor {
     pending_dead: Vec<DeadLetter>,
     dirty: bool,
     summary: ProcessSummary,
+    telemetry: Arc<Telemetry>,
+    /// Next offset per partition, shared with the lag reporter.
+    positions: Arc<std::sync::Mutex<BTreeMap<Partition, u64>>>,
+    last_live: Instant,
 }
 
 impl std::fmt::Debug for Processor {
@@ -163,6 +174,7 @@ impl Processor {
             let Some(last) = recs.last() else { continue };
             state.next = last.offset + 1;
             self.summary.records += recs.len() as u64;
+            self.telemetry.records.inc_by(recs.len() as u64);
             let mut lines: Vec<&str> = Vec::with_capacity(recs.len());
             let mut line_offsets: Vec<u64> = Vec::with_capacity(recs.len());
             for r in &recs {
@@ -214,7 +226,11 @@ impl Processor {
                 continue;
             }
             self.decoder.decode(&batch, &mut self.decoded)?;
+            let before = state.fold.stats();
             state.fold.update(&self.decoded, &self.decoder.dicts);
+            let after = state.fold.stats();
+            self.telemetry.duplicates.inc_by(after.duplicates - before.duplicates);
+            self.telemetry.events.inc_by(after.rows.saturating_sub(before.rows));
             for (row, reason) in self.decoded.invalid.drain(..) {
                 let offset = line_offsets[rows[row] as usize];
                 if offset >= state.dead_committed {
@@ -241,6 +257,55 @@ impl Processor {
             }
         }
         Ok(())
+    }
+
+    /// Publishes the live gauges (at most every 200 ms: it scans the state).
+    fn observe(&mut self, force: bool) {
+        {
+            let mut pos = self.positions.lock().unwrap_or_else(|p| p.into_inner());
+            pos.clear();
+            pos.extend(self.parts.iter().map(|(p, s)| (*p, s.next)));
+        }
+        if !force && self.last_live.elapsed() < Duration::from_millis(200) {
+            return;
+        }
+        self.last_live = Instant::now();
+        let mut merged: BTreeMap<(u32, u32), ccstream_processor::kpi::LiveQueue> = BTreeMap::new();
+        let mut latest: Option<i64> = None;
+        for s in self.parts.values() {
+            let (t, queues) = s.fold.live_queues(&self.params);
+            latest = latest.max(t);
+            for q in queues {
+                let m = merged.entry((q.tenant, q.queue)).or_insert(ccstream_processor::kpi::LiveQueue {
+                    tenant: q.tenant,
+                    queue: q.queue,
+                    ..Default::default()
+                });
+                m.offered += q.offered;
+                m.answered += q.answered;
+                m.abandoned += q.abandoned;
+                m.answered_within_sl += q.answered_within_sl;
+                m.waiting += q.waiting;
+                m.longest_wait_ms = m.longest_wait_ms.max(q.longest_wait_ms);
+                m.interval_answered += q.interval_answered;
+                m.interval_answered_within_sl += q.interval_answered_within_sl;
+                m.interval_abandoned += q.interval_abandoned;
+                m.interval_short_abandoned += q.interval_short_abandoned;
+            }
+        }
+        let dicts = &self.decoder.dicts;
+        let named: Vec<(String, String, ccstream_processor::kpi::LiveQueue)> = merged
+            .into_values()
+            .map(|q| {
+                let tenant = dicts.tenants.name(q.tenant).unwrap_or_default().to_string();
+                let queue = dicts.queues.name(q.queue).unwrap_or("(none)").to_string();
+                (tenant, queue, q)
+            })
+            .collect();
+        self.telemetry.observe_queues(&named);
+        if let Some(t) = latest {
+            self.telemetry.event_time_lag.set((now_ms() - t) as f64 / 1000.0);
+        }
     }
 
     /// Whether every partition's fold is back where the tables are (see `rebuild_until`).
@@ -292,6 +357,7 @@ impl Processor {
 
         let dead = dead_letters_batch(&self.pending_dead, now)?;
         self.summary.dead_letters += self.pending_dead.len() as u64;
+        self.telemetry.dead_letters.inc_by(self.pending_dead.len() as u64);
         self.pending_dead.clear();
         let mut w = self.store.append_streaming(TABLE_DEAD_LETTERS, dead.schema(), usize::MAX).await?;
         w.write(dead).await?;
@@ -304,7 +370,25 @@ impl Processor {
         }
         self.dirty = false;
         self.summary.commits += 1;
+        self.telemetry.commits.inc();
         Ok(())
+    }
+}
+
+/// Sets the consumer-lag gauge every second: the log's end minus the folded position.
+async fn report_lag(
+    log: Arc<dyn EventLog>,
+    positions: Arc<std::sync::Mutex<BTreeMap<Partition, u64>>>,
+    telemetry: Arc<Telemetry>,
+) {
+    loop {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let Ok(ends) = log.end_offsets().await else { continue };
+        let pos = positions.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        for (p, next) in pos {
+            let end = ends.get(p as usize).copied().unwrap_or(0);
+            telemetry.consumer_lag.with_label_values(&[&p.to_string()]).set(end.saturating_sub(next) as i64);
+        }
     }
 }
 
@@ -325,6 +409,12 @@ pub(crate) async fn run(args: ProcessArgs) -> Result<ProcessSummary> {
     let store = TableStore::new(&args.data)?;
     let mut consumer = log.subscribe(&args.group).await?;
     let targets = if args.until_caught_up { Some(log.end_offsets().await?) } else { None };
+    let telemetry = Arc::new(Telemetry::new());
+    if let Some(addr) = args.metrics_listen {
+        crate::metrics_http::serve(addr, Arc::clone(&telemetry), args.listen_file.as_deref()).await?;
+    }
+    let positions = Arc::new(std::sync::Mutex::new(BTreeMap::new()));
+    tokio::spawn(report_lag(Arc::clone(&log), Arc::clone(&positions), Arc::clone(&telemetry)));
     let mut proc = Processor {
         log: Arc::clone(&log),
         store,
@@ -337,6 +427,9 @@ pub(crate) async fn run(args: ProcessArgs) -> Result<ProcessSummary> {
         pending_dead: Vec::new(),
         dirty: false,
         summary: ProcessSummary::default(),
+        telemetry,
+        positions,
+        last_live: Instant::now(),
     };
     let interval = Duration::from_millis(args.commit_interval_ms.max(1));
     let mut last_commit = Instant::now();
@@ -361,8 +454,11 @@ pub(crate) async fn run(args: ProcessArgs) -> Result<ProcessSummary> {
                     proc.parts.remove(&p);
                 }
             }
-            Poll::Records(records) => proc.fold(records).context("folding records")?,
-            Poll::Idle => {}
+            Poll::Records(records) => {
+                proc.fold(records).context("folding records")?;
+                proc.observe(false);
+            }
+            Poll::Idle => proc.observe(true),
         }
         if let Some(targets) = &targets {
             let caught_up = !proc.parts.is_empty()
@@ -377,6 +473,7 @@ pub(crate) async fn run(args: ProcessArgs) -> Result<ProcessSummary> {
             let t = Instant::now();
             proc.commit().await?;
             commit_cost = t.elapsed();
+            proc.telemetry.commit_duration.observe(commit_cost.as_secs_f64());
             last_commit = Instant::now();
         }
     }

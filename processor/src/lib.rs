@@ -3,12 +3,14 @@
 //! - [`batch`]: JSON lines and record batches decoded into the typed, interned columns the
 //!   fold reads (no per-row allocation after warm-up).
 //! - [`kpi`]: the hot synchronous folds (call facts, agent legs, interval partials).
+//! - [`telemetry`]: every metric the processor exposes (names in one place).
 //! - [`sink`]: Delta tables on an object store (local directory by default); every table
 //!   commit is atomic, so readers see the previous version or the new one, never a mix.
 
 pub mod batch;
 pub mod kpi;
 pub mod sink;
+pub mod telemetry;
 
 /// What failed in the processor.
 #[derive(Debug, thiserror::Error)]

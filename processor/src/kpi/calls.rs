@@ -152,6 +152,26 @@ struct LegAcc {
 }
 
 /// Counts of what the fold saw.
+/// One (tenant, entry queue)'s live picture ([`CallFold::live_queues`]); ids are the
+/// decoder's interned names.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LiveQueue {
+    pub tenant: u32,
+    pub queue: u32,
+    pub offered: u64,
+    pub answered: u64,
+    pub abandoned: u64,
+    pub answered_within_sl: u64,
+    /// Queued and not yet answered, abandoned or ended.
+    pub waiting: u64,
+    pub longest_wait_ms: i64,
+    /// Answered and abandoned calls that entered in the latest 15-minute interval.
+    pub interval_answered: u64,
+    pub interval_answered_within_sl: u64,
+    pub interval_abandoned: u64,
+    pub interval_short_abandoned: u64,
+}
+
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct FoldStats {
     /// Rows handed to the fold (valid or not).
@@ -640,6 +660,62 @@ impl CallFold {
     }
 
     /// `interval_partials` (one row per tenant × entry queue × 15-minute interval).
+    /// The live picture per (tenant, entry queue), for the real-time gauges: totals since
+    /// the state began (the counters), calls waiting now and the longest current wait, and
+    /// the service level of the latest 15-minute interval. "Now" is event time: the latest
+    /// event time in the state.
+    /// Returns the latest event time (ms, `None` for an empty state) and the queues.
+    pub fn live_queues(&self, p: &Params) -> (Option<i64>, Vec<LiveQueue>) {
+        let mut now = MAX_NONE;
+        for c in &self.calls {
+            now = now.max(c.queued_ms.max(c.final_queued_ms)).max(c.ended_ms);
+            if c.answered() {
+                now = now.max(c.answered_ms);
+            }
+            if c.abandoned_ms != MIN_NONE {
+                now = now.max(c.abandoned_ms);
+            }
+        }
+        let current =
+            if now == MAX_NONE { MIN_NONE } else { now.div_euclid(PARTIAL_INTERVAL_MS) * PARTIAL_INTERVAL_MS };
+        let mut groups: HashMap<(u32, u32), LiveQueue, FixedState> = HashMap::default();
+        for c in &self.calls {
+            if c.queued_ms == MIN_NONE {
+                continue;
+            }
+            let g = groups.entry((c.tenant, c.entry_queue)).or_insert_with(|| LiveQueue {
+                tenant: c.tenant,
+                queue: c.entry_queue,
+                ..LiveQueue::default()
+            });
+            g.offered += 1;
+            let in_current = c.queued_ms >= current;
+            match c.wait_ms() {
+                Some(w) if c.answered() => {
+                    g.answered += 1;
+                    g.answered_within_sl += (w <= p.sl_threshold_ms) as u64;
+                    if in_current {
+                        g.interval_answered += 1;
+                        g.interval_answered_within_sl += (w <= p.sl_threshold_ms) as u64;
+                    }
+                }
+                Some(w) => {
+                    g.abandoned += 1;
+                    if in_current {
+                        g.interval_abandoned += 1;
+                        g.interval_short_abandoned += (w < p.short_abandon_ms) as u64;
+                    }
+                }
+                None if c.ended_ms == MAX_NONE => {
+                    g.waiting += 1;
+                    g.longest_wait_ms = g.longest_wait_ms.max(now - c.queued_ms);
+                }
+                None => {}
+            }
+        }
+        ((now != MAX_NONE).then_some(now), groups.into_values().collect())
+    }
+
     pub fn interval_partials(&self, dicts: &Dictionaries, p: &Params, now: i64) -> Result<RecordBatch> {
         #[derive(Default, Clone, Copy)]
         struct Part {

@@ -13,7 +13,7 @@
 mod calls;
 mod quality;
 
-pub use calls::{CallFold, FoldOutput, FoldStats};
+pub use calls::{CallFold, FoldOutput, FoldStats, LiveQueue};
 pub use quality::{mos, Cqd, R0};
 
 /// Parameters that outputs are computed at (the oracle's defaults).

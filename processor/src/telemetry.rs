@@ -1,0 +1,174 @@
+//! Every metric the processor exposes, in one place (names, labels, units).
+//!
+//! Two families: `ccstream_processor_*` is the pipeline's own health; `ccstream_kpi_*` is
+//! the contact center's real-time picture per tenant and entry queue. Labels never carry
+//! call or agent ids. Metrics are updated per poll and per commit, never per row.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+use prometheus::{
+    Encoder, Gauge, GaugeVec, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry,
+    TextEncoder,
+};
+
+use crate::kpi::LiveQueue;
+
+pub const RECORDS_TOTAL: &str = "ccstream_processor_records_total";
+pub const EVENTS_TOTAL: &str = "ccstream_processor_events_total";
+pub const DUPLICATES_TOTAL: &str = "ccstream_processor_duplicates_total";
+pub const DEAD_LETTERS_TOTAL: &str = "ccstream_processor_dead_letters_total";
+pub const COMMITS_TOTAL: &str = "ccstream_processor_commits_total";
+pub const COMMIT_DURATION_SECONDS: &str = "ccstream_processor_commit_duration_seconds";
+pub const CONSUMER_LAG_RECORDS: &str = "ccstream_processor_consumer_lag_records";
+pub const EVENT_TIME_LAG_SECONDS: &str = "ccstream_processor_event_time_lag_seconds";
+
+pub const KPI_OFFERED_TOTAL: &str = "ccstream_kpi_offered_calls_total";
+pub const KPI_ANSWERED_TOTAL: &str = "ccstream_kpi_answered_calls_total";
+pub const KPI_ABANDONED_TOTAL: &str = "ccstream_kpi_abandoned_calls_total";
+pub const KPI_ANSWERED_WITHIN_SL_TOTAL: &str = "ccstream_kpi_answered_within_sl_calls_total";
+pub const KPI_CALLS_WAITING: &str = "ccstream_kpi_calls_waiting";
+pub const KPI_LONGEST_WAIT_SECONDS: &str = "ccstream_kpi_longest_wait_seconds";
+pub const KPI_SERVICE_LEVEL_RATIO: &str = "ccstream_kpi_service_level_ratio";
+
+pub const LABEL_PARTITION: &str = "partition";
+pub const LABEL_TENANT: &str = "tenant";
+pub const LABEL_QUEUE: &str = "queue";
+
+/// The processor's metrics and their registry.
+#[derive(Debug)]
+pub struct Telemetry {
+    registry: Registry,
+    pub records: IntCounter,
+    pub events: IntCounter,
+    pub duplicates: IntCounter,
+    pub dead_letters: IntCounter,
+    pub commits: IntCounter,
+    pub commit_duration: Histogram,
+    pub consumer_lag: IntGaugeVec,
+    pub event_time_lag: Gauge,
+    offered: IntCounterVec,
+    answered: IntCounterVec,
+    abandoned: IntCounterVec,
+    answered_within_sl: IntCounterVec,
+    waiting: IntGaugeVec,
+    longest_wait: GaugeVec,
+    service_level: GaugeVec,
+    /// Totals last reported per (tenant, queue), to turn state totals into counter increments.
+    last: Mutex<HashMap<(String, String), [u64; 4]>>,
+}
+
+fn counter(r: &Registry, name: &str, help: &str) -> IntCounter {
+    let c = IntCounter::new(name, help).expect("valid metric");
+    r.register(Box::new(c.clone())).expect("registered once");
+    c
+}
+
+impl Default for Telemetry {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Telemetry {
+    pub fn new() -> Self {
+        let r = Registry::new();
+        let queue_labels = [LABEL_TENANT, LABEL_QUEUE];
+        let counter_vec = |name: &str, help: &str| {
+            let c = IntCounterVec::new(Opts::new(name, help), &queue_labels).expect("valid metric");
+            r.register(Box::new(c.clone())).expect("registered once");
+            c
+        };
+        let offered = counter_vec(KPI_OFFERED_TOTAL, "Calls that entered a queue (by entry queue)");
+        let answered = counter_vec(KPI_ANSWERED_TOTAL, "Calls answered by an agent");
+        let abandoned = counter_vec(KPI_ABANDONED_TOTAL, "Calls abandoned before an answer");
+        let answered_within_sl =
+            counter_vec(KPI_ANSWERED_WITHIN_SL_TOTAL, "Calls answered within the service-level threshold");
+        let waiting =
+            IntGaugeVec::new(Opts::new(KPI_CALLS_WAITING, "Calls queued now, not yet answered"), &queue_labels)
+                .expect("valid metric");
+        let longest_wait = GaugeVec::new(
+            Opts::new(KPI_LONGEST_WAIT_SECONDS, "Longest current wait among waiting calls (event time)"),
+            &queue_labels,
+        )
+        .expect("valid metric");
+        let service_level = GaugeVec::new(
+            Opts::new(
+                KPI_SERVICE_LEVEL_RATIO,
+                "Service level so far in the latest 15-minute interval: answered within the threshold / (answered + abandoned - short abandons)",
+            ),
+            &queue_labels,
+        )
+        .expect("valid metric");
+        let consumer_lag = IntGaugeVec::new(
+            Opts::new(CONSUMER_LAG_RECORDS, "Records in the log not folded yet, per partition"),
+            &[LABEL_PARTITION],
+        )
+        .expect("valid metric");
+        let commit_duration = Histogram::with_opts(
+            HistogramOpts::new(COMMIT_DURATION_SECONDS, "Time to commit all tables once")
+                .buckets(vec![0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0]),
+        )
+        .expect("valid metric");
+        let event_time_lag = Gauge::new(EVENT_TIME_LAG_SECONDS, "Wall-clock time minus the latest event time folded")
+            .expect("valid metric");
+        for m in [
+            Box::new(waiting.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(longest_wait.clone()),
+            Box::new(service_level.clone()),
+            Box::new(consumer_lag.clone()),
+            Box::new(commit_duration.clone()),
+            Box::new(event_time_lag.clone()),
+        ] {
+            r.register(m).expect("registered once");
+        }
+        Telemetry {
+            records: counter(&r, RECORDS_TOTAL, "Log records read"),
+            events: counter(&r, EVENTS_TOTAL, "Valid events folded (copies included)"),
+            duplicates: counter(&r, DUPLICATES_TOTAL, "Event copies dropped as duplicates"),
+            dead_letters: counter(&r, DEAD_LETTERS_TOTAL, "Rejected records written to dead_letters"),
+            commits: counter(&r, COMMITS_TOTAL, "Commits of all tables"),
+            registry: r,
+            commit_duration,
+            consumer_lag,
+            event_time_lag,
+            offered,
+            answered,
+            abandoned,
+            answered_within_sl,
+            waiting,
+            longest_wait,
+            service_level,
+            last: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Publishes the live queues (summed over partitions by the caller), named.
+    pub fn observe_queues(&self, queues: &[(String, String, LiveQueue)]) {
+        let mut last = self.last.lock().unwrap_or_else(|p| p.into_inner());
+        for (tenant, queue, q) in queues {
+            let labels = [tenant.as_str(), queue.as_str()];
+            let now = [q.offered, q.answered, q.abandoned, q.answered_within_sl];
+            let before = last.entry((tenant.clone(), queue.clone())).or_insert([0; 4]);
+            for (i, c) in [&self.offered, &self.answered, &self.abandoned, &self.answered_within_sl].iter().enumerate()
+            {
+                // State only grows between restarts; a restart starts the counters again.
+                c.with_label_values(&labels).inc_by(now[i].saturating_sub(before[i]));
+            }
+            *before = now;
+            self.waiting.with_label_values(&labels).set(q.waiting as i64);
+            self.longest_wait.with_label_values(&labels).set(q.longest_wait_ms.max(0) as f64 / 1000.0);
+            let denom = (q.interval_answered + q.interval_abandoned).saturating_sub(q.interval_short_abandoned);
+            if denom > 0 {
+                self.service_level.with_label_values(&labels).set(q.interval_answered_within_sl as f64 / denom as f64);
+            }
+        }
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn render(&self) -> String {
+        let mut buf = Vec::new();
+        TextEncoder::new().encode(&self.registry.gather(), &mut buf).expect("text encoding cannot fail");
+        String::from_utf8(buf).expect("the text format is UTF-8")
+    }
+}
