@@ -23,6 +23,19 @@ pub(crate) struct DemoArgs {
     /// Random seed
     #[arg(long, env = "CCSTREAM_DEMO_SEED", default_value_t = 7)]
     pub(crate) seed: u64,
+    /// Live: feed the day through the embedded event log in simulated real time while the
+    /// processor keeps the tables and /metrics current; Ctrl-C stops (committing what was read)
+    #[arg(long, env = "CCSTREAM_DEMO_LIVE", default_value_t = false)]
+    pub(crate) live: bool,
+    /// Live only: simulated seconds per wall-clock second
+    #[arg(long, env = "CCSTREAM_DEMO_SPEED", default_value_t = 600.0)]
+    pub(crate) speed: f64,
+    /// Live only: where /metrics listens (port 0: any free port)
+    #[arg(long, env = "CCSTREAM_DEMO_METRICS_LISTEN", default_value = "127.0.0.1:9464")]
+    pub(crate) metrics_listen: std::net::SocketAddr,
+    /// Live only: write the metrics address, once bound, to this file
+    #[arg(long, env = "CCSTREAM_DEMO_LISTEN_FILE")]
+    pub(crate) listen_file: Option<PathBuf>,
 }
 
 /// Per-queue summary of the day, from the `interval_metrics` view's partials.
@@ -60,8 +73,11 @@ pub(crate) async fn run(args: DemoArgs) -> Result<()> {
         dup_frac: 0.005,
         malformed_frac: 0.001,
     })?;
-    eprintln!("2/3 replaying it into tables under {}", data.display());
     let data_s = data.display().to_string();
+    if args.live {
+        return live(&args, &events, &data_s).await;
+    }
+    eprintln!("2/3 replaying it into tables under {}", data.display());
     replay::run(ReplayArgs {
         input: vec![events],
         data: data_s.clone(),
@@ -86,4 +102,82 @@ pub(crate) async fn run(args: DemoArgs) -> Result<()> {
          {bin} sql --data {data_s} --format csv \"SELECT * FROM call_facts LIMIT 5\""
     );
     Ok(())
+}
+
+/// The live demo: a feeder appends the day's events to a FileLog in simulated real time
+/// (file order, paced by event time at `--speed`), and the processor runs beside it.
+async fn live(args: &DemoArgs, events: &std::path::Path, data: &str) -> Result<()> {
+    anyhow::ensure!(args.speed > 0.0, "--speed must be positive");
+    let log_dir = args.dir.join("log");
+    if log_dir.exists() {
+        std::fs::remove_dir_all(&log_dir).with_context(|| format!("clearing {}", log_dir.display()))?;
+    }
+    let log_url = log_dir.display().to_string();
+    let log = crate::ingest::open_or_create(&log_url, Some(4)).await?;
+    let text = std::fs::read_to_string(events).with_context(|| format!("reading {}", events.display()))?;
+    let speed = args.speed;
+    let file = ccstream_ingest::file::InputFile {
+        path: events.to_path_buf(),
+        format: ccstream_ingest::file::Format::Jsonl { gzip: false },
+        bytes: text.len() as u64,
+    };
+    let feeder = tokio::spawn(async move {
+        let lines: Vec<&str> = text.lines().collect();
+        let event_ms = |line: &str| {
+            ccstream_schemas::Event::from_json(line).ok().and_then(|e| e.validate().ok()).map(|v| v.occurred_at_ms)
+        };
+        let Some(t0) = lines.iter().find_map(|l| event_ms(l)) else { return Ok::<u64, anyhow::Error>(0) };
+        let wall0 = std::time::Instant::now();
+        let mut clock = t0;
+        let mut sent = 0u64;
+        let mut batch = ccstream_ingest::file::records::LogRecords::new(crate::replay::now_ms());
+        for (i, line) in lines.iter().enumerate() {
+            // The simulated clock only moves forward: late events go out when they arrive.
+            clock = clock.max(event_ms(line).unwrap_or(clock));
+            let due = std::time::Duration::from_secs_f64((clock - t0) as f64 / 1000.0 / speed);
+            if let Some(wait) = due.checked_sub(wall0.elapsed()) {
+                if !batch.is_empty() {
+                    log.append(&batch.refs()).await?;
+                    sent += batch.len() as u64;
+                    batch.clear();
+                }
+                tokio::time::sleep(wait).await;
+            }
+            batch.add_line(&file, i as u64 + 1, line.as_bytes());
+        }
+        if !batch.is_empty() {
+            log.append(&batch.refs()).await?;
+            sent += batch.len() as u64;
+        }
+        Ok(sent)
+    });
+    eprintln!(
+        "live: feeding {} into the log {} at {}x; the processor keeps {} current",
+        events.display(),
+        log_url,
+        args.speed,
+        data
+    );
+    let bin = "cargo run --release --";
+    eprintln!(
+        "look at: http://{}/metrics (ccstream_kpi_* per tenant and queue)\n  \
+         {bin} sql --data {data} \"SELECT * FROM interval_metrics ORDER BY interval_start DESC LIMIT 20\"\n  \
+         {bin} sql --data {data} \"SELECT count(*) AS calls FROM call_facts\"\n\
+         Ctrl-C stops, committing what was read.",
+        args.metrics_listen
+    );
+    let result = crate::process::run(crate::process::ProcessArgs {
+        log: log_url,
+        data: data.to_string(),
+        group: "demo".into(),
+        config: None,
+        commit_interval_ms: 1000,
+        until_caught_up: false,
+        poll_records: 65_536,
+        metrics_listen: Some(args.metrics_listen),
+        listen_file: args.listen_file.clone(),
+    })
+    .await;
+    feeder.abort();
+    result.map(|_| ())
 }

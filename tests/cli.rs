@@ -163,3 +163,44 @@ fn demo_runs() {
     assert!(text.contains("tenant-01-sales"), "{text}");
     assert!(text.contains("sql --data"), "{text}");
 }
+
+#[test]
+fn live_demo_feeds_the_log_and_stops_cleanly_on_ctrl_c() {
+    use std::io::{Read, Write};
+    let dir = tempfile::tempdir().unwrap();
+    let demo = dir.path().join("demo");
+    let listen_file = dir.path().join("metrics.addr");
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_ccstream"))
+        .args(["demo", "--live", "--speed", "10000000", "--calls", "500", "--metrics-listen", "127.0.0.1:0"])
+        .args(["--dir", demo.to_str().unwrap(), "--listen-file", listen_file.to_str().unwrap()])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let offered = |addr: &str| -> f64 {
+        let mut s = std::net::TcpStream::connect(addr).unwrap();
+        write!(s, "GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").unwrap();
+        let mut text = String::new();
+        s.read_to_string(&mut text).unwrap();
+        text.lines()
+            .filter(|l| l.starts_with("ccstream_kpi_offered_calls_total{"))
+            .map(|l| l.rsplit(' ').next().unwrap().parse::<f64>().unwrap())
+            .sum()
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    loop {
+        assert!(std::time::Instant::now() < deadline, "the live demo did not offer 500 calls within 120 s");
+        if let Some(addr) = std::fs::read_to_string(&listen_file).ok().filter(|a| a.ends_with('\n')) {
+            if offered(addr.trim()) == 500.0 {
+                break;
+            }
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    // Ctrl-C: the demo commits what it read and exits 0.
+    let status = std::process::Command::new("kill").args(["-INT", &child.id().to_string()]).status().unwrap();
+    assert!(status.success());
+    assert!(child.wait().unwrap().success(), "Ctrl-C is a clean stop");
+    let calls = common::sql_csv(&demo.join("data"), "SELECT count(*) AS n FROM call_facts");
+    assert_eq!(calls.lines().nth(1), Some("500"), "{calls}");
+}
