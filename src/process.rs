@@ -60,6 +60,9 @@ pub(crate) struct ProcessArgs {
     /// Most records taken from the log per poll
     #[arg(long, env = "CCSTREAM_POLL_RECORDS", default_value_t = 65_536)]
     pub(crate) poll_records: usize,
+    /// Between full commits, append `events` alone once this many rows are pending
+    #[arg(long, env = "CCSTREAM_APPEND_FLUSH_ROWS", default_value_t = 1 << 20)]
+    pub(crate) append_flush_rows: usize,
     /// Serve Prometheus metrics at http://ADDR/metrics (port 0: any free port)
     #[arg(long, env = "CCSTREAM_METRICS_LISTEN")]
     pub(crate) metrics_listen: Option<std::net::SocketAddr>,
@@ -108,6 +111,7 @@ struct Processor {
     decoded: DecodedBatch,
     parts: BTreeMap<Partition, PartitionState>,
     pending_events: Vec<RecordBatch>,
+    pending_event_rows: usize,
     pending_dead: Vec<DeadLetter>,
     dirty: bool,
     summary: ProcessSummary,
@@ -253,6 +257,7 @@ impl Processor {
                 .collect();
             if keep.iter().any(|k| *k) {
                 let kept = filter_record_batch(&batch, &BooleanArray::from(keep))?;
+                self.pending_event_rows += kept.num_rows();
                 self.pending_events.push(to_events_schema(&kept, "log", now_ms())?);
             }
         }
@@ -313,20 +318,45 @@ impl Processor {
         self.parts.values().all(|s| s.next >= s.rebuild_until)
     }
 
-    /// Commits every table with the offsets folded so far.
-    async fn commit(&mut self) -> Result<()> {
+    /// Appends what `events` and `dead_letters` do not hold yet, each in one commit with the
+    /// offsets folded so far. Also run on its own while catching up, so that the first
+    /// copies of events never pile up in memory.
+    async fn commit_appends(&mut self) -> Result<()> {
         debug_assert!(self.rebuilt());
         let url = self.log.url().to_string();
         let now = now_ms();
         let offsets: Vec<(String, i64)> = self.parts.iter().map(|(p, s)| (app_id(&url, *p), s.next as i64)).collect();
-        const SLICE_ROWS: usize = 64 * 1024;
-
         let mut w = self.store.append_streaming(TABLE_EVENTS, events_schema(), 1 << 20).await?;
         for b in self.pending_events.drain(..) {
             w.write(b).await?;
         }
         offsets.iter().for_each(|(id, v)| w.with_transaction(id.clone(), *v));
         w.commit().await?;
+        self.pending_event_rows = 0;
+
+        let dead = dead_letters_batch(&self.pending_dead, now)?;
+        self.summary.dead_letters += self.pending_dead.len() as u64;
+        self.telemetry.dead_letters.inc_by(self.pending_dead.len() as u64);
+        self.pending_dead.clear();
+        let mut w = self.store.append_streaming(TABLE_DEAD_LETTERS, dead.schema(), usize::MAX).await?;
+        w.write(dead).await?;
+        offsets.iter().for_each(|(id, v)| w.with_transaction(id.clone(), *v));
+        w.commit().await?;
+        for s in self.parts.values_mut() {
+            s.events_committed = s.events_committed.max(s.next);
+            s.dead_committed = s.dead_committed.max(s.next);
+        }
+        Ok(())
+    }
+
+    /// Commits every table with the offsets folded so far.
+    async fn commit(&mut self) -> Result<()> {
+        debug_assert!(self.rebuilt());
+        self.commit_appends().await?;
+        let url = self.log.url().to_string();
+        let now = now_ms();
+        let offsets: Vec<(String, i64)> = self.parts.iter().map(|(p, s)| (app_id(&url, *p), s.next as i64)).collect();
+        const SLICE_ROWS: usize = 64 * 1024;
 
         let dicts = &self.decoder.dicts;
         let mut facts = self.store.overwrite_streaming(TABLE_CALL_FACTS, call_facts_schema(), usize::MAX).await?;
@@ -355,19 +385,6 @@ impl Processor {
         offsets.iter().for_each(|(id, v)| partials.with_transaction(id.clone(), *v));
         partials.commit().await?;
 
-        let dead = dead_letters_batch(&self.pending_dead, now)?;
-        self.summary.dead_letters += self.pending_dead.len() as u64;
-        self.telemetry.dead_letters.inc_by(self.pending_dead.len() as u64);
-        self.pending_dead.clear();
-        let mut w = self.store.append_streaming(TABLE_DEAD_LETTERS, dead.schema(), usize::MAX).await?;
-        w.write(dead).await?;
-        offsets.iter().for_each(|(id, v)| w.with_transaction(id.clone(), *v));
-        w.commit().await?;
-
-        for s in self.parts.values_mut() {
-            s.events_committed = s.events_committed.max(s.next);
-            s.dead_committed = s.dead_committed.max(s.next);
-        }
         self.dirty = false;
         self.summary.commits += 1;
         self.telemetry.commits.inc();
@@ -424,6 +441,7 @@ pub(crate) async fn run(args: ProcessArgs) -> Result<ProcessSummary> {
         decoded: DecodedBatch::default(),
         parts: BTreeMap::new(),
         pending_events: Vec::new(),
+        pending_event_rows: 0,
         pending_dead: Vec::new(),
         dirty: false,
         summary: ProcessSummary::default(),
@@ -468,6 +486,9 @@ pub(crate) async fn run(args: ProcessArgs) -> Result<ProcessSummary> {
             }
         }
         // While catching up, commits never take more than about a fifth of the time.
+        if proc.pending_event_rows >= args.append_flush_rows.max(1) && proc.rebuilt() {
+            proc.commit_appends().await?;
+        }
         let due = last_commit.elapsed() >= interval.max(commit_cost * 5);
         if proc.dirty && !args.until_caught_up && due && proc.rebuilt() {
             let t = Instant::now();
