@@ -12,7 +12,21 @@
 //! poor_degradation = 1.0
 //! ```
 //!
-//! Every key is optional; the defaults are the oracle's. Unknown keys are errors.
+//! `ccstream run` also reads where things are:
+//!
+//! ```toml
+//! [pipeline]
+//! log = "file://ccstream-log"        # the event log (file:// or kafka://)
+//! data = "ccstream-data"             # the tables
+//! inputs = ["incoming/"]             # canonical events files ingested at start (optional)
+//! partitions = 4                     # partitions of a new log
+//! group = "ccstream"
+//! metrics_listen = "127.0.0.1:9464"  # optional
+//! commit_interval_ms = 1000
+//! ```
+//!
+//! Every key is optional (`run` needs `pipeline.log` and `pipeline.data`); the defaults are
+//! the oracle's. Unknown keys are errors.
 
 use std::path::Path;
 
@@ -27,6 +41,32 @@ pub(crate) struct Config {
     pub(crate) service_level: ServiceLevel,
     #[serde(default)]
     pub(crate) quality: Quality,
+    #[serde(default)]
+    pub(crate) pipeline: Option<Pipeline>,
+}
+
+/// Where `ccstream run` reads and writes (`[pipeline]`).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct Pipeline {
+    pub(crate) log: String,
+    pub(crate) data: String,
+    #[serde(default)]
+    pub(crate) inputs: Vec<std::path::PathBuf>,
+    pub(crate) partitions: Option<u32>,
+    #[serde(default = "default_group")]
+    pub(crate) group: String,
+    pub(crate) metrics_listen: Option<std::net::SocketAddr>,
+    #[serde(default = "default_commit_interval_ms")]
+    pub(crate) commit_interval_ms: u64,
+}
+
+fn default_group() -> String {
+    "ccstream".into()
+}
+
+fn default_commit_interval_ms() -> u64 {
+    1000
 }
 
 #[derive(Debug, Deserialize)]

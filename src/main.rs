@@ -18,6 +18,7 @@ mod metrics_http;
 mod output;
 mod process;
 mod replay;
+mod run;
 mod sql;
 
 /// Event-sourced analytics for contact centers on Microsoft Teams.
@@ -37,6 +38,8 @@ enum Command {
     Ingest(ingest::IngestCommand),
     /// Consume the event log and keep the tables current
     Process(process::ProcessArgs),
+    /// Every role in one process, from the config file's [pipeline] section
+    Run(run::RunArgs),
     /// Run SQL over the tables and metric views
     Sql(sql::SqlArgs),
     /// Generate synthetic contact-center traffic as canonical events
@@ -59,6 +62,7 @@ fn main() -> ExitCode {
             Command::Replay(args) => replay::run(args).await.map(|_| ()),
             Command::Ingest(cmd) => ingest::run(cmd).await,
             Command::Process(args) => process::run(args).await.map(|_| ()),
+            Command::Run(args) => run::run(args).await,
             Command::Sql(args) => sql::run(args).await,
             Command::Generate(args) => generate::run(args),
             Command::Demo(args) => demo::run(args).await,

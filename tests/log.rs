@@ -106,3 +106,27 @@ fn sigkill_at_random_moments_loses_and_doubles_nothing() {
     ccstream(&["process", "--log", &log, "--data", data_s, "--until-caught-up", "--append-flush-rows", "700"]);
     check_log_tables(&data);
 }
+
+#[test]
+fn run_ingests_and_processes_from_the_config_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("ccstream.toml");
+    let data = dir.path().join("data");
+    std::fs::write(
+        &config,
+        format!(
+            "[pipeline]\nlog = \"file://{}\"\ndata = \"{}\"\ninputs = [\"{}\"]\npartitions = 3\nmetrics_listen = \"127.0.0.1:0\"\n",
+            dir.path().join("log").display(),
+            data.display(),
+            fixture("oracle/events.jsonl.gz").display()
+        ),
+    )
+    .unwrap();
+    ccstream(&["run", "--config", config.to_str().unwrap(), "--until-caught-up"]);
+    check_log_tables(&data);
+    // A config without [pipeline] is a clear error.
+    std::fs::write(&config, "[service_level]\nsl_threshold_s = 30\n").unwrap();
+    let out = common::ccstream_raw(&["run", "--config", config.to_str().unwrap()]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no [pipeline] section"));
+}
