@@ -15,7 +15,7 @@
 //!   [`crate::OpenOptions::kafka_properties`].
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::FutureExt;
@@ -42,6 +42,8 @@ pub struct KafkaLog {
     producer: FutureProducer,
     partitions: u32,
     seek_mode: SeekMode,
+    /// Reads watermarks and confirms ends; created once, used under the lock.
+    watermark_client: Arc<Mutex<BaseConsumer>>,
 }
 
 impl std::fmt::Debug for KafkaLog {
@@ -98,7 +100,15 @@ impl KafkaLog {
             .set("message.timeout.ms", "60000")
             .create()
             .map_err(kafka("create producer"))?;
-        Ok(KafkaLog { url, topic: topic.to_string(), config, producer, partitions, seek_mode })
+        let watermark_client: BaseConsumer = config
+            .clone()
+            .set("group.id", "ccstream-watermarks")
+            .set("enable.auto.commit", "false")
+            .set("enable.partition.eof", "true")
+            .create()
+            .map_err(kafka("create watermark client"))?;
+        let watermark_client = Arc::new(Mutex::new(watermark_client));
+        Ok(KafkaLog { url, topic: topic.to_string(), config, producer, partitions, seek_mode, watermark_client })
     }
 }
 
@@ -222,17 +232,12 @@ impl KafkaLog {
     /// `(earliest, end)` per partition. The end is confirmed by reading the last batch: some
     /// brokers (tansu 0.6) report the high watermark as the last batch's base offset + 1.
     async fn watermarks(&self, confirm: bool) -> Result<Vec<(Offset, Offset)>> {
-        let consumer: BaseConsumer = self
-            .config
-            .clone()
-            .set("group.id", "ccstream-watermarks")
-            .set("enable.auto.commit", "false")
-            .set("enable.partition.eof", "true")
-            .create()
-            .map_err(kafka("create watermark client"))?;
+        let consumer = Arc::clone(&self.watermark_client);
         let topic = self.topic.clone();
         let n = self.partitions;
         tokio::task::spawn_blocking(move || {
+            // One request at a time: the client's assignment is part of `confirm_end`.
+            let consumer = consumer.lock().unwrap_or_else(|p| p.into_inner());
             (0..n as i32)
                 .map(|p| {
                     let (low, high) =
