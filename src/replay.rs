@@ -19,6 +19,7 @@ use arrow::array::{
     ArrayRef, BinaryArray, BooleanArray, Int64Array, RecordBatch, StringArray, TimestampMillisecondArray,
 };
 use arrow::compute::filter_record_batch;
+use ccstream_ingest::file::records::source_name;
 use ccstream_ingest::file::{discover, parquet_rows, Chunk, FileReader, Format, InputFile, ReadOptions};
 use ccstream_processor::batch::{to_events_schema, DecodedBatch, Decoder, JsonDecoder, FOLD_COLUMNS};
 use ccstream_processor::kpi::CallFold;
@@ -109,13 +110,6 @@ impl DeadLetter {
             reason,
             raw: raw.to_vec(),
         }
-    }
-}
-
-fn source_name(format: Format) -> &'static str {
-    match format {
-        Format::Jsonl { .. } => "file.jsonl",
-        Format::Parquet => "file.parquet",
     }
 }
 

@@ -276,23 +276,26 @@ fn create_log(dir: &Path, partitions: u32) -> Result<()> {
     Ok(())
 }
 
+/// Opens (creating) `path` and takes its exclusive flock; `None` if another open file
+/// description holds it.
+fn try_lock_file(path: &Path) -> Result<Option<File>> {
+    let file =
+        FsOpenOptions::new().create(true).truncate(false).write(true).open(path).map_err(io_err("open", path))?;
+    match file.try_lock() {
+        Ok(()) => Ok(Some(file)),
+        Err(fs::TryLockError::WouldBlock) => Ok(None),
+        Err(fs::TryLockError::Error(e)) => Err(io_err("lock", path)(e)),
+    }
+}
+
 impl Inner {
     fn open_writer(&self) -> Result<Writer> {
         let dir = &self.config.dir;
         let lock_path = dir.join("writer.lock");
-        let lock = FsOpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&lock_path)
-            .map_err(io_err("open", &lock_path))?;
-        lock.try_lock().map_err(|e| match e {
-            fs::TryLockError::WouldBlock => Error::Io {
-                op: "lock (another process is appending to this log)",
-                path: lock_path.display().to_string(),
-                source: std::io::Error::from(std::io::ErrorKind::WouldBlock),
-            },
-            fs::TryLockError::Error(e) => io_err("lock", &lock_path)(e),
+        let lock = try_lock_file(&lock_path)?.ok_or_else(|| Error::Io {
+            op: "lock (another process is appending to this log)",
+            path: lock_path.display().to_string(),
+            source: std::io::Error::from(std::io::ErrorKind::WouldBlock),
         })?;
         let mut parts = Vec::with_capacity(self.partitions as usize);
         for p in 0..self.partitions {
@@ -503,17 +506,9 @@ impl EventLog for FileLog {
         let groups = self.inner.config.dir.join("groups");
         fs::create_dir_all(&groups).map_err(io_err("create", &groups))?;
         let lock_path = groups.join(format!("{group}.lock"));
-        let lock = FsOpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&lock_path)
-            .map_err(io_err("open", &lock_path))?;
-        lock.try_lock().map_err(|e| match e {
-            fs::TryLockError::WouldBlock => {
-                Error::GroupBusy { group: group.to_string(), path: self.inner.config.dir.display().to_string() }
-            }
-            fs::TryLockError::Error(e) => io_err("lock", &lock_path)(e),
+        let lock = try_lock_file(&lock_path)?.ok_or_else(|| Error::GroupBusy {
+            group: group.to_string(),
+            path: self.inner.config.dir.display().to_string(),
         })?;
         let readers = (0..self.inner.partitions).map(|p| PartReader::new(p, &self.inner.config.dir)).collect();
         Ok(Box::new(FileConsumer {
