@@ -25,7 +25,7 @@ use arrow::array::{BooleanArray, RecordBatch};
 use arrow::compute::filter_record_batch;
 use ccstream_eventlog::{open, Delivered, EventLog, LogConsumer, OpenOptions, Partition, Poll};
 use ccstream_processor::batch::{to_events_schema, DecodedBatch, Decoder, JsonDecoder};
-use ccstream_processor::kpi::{CallFold, Params};
+use ccstream_processor::kpi::{CallFold, LiveQueue, Params};
 use ccstream_processor::sink::TableStore;
 use ccstream_processor::telemetry::Telemetry;
 use ccstream_schemas::{
@@ -193,7 +193,9 @@ impl Processor {
                                 reason: d.reason.clone(),
                                 raw: d.raw_bytes(),
                             },
-                            Err(e) => log_dead(&url, r, format!("unreadable dead-letter record: {e}")),
+                            Err(e) => {
+                                log_dead(&url, p, r.offset, format!("unreadable dead-letter record: {e}"), &r.value)
+                            }
                         };
                         self.pending_dead.push(dl);
                     }
@@ -206,7 +208,7 @@ impl Processor {
                     }
                     Err(e) => {
                         if keep_dead {
-                            self.pending_dead.push(log_dead(&url, r, format!("not UTF-8: {e}")));
+                            self.pending_dead.push(log_dead(&url, p, r.offset, format!("not UTF-8: {e}"), &r.value));
                         }
                     }
                 }
@@ -215,14 +217,7 @@ impl Processor {
             for rej in rejected {
                 let offset = line_offsets[rej.line];
                 if offset >= state.dead_committed {
-                    let raw = lines[rej.line].as_bytes();
-                    self.pending_dead.push(DeadLetter {
-                        source: "log".into(),
-                        origin: format!("{url} partition {p} offset {offset}"),
-                        line: None,
-                        reason: rej.reason,
-                        raw: raw.to_vec(),
-                    });
+                    self.pending_dead.push(log_dead(&url, p, offset, rej.reason, lines[rej.line].as_bytes()));
                 }
             }
             self.dirty = true;
@@ -236,15 +231,9 @@ impl Processor {
             self.telemetry.duplicates.inc_by(after.duplicates - before.duplicates);
             self.telemetry.events.inc_by(after.rows.saturating_sub(before.rows));
             for (row, reason) in self.decoded.invalid.drain(..) {
-                let offset = line_offsets[rows[row] as usize];
-                if offset >= state.dead_committed {
-                    self.pending_dead.push(DeadLetter {
-                        source: "log".into(),
-                        origin: format!("{url} partition {p} offset {offset}"),
-                        line: None,
-                        reason,
-                        raw: lines[rows[row] as usize].as_bytes().to_vec(),
-                    });
+                let line = rows[row] as usize;
+                if line_offsets[line] >= state.dead_committed {
+                    self.pending_dead.push(log_dead(&url, p, line_offsets[line], reason, lines[line].as_bytes()));
                 }
             }
             // First copies of events this table does not hold yet.
@@ -275,31 +264,20 @@ impl Processor {
             return;
         }
         self.last_live = Instant::now();
-        let mut merged: BTreeMap<(u32, u32), ccstream_processor::kpi::LiveQueue> = BTreeMap::new();
+        let mut merged: BTreeMap<(u32, u32), LiveQueue> = BTreeMap::new();
         let mut latest: Option<i64> = None;
         for s in self.parts.values() {
             let (t, queues) = s.fold.live_queues(&self.params);
             latest = latest.max(t);
             for q in queues {
-                let m = merged.entry((q.tenant, q.queue)).or_insert(ccstream_processor::kpi::LiveQueue {
-                    tenant: q.tenant,
-                    queue: q.queue,
-                    ..Default::default()
-                });
-                m.offered += q.offered;
-                m.answered += q.answered;
-                m.abandoned += q.abandoned;
-                m.answered_within_sl += q.answered_within_sl;
-                m.waiting += q.waiting;
-                m.longest_wait_ms = m.longest_wait_ms.max(q.longest_wait_ms);
-                m.interval_answered += q.interval_answered;
-                m.interval_answered_within_sl += q.interval_answered_within_sl;
-                m.interval_abandoned += q.interval_abandoned;
-                m.interval_short_abandoned += q.interval_short_abandoned;
+                merged
+                    .entry((q.tenant, q.queue))
+                    .or_insert(LiveQueue { tenant: q.tenant, queue: q.queue, ..LiveQueue::default() })
+                    .merge(&q);
             }
         }
         let dicts = &self.decoder.dicts;
-        let named: Vec<(String, String, ccstream_processor::kpi::LiveQueue)> = merged
+        let named: Vec<(String, String, LiveQueue)> = merged
             .into_values()
             .map(|q| {
                 let tenant = dicts.tenants.name(q.tenant).unwrap_or_default().to_string();
@@ -318,19 +296,24 @@ impl Processor {
         self.parts.values().all(|s| s.next >= s.rebuild_until)
     }
 
+    /// Per partition, the application transaction recording the offset folded so far.
+    fn offsets(&self) -> Vec<(String, i64)> {
+        let url = self.log.url();
+        self.parts.iter().map(|(p, s)| (app_id(url, *p), s.next as i64)).collect()
+    }
+
     /// Appends what `events` and `dead_letters` do not hold yet, each in one commit with the
     /// offsets folded so far. Also run on its own while catching up, so that the first
     /// copies of events never pile up in memory.
     async fn commit_appends(&mut self) -> Result<()> {
         debug_assert!(self.rebuilt());
-        let url = self.log.url().to_string();
         let now = now_ms();
-        let offsets: Vec<(String, i64)> = self.parts.iter().map(|(p, s)| (app_id(&url, *p), s.next as i64)).collect();
+        let offsets = self.offsets();
         let mut w = self.store.append_streaming(TABLE_EVENTS, events_schema(), 1 << 20).await?;
         for b in self.pending_events.drain(..) {
             w.write(b).await?;
         }
-        offsets.iter().for_each(|(id, v)| w.with_transaction(id.clone(), *v));
+        w.with_transactions(&offsets);
         w.commit().await?;
         self.pending_event_rows = 0;
 
@@ -340,7 +323,7 @@ impl Processor {
         self.pending_dead.clear();
         let mut w = self.store.append_streaming(TABLE_DEAD_LETTERS, dead.schema(), usize::MAX).await?;
         w.write(dead).await?;
-        offsets.iter().for_each(|(id, v)| w.with_transaction(id.clone(), *v));
+        w.with_transactions(&offsets);
         w.commit().await?;
         for s in self.parts.values_mut() {
             s.events_committed = s.events_committed.max(s.next);
@@ -353,9 +336,8 @@ impl Processor {
     async fn commit(&mut self) -> Result<()> {
         debug_assert!(self.rebuilt());
         self.commit_appends().await?;
-        let url = self.log.url().to_string();
         let now = now_ms();
-        let offsets: Vec<(String, i64)> = self.parts.iter().map(|(p, s)| (app_id(&url, *p), s.next as i64)).collect();
+        let offsets = self.offsets();
         const SLICE_ROWS: usize = 64 * 1024;
 
         let dicts = &self.decoder.dicts;
@@ -365,7 +347,7 @@ impl Processor {
                 facts.write(b?).await?;
             }
         }
-        offsets.iter().for_each(|(id, v)| facts.with_transaction(id.clone(), *v));
+        facts.with_transactions(&offsets);
         facts.commit().await?;
 
         let mut legs = self.store.overwrite_streaming(TABLE_AGENT_LEGS, agent_legs_schema(), usize::MAX).await?;
@@ -374,7 +356,7 @@ impl Processor {
                 legs.write(b?).await?;
             }
         }
-        offsets.iter().for_each(|(id, v)| legs.with_transaction(id.clone(), *v));
+        legs.with_transactions(&offsets);
         legs.commit().await?;
 
         let mut partials =
@@ -382,7 +364,7 @@ impl Processor {
         for s in self.parts.values() {
             partials.write(s.fold.interval_partials(dicts, &self.params, now)?).await?;
         }
-        offsets.iter().for_each(|(id, v)| partials.with_transaction(id.clone(), *v));
+        partials.with_transactions(&offsets);
         partials.commit().await?;
 
         self.dirty = false;
@@ -409,13 +391,14 @@ async fn report_lag(
     }
 }
 
-fn log_dead(url: &str, r: &Delivered, reason: String) -> DeadLetter {
+/// A dead letter for the record at `offset` of `partition` that the processor rejected.
+fn log_dead(url: &str, partition: Partition, offset: u64, reason: String, raw: &[u8]) -> DeadLetter {
     DeadLetter {
         source: "log".into(),
-        origin: format!("{url} partition {} offset {}", r.partition, r.offset),
+        origin: format!("{url} partition {partition} offset {offset}"),
         line: None,
         reason,
-        raw: r.value.clone(),
+        raw: raw.to_vec(),
     }
 }
 

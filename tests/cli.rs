@@ -166,7 +166,6 @@ fn demo_runs() {
 
 #[test]
 fn live_demo_feeds_the_log_and_stops_cleanly_on_ctrl_c() {
-    use std::io::{Read, Write};
     let dir = tempfile::tempdir().unwrap();
     let demo = dir.path().join("demo");
     let listen_file = dir.path().join("metrics.addr");
@@ -177,16 +176,8 @@ fn live_demo_feeds_the_log_and_stops_cleanly_on_ctrl_c() {
         .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap();
-    let offered = |addr: &str| -> f64 {
-        let mut s = std::net::TcpStream::connect(addr).unwrap();
-        write!(s, "GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").unwrap();
-        let mut text = String::new();
-        s.read_to_string(&mut text).unwrap();
-        text.lines()
-            .filter(|l| l.starts_with("ccstream_kpi_offered_calls_total{"))
-            .map(|l| l.rsplit(' ').next().unwrap().parse::<f64>().unwrap())
-            .sum()
-    };
+    let offered =
+        |addr: &str| common::metric_total(&common::scrape_metrics(addr).1, "ccstream_kpi_offered_calls_total");
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
     loop {
         assert!(std::time::Instant::now() < deadline, "the live demo did not offer 500 calls within 120 s");

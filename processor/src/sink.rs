@@ -231,10 +231,10 @@ impl Overwrite {
         Ok(())
     }
 
-    /// Records application transaction `(app_id, version)` in the same commit (the
+    /// Records application transactions `(app_id, version)` in the same commit (the
     /// processor's consumed offsets: they land with the rows or not at all).
-    pub fn with_transaction(&mut self, app_id: String, version: i64) {
-        self.transactions.push((app_id, version));
+    pub fn with_transactions(&mut self, transactions: &[(String, i64)]) {
+        self.transactions.extend_from_slice(transactions);
     }
 
     /// Finishes the files and commits them (replacing the previous content, or adding to

@@ -120,3 +120,23 @@ pub fn assert_same_table(name: &str, expected: &str, actual: &str) -> usize {
     assert!(mismatches.is_empty(), "{name}: values differ (column → first row, values): {mismatches:#?}");
     er.len()
 }
+
+/// `GET /metrics` from `addr` over plain HTTP/1.1: the response head and body.
+pub fn scrape_metrics(addr: &str) -> (String, String) {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    write!(s, "GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").unwrap();
+    let mut text = String::new();
+    s.read_to_string(&mut text).unwrap();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    (head.to_string(), body.to_string())
+}
+
+/// The sum of every sample of metric `name` (across label sets) in a text exposition.
+pub fn metric_total(metrics: &str, name: &str) -> f64 {
+    metrics
+        .lines()
+        .filter(|l| l.starts_with(name) && (l[name.len()..].starts_with('{') || l[name.len()..].starts_with(' ')))
+        .map(|l| l.rsplit(' ').next().unwrap().parse::<f64>().unwrap())
+        .sum()
+}

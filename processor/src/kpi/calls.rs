@@ -172,6 +172,22 @@ pub struct LiveQueue {
     pub interval_short_abandoned: u64,
 }
 
+impl LiveQueue {
+    /// Adds `other`'s counts (the same queue seen by another partition's fold).
+    pub fn merge(&mut self, other: &LiveQueue) {
+        self.offered += other.offered;
+        self.answered += other.answered;
+        self.abandoned += other.abandoned;
+        self.answered_within_sl += other.answered_within_sl;
+        self.waiting += other.waiting;
+        self.longest_wait_ms = self.longest_wait_ms.max(other.longest_wait_ms);
+        self.interval_answered += other.interval_answered;
+        self.interval_answered_within_sl += other.interval_answered_within_sl;
+        self.interval_abandoned += other.interval_abandoned;
+        self.interval_short_abandoned += other.interval_short_abandoned;
+    }
+}
+
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct FoldStats {
     /// Rows handed to the fold (valid or not).
