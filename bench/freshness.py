@@ -4,7 +4,8 @@
     python3 bench/freshness.py --ccstream target/release/ccstream [--samples 50] [--commit-interval-ms 1000]
 
 Starts `ccstream process` on a new FileLog with /metrics on a free port, then, once per
-sample, appends one new call (a `call_queued` event) with `ccstream ingest file` and polls
+sample, appends one new complete call (`call_queued`, then `call_abandoned`: calls are
+written when they complete) with `ccstream ingest file` and polls
 until `ccstream_kpi_offered_calls_total` counts it (metrics freshness) and until
 `ccstream sql` sees it in `call_facts` (SQL freshness). The clock starts when the ingest
 command returns (the append is durable then). Prints p50/p99 of both.
@@ -30,10 +31,12 @@ def main():
     a = ap.parse_args()
     d = tempfile.mkdtemp(prefix="ccfresh-")
     log, data, addr_file = f"{d}/log", f"{d}/data", f"{d}/addr"
-    ev = lambda call: {"event_id": str(uuid.uuid4()), "tenant_id": "t1", "call_id": call, "queue_id": "q1",
-                       "event_type": "call_queued", "occurred_at": time.strftime("%Y-%m-%dT%H:%M:%S.000Z", time.gmtime())}
+    now = lambda: time.strftime("%Y-%m-%dT%H:%M:%S.000Z", time.gmtime())
+    ev = lambda call, kind="call_queued": {"event_id": str(uuid.uuid4()), "tenant_id": "t1", "call_id": call,
+                                           "queue_id": "q1", "event_type": kind, "occurred_at": now()}
+    lines = lambda call: json.dumps(ev(call)) + "\n" + json.dumps(ev(call, "call_abandoned")) + "\n"
     first = f"{d}/e0.jsonl"
-    open(first, "w").write(json.dumps(ev(str(uuid.uuid4()))) + "\n")
+    open(first, "w").write(lines(str(uuid.uuid4())))
     subprocess.run([a.ccstream, "ingest", "file", "--log", log, "--partitions", "4", first], check=True, capture_output=True)
     proc = subprocess.Popen([a.ccstream, "process", "--log", log, "--data", data, "--metrics-listen", "127.0.0.1:0",
                              "--listen-file", addr_file, "--commit-interval-ms", str(a.commit_interval_ms)],
@@ -48,7 +51,7 @@ def main():
         for i in range(a.samples):
             call = str(uuid.uuid4())
             f = f"{d}/e{i + 1}.jsonl"
-            open(f, "w").write(json.dumps(ev(call)) + "\n")
+            open(f, "w").write(lines(call))
             before = offered(addr)
             subprocess.run([a.ccstream, "ingest", "file", "--log", log, f], check=True, capture_output=True)
             t0 = time.monotonic()

@@ -8,12 +8,24 @@
 //! - `events` and `dead_letters` are appended: a commit adds the first copies of the events
 //!   (and the rejected records) read since the previous commit. After a restart, records
 //!   below a table's committed offset are not appended again.
-//! - `call_facts`, `agent_legs` and `interval_partials` are rewritten from the fold's state
-//!   at each commit (one commit per table).
+//! - `corrections` is appended, before the derived tables: the changed columns of the rows
+//!   the commit writes as new revisions.
+//! - `call_facts`, `agent_legs` and `interval_partials` hold one Delta partition per log
+//!   partition; a commit rewrites, from the fold's state, the partitions whose rows changed
+//!   and replaces only those files, so processors of one consumer group share the tables.
+//!
+//! Event time: per partition, the watermark is the latest event time minus the allowed
+//! lateness; a partition that has been idle for the idle timeout follows the slowest of
+//! the processor's busy partitions. An event older than the watermark is late: it is folded
+//! like any other, and the rows it changes get a new revision and corrections. A call is
+//! written when it is complete, or when the watermark passes its latest event by the
+//! completion grace, or at the end of the log with `--until-caught-up`.
 //!
 //! State is rebuilt on start by reading every assigned partition from its earliest offset;
 //! the fold is deterministic in the log's per-partition order, so a restart after a crash at
-//! any instant gives the same tables, without losing or double-counting an event.
+//! any instant gives the same tables, without losing or double-counting an event. Once the
+//! fold is back where the tables are, it reads back the rows they hold (revisions, and the
+//! values a later commit must correct) before it commits again.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -25,12 +37,13 @@ use arrow::array::{BooleanArray, RecordBatch};
 use arrow::compute::filter_record_batch;
 use ccstream_eventlog::{open, Delivered, EventLog, LogConsumer, OpenOptions, Partition, Poll};
 use ccstream_processor::batch::{to_events_schema, DecodedBatch, Decoder, JsonDecoder};
-use ccstream_processor::kpi::{CallFold, LiveQueue, Params};
-use ccstream_processor::sink::TableStore;
+use ccstream_processor::kpi::{corrections_batch, CallFold, Horizon, LiveQueue, Params};
+use ccstream_processor::sink::{TableStore, FILE_COLUMN};
 use ccstream_processor::telemetry::Telemetry;
 use ccstream_schemas::{
-    agent_legs_schema, call_facts_schema, events_schema, interval_partials_schema, DeadLetterRecord, DEAD_LETTER_KEY,
-    TABLE_AGENT_LEGS, TABLE_CALL_FACTS, TABLE_DEAD_LETTERS, TABLE_EVENTS, TABLE_INTERVAL_PARTIALS,
+    agent_legs_schema, call_facts_schema, corrections_schema, events_schema, interval_partials_schema,
+    DeadLetterRecord, DEAD_LETTER_KEY, PARTITION_COLUMN, SEALED_COLUMN, TABLE_AGENT_LEGS, TABLE_CALL_FACTS,
+    TABLE_CORRECTIONS, TABLE_DEAD_LETTERS, TABLE_EVENTS, TABLE_INTERVAL_PARTIALS,
 };
 use clap::Args;
 
@@ -69,6 +82,39 @@ pub(crate) struct ProcessArgs {
     /// Write the metrics address, once bound, to this file
     #[arg(long, env = "CCSTREAM_LISTEN_FILE")]
     pub(crate) listen_file: Option<PathBuf>,
+    #[command(flatten)]
+    pub(crate) time: StreamTime,
+}
+
+/// Event-time knobs: when calls are written and how long state is kept.
+#[derive(Debug, Clone, Args)]
+pub(crate) struct StreamTime {
+    /// Allowed lateness (ms): the watermark trails the latest event time by this much
+    #[arg(long, env = "CCSTREAM_ALLOWED_LATENESS_MS", default_value_t = 300_000)]
+    pub(crate) allowed_lateness_ms: i64,
+    /// A partition without records for this long (ms, wall clock) stops holding the
+    /// watermark back: it follows the slowest busy partition
+    #[arg(long, env = "CCSTREAM_IDLE_TIMEOUT_MS", default_value_t = 30_000)]
+    pub(crate) idle_timeout_ms: u64,
+    /// A call that never completes is written once the watermark passes its latest event
+    /// by this much (ms)
+    #[arg(long, env = "CCSTREAM_COMPLETION_GRACE_MS", default_value_t = 1_800_000)]
+    pub(crate) completion_grace_ms: i64,
+    /// A written call leaves memory once the watermark passes its latest event by this much
+    /// (ms); its rows are sealed, and a later event for it re-folds it from `events`
+    #[arg(long, env = "CCSTREAM_STATE_RETENTION_MS", default_value_t = 7_200_000)]
+    pub(crate) state_retention_ms: i64,
+}
+
+impl Default for StreamTime {
+    fn default() -> Self {
+        StreamTime {
+            allowed_lateness_ms: 300_000,
+            idle_timeout_ms: 30_000,
+            completion_grace_ms: 1_800_000,
+            state_retention_ms: 7_200_000,
+        }
+    }
 }
 
 /// What a `process` run did.
@@ -76,7 +122,12 @@ pub(crate) struct ProcessArgs {
 pub(crate) struct ProcessSummary {
     pub(crate) records: u64,
     pub(crate) dead_letters: u64,
+    pub(crate) late_events: u64,
+    pub(crate) revisions: u64,
+    pub(crate) corrections: u64,
     pub(crate) commits: u64,
+    /// The log partitions this process committed rows of.
+    pub(crate) partitions: std::collections::BTreeSet<Partition>,
     pub(crate) seconds: f64,
 }
 
@@ -99,6 +150,33 @@ struct PartitionState {
     /// The highest offset any table holds for this partition: after a restart, nothing is
     /// committed until the fold is back there, so no table goes back in time.
     rebuild_until: u64,
+    /// Whether the fold has read back the rows the tables hold (see the module doc).
+    restored: bool,
+    /// Latest event time folded (ms; `i64::MIN` before the first).
+    max_event_ms: i64,
+    /// When the partition last delivered records.
+    last_records: Instant,
+    /// The derived rows differ from what the tables hold.
+    changed: bool,
+    /// Rows for the next commit's sealed files: calls evicted, and the rows kept from
+    /// sealed files rewritten because calls left them (`unsealed`).
+    sealed_facts: Vec<RecordBatch>,
+    sealed_legs: Vec<RecordBatch>,
+    /// Calls whose sealed rows the next commit removes (by rewriting their files).
+    unsealed: Vec<String>,
+}
+
+impl PartitionState {
+    fn watermark(&self, lateness_ms: i64) -> i64 {
+        self.max_event_ms.saturating_sub(lateness_ms)
+    }
+}
+
+/// Sealed files to replace, and the rows of theirs to keep.
+#[derive(Debug)]
+struct SealedRewrite {
+    rows: Vec<RecordBatch>,
+    files: Vec<String>,
 }
 
 /// The processor: the fold per partition plus what the next commit appends.
@@ -113,6 +191,8 @@ struct Processor {
     pending_events: Vec<RecordBatch>,
     pending_event_rows: usize,
     pending_dead: Vec<DeadLetter>,
+    pending_corrections: Vec<RecordBatch>,
+    time: StreamTime,
     dirty: bool,
     summary: ProcessSummary,
     telemetry: Arc<Telemetry>,
@@ -158,6 +238,13 @@ impl Processor {
                     events_committed: events[i].unwrap_or(0).max(0) as u64,
                     dead_committed: dead[i].unwrap_or(0).max(0) as u64,
                     rebuild_until: highest[i],
+                    restored: false,
+                    max_event_ms: i64::MIN,
+                    last_records: Instant::now(),
+                    changed: true,
+                    sealed_facts: Vec::new(),
+                    sealed_legs: Vec::new(),
+                    unsealed: Vec::new(),
                 },
             );
         }
@@ -177,6 +264,7 @@ impl Processor {
             let recs: Vec<Delivered> = recs.into_iter().filter(|r| r.offset >= state.next).collect();
             let Some(last) = recs.last() else { continue };
             state.next = last.offset + 1;
+            state.last_records = Instant::now();
             self.summary.records += recs.len() as u64;
             self.telemetry.records.inc_by(recs.len() as u64);
             let mut lines: Vec<&str> = Vec::with_capacity(recs.len());
@@ -228,6 +316,17 @@ impl Processor {
             let before = state.fold.stats();
             state.fold.update(&self.decoded, &self.decoder.dicts);
             let after = state.fold.stats();
+            // Late: older than the watermark as it stood before this batch.
+            let watermark = state.watermark(self.time.allowed_lateness_ms);
+            let mut late = 0u64;
+            for (&t, &first) in self.decoded.t_ms.iter().zip(state.fold.first_copy()) {
+                if first {
+                    late += (t < watermark) as u64;
+                    state.max_event_ms = state.max_event_ms.max(t);
+                }
+            }
+            self.summary.late_events += late;
+            self.telemetry.late_events.inc_by(late);
             self.telemetry.duplicates.inc_by(after.duplicates - before.duplicates);
             self.telemetry.events.inc_by(after.rows.saturating_sub(before.rows));
             for (row, reason) in self.decoded.invalid.drain(..) {
@@ -296,6 +395,186 @@ impl Processor {
         self.parts.values().all(|s| s.next >= s.rebuild_until)
     }
 
+    /// Reads back, for the partitions rebuilt since they were assigned, the rows the tables
+    /// hold (see [`CallFold::restore`]).
+    async fn restore(&mut self) -> Result<()> {
+        let todo: Vec<Partition> = self.parts.iter().filter(|(_, s)| !s.restored).map(|(p, _)| *p).collect();
+        if todo.is_empty() {
+            return Ok(());
+        }
+        let ids: Vec<i32> = todo.iter().map(|p| *p as i32).collect();
+        let facts = self.store.read(TABLE_CALL_FACTS, Some(&ids)).await?;
+        let partials = self.store.read(TABLE_INTERVAL_PARTIALS, Some(&ids)).await?;
+        let corrections = self.store.read(TABLE_CORRECTIONS, Some(&ids)).await?;
+        let list = ids.iter().map(|p| p.to_string()).collect::<Vec<_>>().join(", ");
+        let filter = format!("\"{PARTITION_COLUMN}\" IN ({list}) AND \"{SEALED_COLUMN}\"");
+        let sealed_legs = self.store.read_where(TABLE_AGENT_LEGS, Some(&filter), false).await?;
+        for p in todo {
+            let pick = |batches: &[RecordBatch]| -> Result<Vec<RecordBatch>> {
+                batches.iter().map(|b| rows_of_partition(b, p as i32)).collect()
+            };
+            let (f, i, c) = (pick(&facts)?, pick(&partials)?, pick(&corrections)?);
+            let mut leg_calls = std::collections::HashSet::new();
+            for b in pick(&sealed_legs)? {
+                let ids = string_column(&b, "call_id")?;
+                leg_calls.extend(ids.iter().flatten().map(str::to_string));
+            }
+            let state = self.parts.get_mut(&p).expect("listed above");
+            state.fold.restore(&mut self.decoder.dicts, &self.params, &f, &leg_calls, &i, &c)?;
+            state.sealed_legs.extend(state.fold.take_carried_legs());
+            state.restored = true;
+            state.changed = true;
+        }
+        Ok(())
+    }
+
+    /// Re-folds the calls seen again after their eviction: their events come back from
+    /// `events`, their sealed rows become their committed revision and leave the sealed
+    /// files at the next commit (see [`CallFold::refold_ids`]).
+    async fn refold(&mut self) -> Result<()> {
+        let parts: Vec<Partition> = self.parts.keys().copied().collect();
+        for p in parts {
+            let ids = self.parts[&p].fold.refold_ids(&self.decoder.dicts);
+            if ids.is_empty() {
+                continue;
+            }
+            let list = sql_list(&ids);
+            for b in self.store.read_where(TABLE_EVENTS, Some(&format!("call_id IN ({list})")), false).await? {
+                self.decoder.decode(&b, &mut self.decoded)?;
+                self.parts.get_mut(&p).expect("listed").fold.update(&self.decoded, &self.decoder.dicts);
+            }
+            let filter = format!("\"{PARTITION_COLUMN}\" = {p} AND \"{SEALED_COLUMN}\" AND call_id IN ({list})");
+            let rows = self.store.read_where(TABLE_CALL_FACTS, Some(&filter), false).await?;
+            let state = self.parts.get_mut(&p).expect("listed");
+            let n = state.fold.unseal(&mut self.decoder.dicts, &self.params, &rows)?;
+            self.telemetry.refolded_calls.inc_by(n);
+            // Sealed partials whose maximum wait left: computed again from the sealed rows
+            // that stay.
+            let stale = state.fold.stale_max(&self.decoder.dicts);
+            let mut maxima = Vec::with_capacity(stale.len());
+            let leaving = sql_list(state.fold.unsealed());
+            for (tenant, queue, start) in &stale {
+                let queue = match queue {
+                    Some(q) => format!("queue_id = {}", sql_list(std::slice::from_ref(q))),
+                    None => "queue_id IS NULL".to_string(),
+                };
+                let filter = format!(
+                    "\"{PARTITION_COLUMN}\" = {p} AND \"{SEALED_COLUMN}\" AND tenant_id = {} AND {queue} \
+                     AND queued_at >= to_timestamp_millis({start}) AND queued_at < to_timestamp_millis({}) \
+                     AND call_id NOT IN ({leaving})",
+                    sql_list(std::slice::from_ref(tenant)),
+                    start + ccstream_schemas::PARTIAL_INTERVAL_MS,
+                );
+                let rows = self.store.read_where(TABLE_CALL_FACTS, Some(&filter), false).await?;
+                let mut max: Option<i64> = None;
+                for b in &rows {
+                    let waits = b
+                        .column_by_name("wait_ms")
+                        .and_then(|c| c.as_any().downcast_ref::<arrow::array::Int64Array>())
+                        .context("call_facts has no wait_ms")?;
+                    max = max.max(arrow::compute::max(waits));
+                }
+                maxima.push(max);
+            }
+            state.fold.set_sealed_max(&maxima);
+        }
+        Ok(())
+    }
+
+    /// The sealed files of `table` in `partition` that hold rows of `calls`, and their other
+    /// rows: the commit writes the rows and removes the files.
+    async fn rewrite_sealed(&self, table: &str, partition: Partition, calls: &[String]) -> Result<SealedRewrite> {
+        let filter = format!(
+            "\"{PARTITION_COLUMN}\" = {partition} AND \"{SEALED_COLUMN}\" AND call_id IN ({})",
+            sql_list(calls)
+        );
+        let mut files: Vec<String> = Vec::new();
+        for b in self.store.read_where(table, Some(&filter), true).await? {
+            let col = string_column(&b, FILE_COLUMN)?;
+            files.extend(col.iter().flatten().map(str::to_string));
+        }
+        files.sort_unstable();
+        files.dedup();
+        if files.is_empty() {
+            return Ok(SealedRewrite { rows: Vec::new(), files });
+        }
+        let filter = format!(
+            "\"{PARTITION_COLUMN}\" = {partition} AND \"{SEALED_COLUMN}\" AND \"{FILE_COLUMN}\" IN ({}) AND call_id NOT IN ({})",
+            sql_list(&files),
+            sql_list(calls)
+        );
+        let mut keep = Vec::new();
+        for b in self.store.read_where(table, Some(&filter), true).await? {
+            let n = b.num_columns() - 1;
+            keep.push(b.project(&(0..n).collect::<Vec<_>>())?);
+        }
+        Ok(SealedRewrite { rows: keep, files })
+    }
+
+    /// The watermark of every partition: its own, or, idle, at least the slowest busy one's.
+    fn watermarks(&self) -> BTreeMap<Partition, i64> {
+        let lateness = self.time.allowed_lateness_ms;
+        let idle = Duration::from_millis(self.time.idle_timeout_ms);
+        let busy_min =
+            self.parts.values().filter(|s| s.last_records.elapsed() < idle).map(|s| s.watermark(lateness)).min();
+        self.parts
+            .iter()
+            .map(|(p, s)| {
+                let own = s.watermark(lateness);
+                let w = match busy_min {
+                    Some(b) if s.last_records.elapsed() >= idle => own.max(b),
+                    _ => own,
+                };
+                (*p, w)
+            })
+            .collect()
+    }
+
+    /// Writes what is due in every partition's fold (see [`CallFold::emit`]): new calls,
+    /// revisions, and the corrections the next commit appends.
+    fn emit(&mut self, end_of_time: bool) -> Result<()> {
+        let now = now_ms();
+        let watermarks = self.watermarks();
+        let wall = now_ms();
+        for (p, s) in self.parts.iter_mut() {
+            let horizon = if end_of_time {
+                Horizon::END
+            } else {
+                Horizon {
+                    watermark_ms: watermarks[p],
+                    completion_grace_ms: self.time.completion_grace_ms,
+                    retention_ms: self.time.state_retention_ms,
+                }
+            };
+            let em = s.fold.emit(&self.decoder.dicts, &self.params, now, horizon)?;
+            s.changed |= em.changed || em.evicted > 0;
+            s.sealed_facts.extend(em.sealed_facts);
+            s.sealed_legs.extend(em.sealed_legs);
+            s.unsealed.extend(s.fold.take_unsealed());
+            self.telemetry.evicted_calls.inc_by(em.evicted);
+            let label = p.to_string();
+            if em.revised_calls > 0 {
+                self.telemetry.revisions.with_label_values(&[TABLE_CALL_FACTS]).inc_by(em.revised_calls);
+            }
+            if em.revised_partials > 0 {
+                self.telemetry.revisions.with_label_values(&[TABLE_INTERVAL_PARTIALS]).inc_by(em.revised_partials);
+            }
+            self.summary.revisions += em.revised_calls + em.revised_partials;
+            self.summary.corrections += em.corrections.len() as u64;
+            self.telemetry.corrections.inc_by(em.corrections.len() as u64);
+            self.telemetry.pending_calls.with_label_values(&[&label]).set(s.fold.pending_calls() as i64);
+            self.telemetry.held_calls.with_label_values(&[&label]).set(s.fold.calls() as i64);
+            if s.max_event_ms != i64::MIN {
+                let delay = (wall - watermarks[p]) as f64 / 1000.0;
+                self.telemetry.watermark_delay.with_label_values(&[&label]).set(delay);
+            }
+            if !em.corrections.is_empty() {
+                self.pending_corrections.push(corrections_batch(&em.corrections, *p as i32, now)?);
+            }
+        }
+        Ok(())
+    }
+
     /// Per partition, the application transaction recording the offset folded so far.
     fn offsets(&self) -> Vec<(String, i64)> {
         let url = self.log.url();
@@ -332,41 +611,95 @@ impl Processor {
         Ok(())
     }
 
-    /// Commits every table with the offsets folded so far.
-    async fn commit(&mut self) -> Result<()> {
+    /// Commits every table with the offsets folded so far; `end_of_time` writes every call.
+    async fn commit(&mut self, end_of_time: bool) -> Result<()> {
         debug_assert!(self.rebuilt());
+        self.restore().await?;
+        self.refold().await?;
+        self.emit(end_of_time)?;
         self.commit_appends().await?;
-        let now = now_ms();
         let offsets = self.offsets();
         const SLICE_ROWS: usize = 64 * 1024;
 
+        // Corrections first: if a crash stops the commits below, the restart finds them and
+        // corrects the rows those commits did not reach (see `CallFold::restore`).
+        let mut w = self.store.append_streaming(TABLE_CORRECTIONS, corrections_schema(), usize::MAX).await?;
+        for b in self.pending_corrections.drain(..) {
+            w.write(b).await?;
+        }
+        w.with_transactions(&offsets);
+        w.commit().await?;
+
+        let changed: Vec<i32> = self.parts.iter().filter(|(_, s)| s.changed).map(|(p, _)| *p as i32).collect();
+        // Sealed files that hold rows of calls that left them: rewritten without those rows.
+        let mut rewrites: Vec<[SealedRewrite; 2]> = Vec::new();
+        for (p, s) in &self.parts {
+            if !s.unsealed.is_empty() {
+                let facts = self.rewrite_sealed(TABLE_CALL_FACTS, *p, &s.unsealed).await?;
+                let legs = self.rewrite_sealed(TABLE_AGENT_LEGS, *p, &s.unsealed).await?;
+                rewrites.push([facts, legs]);
+            }
+        }
         let dicts = &self.decoder.dicts;
-        let mut facts = self.store.overwrite_streaming(TABLE_CALL_FACTS, call_facts_schema(), usize::MAX).await?;
-        for s in self.parts.values() {
-            for b in s.fold.call_facts_slices(dicts, &self.params, now, SLICE_ROWS) {
+        let mut facts =
+            self.store.overwrite_partitions(TABLE_CALL_FACTS, call_facts_schema(), &changed, usize::MAX).await?;
+        for s in self.parts.values().filter(|s| s.changed) {
+            for b in s.fold.call_facts_slices(dicts, &self.params, SLICE_ROWS) {
                 facts.write(b?).await?;
             }
+        }
+        for s in self.parts.values() {
+            for b in &s.sealed_facts {
+                facts.write(b.clone()).await?;
+            }
+        }
+        for [r, _] in &rewrites {
+            for b in &r.rows {
+                facts.write(b.clone()).await?;
+            }
+            facts.remove_files(&r.files)?;
         }
         facts.with_transactions(&offsets);
         facts.commit().await?;
 
-        let mut legs = self.store.overwrite_streaming(TABLE_AGENT_LEGS, agent_legs_schema(), usize::MAX).await?;
-        for s in self.parts.values() {
-            for b in s.fold.agent_legs_slices(dicts, &self.params, now, SLICE_ROWS) {
+        let mut legs =
+            self.store.overwrite_partitions(TABLE_AGENT_LEGS, agent_legs_schema(), &changed, usize::MAX).await?;
+        for s in self.parts.values().filter(|s| s.changed) {
+            for b in s.fold.agent_legs_slices(dicts, &self.params, SLICE_ROWS) {
                 legs.write(b?).await?;
             }
+        }
+        for s in self.parts.values() {
+            for b in &s.sealed_legs {
+                legs.write(b.clone()).await?;
+            }
+        }
+        for [_, r] in &rewrites {
+            for b in &r.rows {
+                legs.write(b.clone()).await?;
+            }
+            legs.remove_files(&r.files)?;
         }
         legs.with_transactions(&offsets);
         legs.commit().await?;
 
-        let mut partials =
-            self.store.overwrite_streaming(TABLE_INTERVAL_PARTIALS, interval_partials_schema(), usize::MAX).await?;
-        for s in self.parts.values() {
-            partials.write(s.fold.interval_partials(dicts, &self.params, now)?).await?;
+        let mut partials = self
+            .store
+            .overwrite_partitions(TABLE_INTERVAL_PARTIALS, interval_partials_schema(), &changed, usize::MAX)
+            .await?;
+        for s in self.parts.values().filter(|s| s.changed) {
+            partials.write(s.fold.interval_partials(dicts, &self.params)?).await?;
         }
         partials.with_transactions(&offsets);
         partials.commit().await?;
 
+        for (p, s) in self.parts.iter_mut() {
+            s.changed = false;
+            s.sealed_facts.clear();
+            s.sealed_legs.clear();
+            s.unsealed.clear();
+            self.summary.partitions.insert(*p);
+        }
         self.dirty = false;
         self.summary.commits += 1;
         self.telemetry.commits.inc();
@@ -389,6 +722,30 @@ async fn report_lag(
             telemetry.consumer_lag.with_label_values(&[&p.to_string()]).set(end.saturating_sub(next) as i64);
         }
     }
+}
+
+/// `'a', 'b'`: SQL string literals (a list for IN; `NULL` when empty, which matches nothing).
+fn sql_list<T: std::fmt::Display>(values: &[T]) -> String {
+    if values.is_empty() {
+        return "NULL".to_string();
+    }
+    values.iter().map(|v| format!("'{}'", v.to_string().replace('\'', "''"))).collect::<Vec<_>>().join(", ")
+}
+
+fn string_column<'b>(b: &'b RecordBatch, name: &str) -> Result<&'b arrow::array::StringArray> {
+    b.column_by_name(name)
+        .and_then(|c| c.as_any().downcast_ref::<arrow::array::StringArray>())
+        .with_context(|| format!("a table read back has no text column {name}"))
+}
+
+/// The rows of `batch` whose log partition is `partition`.
+fn rows_of_partition(batch: &RecordBatch, partition: i32) -> Result<RecordBatch> {
+    let col = batch
+        .column_by_name(PARTITION_COLUMN)
+        .and_then(|c| c.as_any().downcast_ref::<arrow::array::Int32Array>())
+        .context("a table read back has no partition column")?;
+    let keep: BooleanArray = col.iter().map(|p| Some(p == Some(partition))).collect();
+    Ok(filter_record_batch(batch, &keep)?)
 }
 
 /// A dead letter for the record at `offset` of `partition` that the processor rejected.
@@ -426,6 +783,8 @@ pub(crate) async fn run(args: ProcessArgs) -> Result<ProcessSummary> {
         pending_events: Vec::new(),
         pending_event_rows: 0,
         pending_dead: Vec::new(),
+        pending_corrections: Vec::new(),
+        time: args.time.clone(),
         dirty: false,
         summary: ProcessSummary::default(),
         telemetry,
@@ -449,10 +808,11 @@ pub(crate) async fn run(args: ProcessArgs) -> Result<ProcessSummary> {
             Poll::Revoked(parts) => {
                 // Commit what this member folded before the partitions move on.
                 if proc.dirty && proc.rebuilt() {
-                    proc.commit().await?;
+                    proc.commit(false).await?;
                 }
                 for p in parts {
                     proc.parts.remove(&p);
+                    proc.telemetry.forget_partition(p);
                 }
             }
             Poll::Records(records) => {
@@ -475,25 +835,31 @@ pub(crate) async fn run(args: ProcessArgs) -> Result<ProcessSummary> {
         let due = last_commit.elapsed() >= interval.max(commit_cost * 5);
         if proc.dirty && !args.until_caught_up && due && proc.rebuilt() {
             let t = Instant::now();
-            proc.commit().await?;
+            proc.commit(false).await?;
             commit_cost = t.elapsed();
             proc.telemetry.commit_duration.observe(commit_cost.as_secs_f64());
             last_commit = Instant::now();
         }
     }
-    if proc.rebuilt() && (proc.dirty || proc.summary.commits == 0) {
-        proc.commit().await?;
+    if proc.rebuilt() && (proc.dirty || proc.summary.commits == 0 || args.until_caught_up) {
+        // At the end of the log (`--until-caught-up`) every open call is written.
+        proc.commit(args.until_caught_up).await?;
     }
     proc.summary.seconds = start.elapsed().as_secs_f64();
     let s = &proc.summary;
     eprintln!(
-        "processed {} records from {} ({} dead letters) in {:.2} s ({:.0} records/s), {} commit(s) to {}",
+        "processed {} records from {} ({} dead letters, {} late events, {} revisions, {} corrections) in {:.2} s \
+         ({:.0} records/s), {} commit(s) of partitions {:?} to {}",
         s.records,
         log.url(),
         s.dead_letters,
+        s.late_events,
+        s.revisions,
+        s.corrections,
         s.seconds,
         s.records as f64 / s.seconds.max(1e-9),
         s.commits,
+        s.partitions,
         args.data
     );
     Ok(std::mem::take(&mut proc.summary))

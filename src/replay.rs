@@ -22,11 +22,11 @@ use arrow::compute::filter_record_batch;
 use ccstream_ingest::file::records::source_name;
 use ccstream_ingest::file::{discover, parquet_rows, Chunk, FileReader, Format, InputFile, ReadOptions};
 use ccstream_processor::batch::{to_events_schema, DecodedBatch, Decoder, JsonDecoder, FOLD_COLUMNS};
-use ccstream_processor::kpi::CallFold;
+use ccstream_processor::kpi::{CallFold, Horizon};
 use ccstream_processor::sink::{Overwrite, TableStore};
 use ccstream_schemas::{
-    agent_legs_schema, call_facts_schema, dead_letters_schema, events_schema, TABLE_AGENT_LEGS, TABLE_CALL_FACTS,
-    TABLE_DEAD_LETTERS, TABLE_EVENTS, TABLE_INTERVAL_PARTIALS,
+    agent_legs_schema, call_facts_schema, corrections_schema, dead_letters_schema, events_schema, TABLE_AGENT_LEGS,
+    TABLE_CALL_FACTS, TABLE_CORRECTIONS, TABLE_DEAD_LETTERS, TABLE_EVENTS, TABLE_INTERVAL_PARTIALS,
 };
 use clap::{ArgAction, Args};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
@@ -368,13 +368,16 @@ pub(crate) async fn run(args: ReplayArgs) -> Result<Summary> {
     const SLICE_ROWS: usize = 64 * 1024;
     let mut output_time = Duration::ZERO;
     let t = Instant::now();
+    // The end of time: every call is written, as revision 1.
+    fold.emit(&decoder.dicts, &params, now, Horizon::END)?;
+    output_time += t.elapsed();
     let dicts = &decoder.dicts;
     let (facts_tx, facts_done) =
         spawn_sink(store.overwrite_streaming(TABLE_CALL_FACTS, call_facts_schema(), usize::MAX).await?);
     let (legs_tx, legs_done) =
         spawn_sink(store.overwrite_streaming(TABLE_AGENT_LEGS, agent_legs_schema(), usize::MAX).await?);
-    let mut facts = fold.call_facts_slices(dicts, &params, now, SLICE_ROWS);
-    let mut legs = fold.agent_legs_slices(dicts, &params, now, SLICE_ROWS);
+    let mut facts = fold.call_facts_slices(dicts, &params, SLICE_ROWS);
+    let mut legs = fold.agent_legs_slices(dicts, &params, SLICE_ROWS);
     loop {
         let built = Instant::now();
         let (f, l) = (facts.next().transpose()?, legs.next().transpose()?);
@@ -400,16 +403,19 @@ pub(crate) async fn run(args: ReplayArgs) -> Result<Summary> {
     facts_done.await??;
     legs_done.await??;
     let built = Instant::now();
-    let partials = fold.interval_partials(dicts, &params, now)?;
+    let partials = fold.interval_partials(dicts, &params)?;
     let dead_batch = dead_letters_batch(&dead, now)?;
     output_time += built.elapsed();
     summary.interval_partials_rows = partials.num_rows() as u64;
-    let (c, d) = tokio::join!(
+    // A replay is revision 1 of everything: corrections of earlier runs go.
+    let (c, d, e) = tokio::join!(
         store.replace(TABLE_INTERVAL_PARTIALS, partials, SLICE_ROWS),
         store.replace(TABLE_DEAD_LETTERS, dead_batch, SLICE_ROWS),
+        store.replace(TABLE_CORRECTIONS, RecordBatch::new_empty(corrections_schema()), SLICE_ROWS),
     );
     c?;
     d?;
+    e?;
     summary.output_s = output_time.as_secs_f64();
     let t = t.elapsed().saturating_sub(output_time);
     summary.write_s = t.as_secs_f64();

@@ -69,6 +69,57 @@ fn kafka_log_equals_oracle() {
     check_log_tables(&data);
 }
 
+/// The partitions a `process` run committed, from its summary line.
+fn committed_partitions(stderr: &[u8]) -> Vec<u32> {
+    let text = String::from_utf8_lossy(stderr);
+    let line = text.lines().find(|l| l.starts_with("processed ")).unwrap_or_else(|| panic!("no summary in {text}"));
+    let set = line.split("of partitions {").nth(1).and_then(|r| r.split('}').next()).unwrap();
+    set.split(", ").filter(|s| !s.is_empty()).map(|s| s.parse().unwrap()).collect()
+}
+
+#[test]
+fn two_processors_in_one_group_share_the_partitions() {
+    let url = ccstream_eventlog::testing::kafka_url("group");
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let data_s = data.to_str().unwrap();
+    ingest(&url, &fixture("oracle/events.jsonl.gz"), "4");
+    // Small polls and frequent commits: the first member is still working when the second
+    // joins, so the group rebalances mid-run and both commit partitions side by side.
+    let member = |name: &str| {
+        let listen = dir.path().join(format!("{name}.addr"));
+        let child = Command::new(env!("CARGO_BIN_EXE_ccstream"))
+            .args(["process", "--log", &url, "--data", data_s, "--until-caught-up", "--group", "shared"])
+            .args(["--poll-records", "40", "--commit-interval-ms", "20", "--metrics-listen", "127.0.0.1:0"])
+            .args(["--listen-file", listen.to_str().unwrap()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        (child, listen)
+    };
+    let (first, first_listen) = member("first");
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    loop {
+        assert!(std::time::Instant::now() < deadline, "the first member did not commit within 120 s");
+        if let Some(addr) = std::fs::read_to_string(&first_listen).ok().filter(|a| a.ends_with('\n')) {
+            if common::metric_total(&common::scrape_metrics(addr.trim()).1, "ccstream_processor_commits_total") >= 1.0 {
+                break;
+            }
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let (second, _) = member("second");
+    let (a, b) = (first.wait_with_output().unwrap(), second.wait_with_output().unwrap());
+    assert!(a.status.success(), "{}", String::from_utf8_lossy(&a.stderr));
+    assert!(b.status.success(), "{}", String::from_utf8_lossy(&b.stderr));
+    let (pa, pb) = (committed_partitions(&a.stderr), committed_partitions(&b.stderr));
+    assert!(!pa.is_empty() && !pb.is_empty(), "both members committed: {pa:?} and {pb:?}");
+    check_log_tables(&data);
+    let parts = sql_csv(&data, "SELECT count(DISTINCT partition) AS n FROM interval_partials");
+    assert_eq!(parts.lines().nth(1), Some("4"));
+}
+
 #[test]
 fn sigkill_at_random_moments_loses_and_doubles_nothing() {
     let dir = tempfile::tempdir().unwrap();

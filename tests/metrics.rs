@@ -60,7 +60,7 @@ fn metrics_report_health_and_kpis() {
         if let Some((_, labels)) = line.split_once('{') {
             for pair in labels.split('}').next().unwrap().split(',') {
                 let key = pair.split('=').next().unwrap();
-                assert!(["tenant", "queue", "partition", "le"].contains(&key), "label {key} in {line}");
+                assert!(["tenant", "queue", "partition", "table", "le"].contains(&key), "label {key} in {line}");
             }
         }
     }

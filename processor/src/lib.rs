@@ -28,6 +28,8 @@ pub enum Error {
         #[source]
         source: Box<deltalake::DeltaTableError>,
     },
+    #[error("reading a table back: {0}")]
+    ReadTable(#[from] deltalake::datafusion::error::DataFusionError),
     #[error("table location {location:?} is not a valid URL or path: {reason}")]
     Location { location: String, reason: String },
 }

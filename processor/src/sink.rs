@@ -5,6 +5,13 @@
 //! ([`TableStore::overwrite_streaming`], [`TableStore::replace`]): readers see the
 //! previous version until the commit lands, then the new one; a failed run leaves the
 //! previous version readable (its stray files are never referenced).
+//!
+//! The derived tables are Delta-partitioned by log partition: a processor replaces only the
+//! files of the partitions it owns ([`TableStore::overwrite_partitions`]), so processors of
+//! one consumer group commit to the same tables side by side. Their commits declare what
+//! they read (`"partition" IN (…)`), so Delta's conflict check lets commits on other
+//! partitions through; a commit that loses a race on its own partitions (a rebalance in
+//! flight) is rebuilt on the newer snapshot and retried.
 
 use deltalake::kernel::transaction::CommitBuilder;
 use deltalake::kernel::Action;
@@ -19,7 +26,7 @@ use url::Url;
 
 use arrow::array::RecordBatch;
 use arrow::datatypes::{DataType, SchemaRef};
-use ccstream_schemas::{is_low_cardinality, partition_columns, table_schema};
+use ccstream_schemas::{is_low_cardinality, partition_columns, table_schema, PARTITION_COLUMN, SEALED_COLUMN};
 
 use crate::{Error, Result};
 
@@ -106,13 +113,81 @@ impl TableStore {
     /// is one Delta commit. Memory stays bounded: files are finished every
     /// `flush_rows` rows.
     pub async fn overwrite_streaming(&self, name: &str, schema: SchemaRef, flush_rows: usize) -> Result<Overwrite> {
-        self.start_write(name, schema, flush_rows, SaveMode::Overwrite).await
+        self.start_write(name, schema, flush_rows, Scope::All).await
+    }
+
+    /// Like [`TableStore::overwrite_streaming`], but replaces only the files of the given log
+    /// partitions (the Delta partition column [`PARTITION_COLUMN`]); other partitions'
+    /// files stay as they are.
+    pub async fn overwrite_partitions(
+        &self,
+        name: &str,
+        schema: SchemaRef,
+        partitions: &[i32],
+        flush_rows: usize,
+    ) -> Result<Overwrite> {
+        self.start_write(name, schema, flush_rows, Scope::Partitions(partitions.to_vec())).await
     }
 
     /// Like [`TableStore::overwrite_streaming`], but the commit adds the new files to what the
     /// table holds instead of replacing it.
     pub async fn append_streaming(&self, name: &str, schema: SchemaRef, flush_rows: usize) -> Result<Overwrite> {
-        self.start_write(name, schema, flush_rows, SaveMode::Append).await
+        self.start_write(name, schema, flush_rows, Scope::Append).await
+    }
+
+    /// Table `name`'s rows of log partitions `partitions` (all rows when `partitions` is
+    /// `None`), with the columns of its schema in schema order. Empty when the table does not
+    /// exist yet.
+    pub async fn read(&self, name: &str, partitions: Option<&[i32]>) -> Result<Vec<RecordBatch>> {
+        let filter = partitions.map(|p| format!("\"{PARTITION_COLUMN}\" IN ({})", in_list(p)));
+        self.read_where(name, filter.as_deref(), false).await
+    }
+
+    /// Table `name`'s rows that match the SQL condition `filter` (all rows for `None`), with
+    /// the columns of its schema in schema order, plus, with `with_file`, a last column
+    /// [`FILE_COLUMN`] naming the file that holds the row (as [`Overwrite::remove_files`]
+    /// takes it). Empty when the table does not exist yet.
+    pub async fn read_where(&self, name: &str, filter: Option<&str>, with_file: bool) -> Result<Vec<RecordBatch>> {
+        use deltalake::datafusion::prelude::SessionContext;
+        let url = self.table_url(name)?;
+        let wrap =
+            |source| Error::WriteTable { table: name.to_string(), location: url.to_string(), source: Box::new(source) };
+        let mut table = DeltaTable::try_from_url(url.clone()).await.map_err(wrap)?;
+        if table.load().await.is_err() || table.version().is_none() {
+            return Ok(Vec::new());
+        }
+        let schema = table_schema(name).ok_or_else(|| Error::Location {
+            location: url.to_string(),
+            reason: format!("{name} is not a table of ccstream"),
+        })?;
+        let ctx = SessionContext::new();
+        table.update_datafusion_session(&ctx.state()).map_err(wrap)?;
+        let provider = if with_file {
+            table.table_provider().with_file_column(FILE_COLUMN).await
+        } else {
+            table.table_provider().await
+        };
+        ctx.register_table("t", provider?)?;
+        let mut columns: Vec<String> = schema.fields().iter().map(|f| format!("\"{}\"", f.name())).collect();
+        let mut fields: Vec<arrow::datatypes::FieldRef> = schema.fields().iter().cloned().collect();
+        if with_file {
+            columns.push(format!("\"{FILE_COLUMN}\""));
+            fields.push(std::sync::Arc::new(arrow::datatypes::Field::new(FILE_COLUMN, DataType::Utf8, false)));
+        }
+        let out_schema = std::sync::Arc::new(arrow::datatypes::Schema::new(fields));
+        let filter = filter.map(|f| format!(" WHERE {f}")).unwrap_or_default();
+        let batches = ctx.sql(&format!("SELECT {} FROM t{filter}", columns.join(", "))).await?.collect().await?;
+        let mut out = Vec::with_capacity(batches.len());
+        for b in batches {
+            let cols = b
+                .columns()
+                .iter()
+                .zip(out_schema.fields())
+                .map(|(c, f)| arrow::compute::cast(c, f.data_type()))
+                .collect::<std::result::Result<Vec<_>, _>>()?;
+            out.push(RecordBatch::try_new(out_schema.clone(), cols)?);
+        }
+        Ok(out)
     }
 
     /// The versions of the application transactions `app_ids` recorded in table `name`
@@ -133,7 +208,7 @@ impl TableStore {
         Ok(out)
     }
 
-    async fn start_write(&self, name: &str, schema: SchemaRef, flush_rows: usize, mode: SaveMode) -> Result<Overwrite> {
+    async fn start_write(&self, name: &str, schema: SchemaRef, flush_rows: usize, scope: Scope) -> Result<Overwrite> {
         let url = self.table_url(name)?;
         let wrap =
             |source| Error::WriteTable { table: name.to_string(), location: url.to_string(), source: Box::new(source) };
@@ -149,16 +224,7 @@ impl TableStore {
                 .await
                 .map_err(wrap)?;
         }
-        let removes: Vec<Action> = match mode {
-            SaveMode::Overwrite => table
-                .snapshot()
-                .map_err(wrap)?
-                .log_data()
-                .iter()
-                .map(|f| Action::Remove(f.remove_action(true)))
-                .collect(),
-            _ => Vec::new(),
-        };
+        let removes = removes(&table, &scope).map_err(wrap)?;
         let writer =
             RecordBatchWriter::for_table(&table).map_err(wrap)?.with_writer_properties(writer_properties(name));
         Ok(Overwrite {
@@ -172,7 +238,8 @@ impl TableStore {
             flush_rows: flush_rows.max(1),
             buffered: 0,
             rows: 0,
-            mode,
+            scope,
+            explicit: Vec::new(),
             transactions: Vec::new(),
         })
     }
@@ -190,8 +257,52 @@ pub struct Overwrite {
     flush_rows: usize,
     buffered: usize,
     rows: u64,
-    mode: SaveMode,
+    scope: Scope,
+    /// Files removed by [`Overwrite::remove_files`] (kept across retries).
+    explicit: Vec<String>,
     transactions: Vec<(String, i64)>,
+}
+
+/// The column [`TableStore::read_where`] adds for the file that holds a row.
+pub const FILE_COLUMN: &str = "__ccstream_file";
+
+/// What a write replaces.
+#[derive(Debug, Clone)]
+enum Scope {
+    /// Nothing: the files are added.
+    Append,
+    /// The whole table.
+    All,
+    /// The files of these log partitions (but not their sealed files).
+    Partitions(Vec<i32>),
+}
+
+/// `1, 2, 3` (a SQL IN list).
+fn in_list(partitions: &[i32]) -> String {
+    partitions.iter().map(|p| p.to_string()).collect::<Vec<_>>().join(", ")
+}
+
+/// The Remove actions of the files that a write of `scope` replaces, on `table`'s snapshot.
+fn removes(table: &DeltaTable, scope: &Scope) -> std::result::Result<Vec<Action>, deltalake::DeltaTableError> {
+    Ok(table
+        .snapshot()?
+        .log_data()
+        .iter()
+        .filter(|f| match scope {
+            Scope::Append => false,
+            Scope::All => true,
+            Scope::Partitions(parts) => {
+                let values = f.partition_values_map();
+                let sealed = values.get(SEALED_COLUMN).and_then(|v| v.as_deref()) == Some("true");
+                !sealed
+                    && values
+                        .get(PARTITION_COLUMN)
+                        .and_then(|v| v.as_deref()?.parse::<i32>().ok())
+                        .is_some_and(|p| parts.contains(&p))
+            }
+        })
+        .map(|f| Action::Remove(f.remove_action(true)))
+        .collect())
 }
 
 impl std::fmt::Debug for Overwrite {
@@ -231,6 +342,23 @@ impl Overwrite {
         Ok(())
     }
 
+    /// Also removes the files `paths` (as [`TableStore::read_where`] names them) in the
+    /// commit: files whose rows this write rewrote.
+    pub fn remove_files(&mut self, paths: &[String]) -> Result<()> {
+        let snapshot = match self.table.snapshot() {
+            Ok(s) => s,
+            Err(e) => return Err(self.wrap(e)),
+        };
+        for f in snapshot.log_data().iter() {
+            let path = f.path();
+            if paths.iter().any(|p| p.ends_with(path.as_ref())) && !self.explicit.iter().any(|e| e == path.as_ref()) {
+                self.explicit.push(path.to_string());
+                self.removes.push(Action::Remove(f.remove_action(true)));
+            }
+        }
+        Ok(())
+    }
+
     /// Records application transactions `(app_id, version)` in the same commit (the
     /// processor's consumed offsets: they land with the rows or not at all).
     pub fn with_transactions(&mut self, transactions: &[(String, i64)]) {
@@ -242,27 +370,55 @@ impl Overwrite {
     /// Returns the rows written and the table's new version.
     pub async fn commit(mut self) -> Result<(u64, u64)> {
         self.flush().await?;
-        let mut actions = std::mem::take(&mut self.adds);
-        actions.append(&mut self.removes);
-        for (app_id, version) in self.transactions.drain(..) {
-            actions.push(Action::Txn(deltalake::kernel::Transaction::new(app_id, version)));
-        }
+        let (mode, predicate) = match &self.scope {
+            Scope::Append => (SaveMode::Append, None),
+            Scope::All => (SaveMode::Overwrite, None),
+            Scope::Partitions(p) => (SaveMode::Overwrite, Some(format!("\"{PARTITION_COLUMN}\" IN ({})", in_list(p)))),
+        };
         let operation = DeltaOperation::Write {
-            mode: self.mode,
+            mode,
             partition_by: (!self.partition_by.is_empty()).then(|| self.partition_by.clone()),
-            predicate: None,
+            predicate,
         };
-        let snapshot = match self.table.snapshot() {
-            Ok(s) => s,
-            Err(e) => return Err(self.wrap(e)),
-        };
-        let done = CommitBuilder::default()
-            .with_actions(actions)
-            .build(Some(snapshot), self.table.log_store(), operation)
-            .await;
-        match done {
-            Ok(c) => Ok((self.rows, c.version())),
-            Err(e) => Err(self.wrap(e)),
+        let txns: Vec<Action> = self
+            .transactions
+            .iter()
+            .map(|(app_id, version)| Action::Txn(deltalake::kernel::Transaction::new(app_id.clone(), *version)))
+            .collect();
+        // A lost race on this write's own partitions (another processor still committing a
+        // partition that moved here) is retried on the newer snapshot: the files this
+        // commit replaces are computed again, the new files stay.
+        const ATTEMPTS: usize = 8;
+        for attempt in 1..=ATTEMPTS {
+            let mut actions = self.adds.clone();
+            actions.append(&mut self.removes);
+            actions.extend(txns.iter().cloned());
+            let snapshot = match self.table.snapshot() {
+                Ok(s) => s,
+                Err(e) => return Err(self.wrap(e)),
+            };
+            let done = CommitBuilder::default()
+                .with_actions(actions)
+                .build(Some(snapshot), self.table.log_store(), operation.clone())
+                .await;
+            match done {
+                Ok(c) => return Ok((self.rows, c.version())),
+                Err(deltalake::DeltaTableError::Transaction {
+                    source: deltalake::kernel::transaction::TransactionError::CommitConflict(_),
+                }) if attempt < ATTEMPTS => {
+                    if let Err(e) = self.table.load().await {
+                        return Err(self.wrap(e));
+                    }
+                    self.removes = match removes(&self.table, &self.scope) {
+                        Ok(r) => r,
+                        Err(e) => return Err(self.wrap(e)),
+                    };
+                    let explicit = std::mem::take(&mut self.explicit);
+                    self.remove_files(&explicit)?;
+                }
+                Err(e) => return Err(self.wrap(e)),
+            }
         }
+        unreachable!("the last attempt returns")
     }
 }

@@ -22,6 +22,14 @@ pub const COMMITS_TOTAL: &str = "ccstream_processor_commits_total";
 pub const COMMIT_DURATION_SECONDS: &str = "ccstream_processor_commit_duration_seconds";
 pub const CONSUMER_LAG_RECORDS: &str = "ccstream_processor_consumer_lag_records";
 pub const EVENT_TIME_LAG_SECONDS: &str = "ccstream_processor_event_time_lag_seconds";
+pub const LATE_EVENTS_TOTAL: &str = "ccstream_processor_late_events_total";
+pub const REVISIONS_TOTAL: &str = "ccstream_processor_revisions_total";
+pub const CORRECTIONS_TOTAL: &str = "ccstream_processor_corrections_total";
+pub const WATERMARK_DELAY_SECONDS: &str = "ccstream_processor_watermark_delay_seconds";
+pub const PENDING_CALLS: &str = "ccstream_processor_pending_calls";
+pub const REFOLDED_CALLS_TOTAL: &str = "ccstream_processor_refolded_calls_total";
+pub const EVICTED_CALLS_TOTAL: &str = "ccstream_processor_evicted_calls_total";
+pub const HELD_CALLS: &str = "ccstream_processor_held_calls";
 
 pub const KPI_OFFERED_TOTAL: &str = "ccstream_kpi_offered_calls_total";
 pub const KPI_ANSWERED_TOTAL: &str = "ccstream_kpi_answered_calls_total";
@@ -34,6 +42,7 @@ pub const KPI_SERVICE_LEVEL_RATIO: &str = "ccstream_kpi_service_level_ratio";
 pub const LABEL_PARTITION: &str = "partition";
 pub const LABEL_TENANT: &str = "tenant";
 pub const LABEL_QUEUE: &str = "queue";
+pub const LABEL_TABLE: &str = "table";
 
 /// The processor's metrics and their registry.
 #[derive(Debug)]
@@ -47,6 +56,14 @@ pub struct Telemetry {
     pub commit_duration: Histogram,
     pub consumer_lag: IntGaugeVec,
     pub event_time_lag: Gauge,
+    pub late_events: IntCounter,
+    pub revisions: IntCounterVec,
+    pub corrections: IntCounter,
+    pub watermark_delay: GaugeVec,
+    pub pending_calls: IntGaugeVec,
+    pub held_calls: IntGaugeVec,
+    pub refolded_calls: IntCounter,
+    pub evicted_calls: IntCounter,
     offered: IntCounterVec,
     answered: IntCounterVec,
     abandoned: IntCounterVec,
@@ -112,8 +129,32 @@ impl Telemetry {
         .expect("valid metric");
         let event_time_lag = Gauge::new(EVENT_TIME_LAG_SECONDS, "Wall-clock time minus the latest event time folded")
             .expect("valid metric");
+        let revisions = IntCounterVec::new(
+            Opts::new(REVISIONS_TOTAL, "Derived rows written again with a new revision (late events, restarts)"),
+            &[LABEL_TABLE],
+        )
+        .expect("valid metric");
+        let watermark_delay = GaugeVec::new(
+            Opts::new(WATERMARK_DELAY_SECONDS, "Wall-clock time minus the partition's event-time watermark"),
+            &[LABEL_PARTITION],
+        )
+        .expect("valid metric");
+        let pending_calls = IntGaugeVec::new(
+            Opts::new(PENDING_CALLS, "Calls held that are not written yet or changed since (open calls)"),
+            &[LABEL_PARTITION],
+        )
+        .expect("valid metric");
+        let held_calls = IntGaugeVec::new(
+            Opts::new(HELD_CALLS, "Calls whose state the processor holds (open and retained)"),
+            &[LABEL_PARTITION],
+        )
+        .expect("valid metric");
         for m in [
-            Box::new(waiting.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(revisions.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(watermark_delay.clone()),
+            Box::new(pending_calls.clone()),
+            Box::new(held_calls.clone()),
+            Box::new(waiting.clone()),
             Box::new(longest_wait.clone()),
             Box::new(service_level.clone()),
             Box::new(consumer_lag.clone()),
@@ -128,6 +169,18 @@ impl Telemetry {
             duplicates: counter(&r, DUPLICATES_TOTAL, "Event copies dropped as duplicates"),
             dead_letters: counter(&r, DEAD_LETTERS_TOTAL, "Rejected records written to dead_letters"),
             commits: counter(&r, COMMITS_TOTAL, "Commits of all tables"),
+            late_events: counter(&r, LATE_EVENTS_TOTAL, "Events older than their partition's watermark on arrival"),
+            corrections: counter(&r, CORRECTIONS_TOTAL, "Changed columns of revised rows written to corrections"),
+            refolded_calls: counter(
+                &r,
+                REFOLDED_CALLS_TOTAL,
+                "Evicted calls folded again from the events table for a late event",
+            ),
+            evicted_calls: counter(&r, EVICTED_CALLS_TOTAL, "Written calls whose state left memory after retention"),
+            revisions,
+            watermark_delay,
+            pending_calls,
+            held_calls,
             registry: r,
             commit_duration,
             consumer_lag,
@@ -141,6 +194,15 @@ impl Telemetry {
             service_level,
             last: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// Drops the per-partition series of a partition this processor no longer owns.
+    pub fn forget_partition(&self, partition: u32) {
+        let label = partition.to_string();
+        let _ = self.consumer_lag.remove_label_values(&[&label]);
+        let _ = self.watermark_delay.remove_label_values(&[&label]);
+        let _ = self.pending_calls.remove_label_values(&[&label]);
+        let _ = self.held_calls.remove_label_values(&[&label]);
     }
 
     /// Publishes the live queues (summed over partitions by the caller), named.

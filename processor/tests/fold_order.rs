@@ -90,9 +90,9 @@ fn slices_concatenate_to_the_whole_tables() {
     fold.update(&decoded, &decoder.dicts);
     let params = Params::default();
     let whole = fold.output(&decoder.dicts, &params, 0).unwrap();
-    let facts: Vec<RecordBatch> = fold.call_facts_slices(&decoder.dicts, &params, 0, 97).map(Result::unwrap).collect();
+    let facts: Vec<RecordBatch> = fold.call_facts_slices(&decoder.dicts, &params, 97).map(Result::unwrap).collect();
     assert!(facts.len() > 10);
     assert_eq!(concat_batches(&facts[0].schema(), &facts).unwrap(), whole.call_facts);
-    let legs: Vec<RecordBatch> = fold.agent_legs_slices(&decoder.dicts, &params, 0, 97).map(Result::unwrap).collect();
+    let legs: Vec<RecordBatch> = fold.agent_legs_slices(&decoder.dicts, &params, 97).map(Result::unwrap).collect();
     assert_eq!(concat_batches(&legs[0].schema(), &legs).unwrap(), whole.agent_legs);
 }

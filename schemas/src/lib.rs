@@ -21,8 +21,9 @@ pub use event::{Event, EventError, EventType, CALL_EVENT_TYPES};
 pub use ids::{format_uuid, is_uuid_key, parse_uuid, IdKey, OTHER_TAG};
 pub use record::{event_key, DeadLetterRecord, DEAD_LETTER_KEY};
 pub use tables::{
-    agent_legs_schema, call_facts_schema, dead_letters_schema, events_schema, interval_partials_schema,
-    is_low_cardinality, partition_columns, table_schema, with_dictionaries, TABLES, TABLE_AGENT_LEGS, TABLE_CALL_FACTS,
-    TABLE_DEAD_LETTERS, TABLE_EVENTS, TABLE_INTERVAL_PARTIALS, VIEW_AGENT_DAY_METRICS, VIEW_INTERVAL_METRICS,
+    agent_legs_schema, call_facts_schema, corrections_schema, dead_letters_schema, events_schema,
+    interval_partials_schema, is_low_cardinality, partition_columns, table_schema, with_dictionaries, DERIVED_TABLES,
+    PARTITION_COLUMN, SEALED_COLUMN, TABLES, TABLE_AGENT_LEGS, TABLE_CALL_FACTS, TABLE_CORRECTIONS, TABLE_DEAD_LETTERS,
+    TABLE_EVENTS, TABLE_INTERVAL_PARTIALS, VIEW_AGENT_DAY_METRICS, VIEW_INTERVAL_METRICS,
 };
 pub use time::{format_rfc3339_ms, parse_rfc3339_ms, TimeError, MS_PER_DAY, PARTIAL_INTERVAL_MS};

@@ -13,12 +13,27 @@ pub const TABLE_CALL_FACTS: &str = "call_facts";
 pub const TABLE_AGENT_LEGS: &str = "agent_legs";
 pub const TABLE_INTERVAL_PARTIALS: &str = "interval_partials";
 pub const TABLE_DEAD_LETTERS: &str = "dead_letters";
+pub const TABLE_CORRECTIONS: &str = "corrections";
 pub const VIEW_INTERVAL_METRICS: &str = "interval_metrics";
 pub const VIEW_AGENT_DAY_METRICS: &str = "agent_day_metrics";
 
 /// Every table ccstream writes, in commit order (events first, dead letters last).
-pub const TABLES: [&str; 5] =
-    [TABLE_EVENTS, TABLE_CALL_FACTS, TABLE_AGENT_LEGS, TABLE_INTERVAL_PARTIALS, TABLE_DEAD_LETTERS];
+pub const TABLES: [&str; 6] =
+    [TABLE_EVENTS, TABLE_CALL_FACTS, TABLE_AGENT_LEGS, TABLE_INTERVAL_PARTIALS, TABLE_CORRECTIONS, TABLE_DEAD_LETTERS];
+
+/// The tables derived from the events by the fold, written per log partition: a
+/// processor replaces only the files of the partitions it owns.
+pub const DERIVED_TABLES: [&str; 3] = [TABLE_CALL_FACTS, TABLE_AGENT_LEGS, TABLE_INTERVAL_PARTIALS];
+
+/// The column that names the log partition a derived row comes from (a Delta partition
+/// column of the derived tables; `replay` writes 0).
+pub const PARTITION_COLUMN: &str = "partition";
+
+/// Whether a derived row is sealed: the processor no longer holds its call's state (it was
+/// evicted after the retention horizon), so the row is final unless a late event re-folds
+/// the call. Unsealed rows are rewritten from the processor's state at each commit. A
+/// Delta partition column of `call_facts` and `agent_legs`.
+pub const SEALED_COLUMN: &str = "sealed";
 
 fn ts() -> DataType {
     DataType::Timestamp(TimeUnit::Millisecond, Some("UTC".into()))
@@ -96,6 +111,8 @@ pub fn call_facts_schema() -> SchemaRef {
         f("wait_ms", DataType::Int64, true),
         f("handle_ms", DataType::Int64, true),
         f("mos", DataType::Float64, true),
+        f(PARTITION_COLUMN, DataType::Int32, false),
+        f(SEALED_COLUMN, DataType::Boolean, false),
     ];
     fields.extend(revision_fields());
     Arc::new(Schema::new(fields))
@@ -123,6 +140,8 @@ pub fn agent_legs_schema() -> SchemaRef {
         f("classified", DataType::Boolean, false),
         f("poor", DataType::Boolean, false),
         f("mos", DataType::Float64, true),
+        f(PARTITION_COLUMN, DataType::Int32, false),
+        f(SEALED_COLUMN, DataType::Boolean, false),
     ];
     fields.extend(revision_fields());
     Arc::new(Schema::new(fields))
@@ -136,7 +155,7 @@ pub fn interval_partials_schema() -> SchemaRef {
         utf8("tenant_id", false),
         utf8("queue_id", false),
         f("interval_start", ts(), false),
-        f("partition", DataType::Int32, false),
+        f(PARTITION_COLUMN, DataType::Int32, false),
         f("offered", DataType::Int64, false),
         f("answered", DataType::Int64, false),
         f("abandoned", DataType::Int64, false),
@@ -155,6 +174,24 @@ pub fn interval_partials_schema() -> SchemaRef {
     ];
     fields.extend(revision_fields());
     Arc::new(Schema::new(fields))
+}
+
+/// `corrections`: one row per column of a derived row that a later revision changed
+/// (a late event, or a restart that finds the table behind the fold). `key` is the
+/// call id for `call_facts`, and `tenant_id/queue_id/interval_start` for
+/// `interval_partials`; values are in their SQL text form, NULL for none. Append-only.
+pub fn corrections_schema() -> SchemaRef {
+    Arc::new(Schema::new(vec![
+        utf8("table_name", false),
+        utf8("key", false),
+        utf8("tenant_id", false),
+        f(PARTITION_COLUMN, DataType::Int32, false),
+        utf8("column_name", false),
+        utf8("old_value", true),
+        utf8("new_value", true),
+        f("revision", DataType::Int64, false),
+        f("computed_at", ts(), false),
+    ]))
 }
 
 /// `dead_letters`: one row per rejected input, with the reason and the raw bytes (bounded).
@@ -178,6 +215,7 @@ pub fn table_schema(name: &str) -> Option<SchemaRef> {
         TABLE_AGENT_LEGS => agent_legs_schema(),
         TABLE_INTERVAL_PARTIALS => interval_partials_schema(),
         TABLE_DEAD_LETTERS => dead_letters_schema(),
+        TABLE_CORRECTIONS => corrections_schema(),
         _ => return None,
     })
 }
@@ -204,6 +242,8 @@ pub fn is_low_cardinality(name: &str) -> bool {
             | "state_reason"
             | "origin"
             | "reason"
+            | "table_name"
+            | "column_name"
     )
 }
 
@@ -231,6 +271,8 @@ pub fn with_dictionaries(schema: &Schema) -> SchemaRef {
 pub fn partition_columns(name: &str) -> &'static [&'static str] {
     match name {
         TABLE_EVENTS => &["tenant_id", "day"],
+        TABLE_CALL_FACTS | TABLE_AGENT_LEGS => &[PARTITION_COLUMN, SEALED_COLUMN],
+        TABLE_INTERVAL_PARTIALS => &[PARTITION_COLUMN],
         _ => &[],
     }
 }

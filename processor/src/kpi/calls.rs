@@ -10,21 +10,32 @@
 //!
 //! In arrival order only a few hundred calls are open at a time, so the entries an event
 //! touches are almost always in cache; the cost per event is a hash probe and a few adds.
+//!
+//! Emission and revisions ([`CallFold::emit`]): a call's facts are written once it is
+//! complete (abandoned, or ended with every leg wrapped up) or once the watermark passes
+//! its latest event by the completion grace; from then on it is always written. A call that
+//! changes after it was written gets revision + 1 and [`Correction`]s against its previous
+//! revision, whose values come from a copy of the call's state taken when the change began
+//! (copy-on-write) or, after a restart, from the committed row ([`CallFold::restore`]).
+//! Interval partials are recomputed from the written calls and revised the same way.
 
 use std::hash::BuildHasher;
 use std::ops::Range;
 use std::sync::Arc;
 
 use arrow::array::{
-    ArrayRef, BooleanArray, Date32Array, Float64Array, Int32Array, Int64Array, RecordBatch, StringArray, StringBuilder,
-    TimestampMillisecondArray,
+    Array, ArrayRef, BooleanArray, Date32Array, Float64Array, Int32Array, Int64Array, RecordBatch, StringArray,
+    StringBuilder, TimestampMillisecondArray,
 };
+use arrow::compute::filter_record_batch;
 use ccstream_schemas::{
     agent_legs_schema, call_facts_schema, interval_partials_schema, EventType, IdKey, MS_PER_DAY, PARTIAL_INTERVAL_MS,
+    SEALED_COLUMN, TABLE_CALL_FACTS, TABLE_INTERVAL_PARTIALS,
 };
 use foldhash::fast::FixedState;
 use hashbrown::HashMap;
 
+use super::revisions::{diff, images, value_columns, Correction, Fixes, Horizon, Image};
 use super::{mos, Params};
 use crate::batch::{DecodedBatch, Dictionaries, INVALID, NONE, NO_CALL};
 use crate::Result;
@@ -61,6 +72,14 @@ struct CallAcc {
     n_events: u32,
     eid_block: u32,
     first_leg: u32,
+    /// Latest event time folded (for the completion grace).
+    last_ms: i64,
+    /// When the revision last written was computed.
+    computed_at: i64,
+    /// The revision last written (0: never written).
+    revision: u32,
+    /// Changed since it was last written (and listed in `dirty_calls`).
+    dirty: bool,
 }
 
 impl CallAcc {
@@ -90,7 +109,16 @@ impl CallAcc {
             n_events: 0,
             eid_block: NO_BLOCK,
             first_leg: NO_LEG,
+            last_ms: MAX_NONE,
+            computed_at: 0,
+            revision: 0,
+            dirty: false,
         }
+    }
+
+    /// Abandoned, or ended with every leg wrapped up: no more events are expected.
+    fn complete(&self) -> bool {
+        self.abandoned() || (self.ended_ms != MAX_NONE && (!self.answered() || self.legs_complete()))
     }
 
     fn answered(&self) -> bool {
@@ -202,6 +230,225 @@ pub struct FoldStats {
     pub other_events: u64,
 }
 
+/// What one [`CallFold::emit`] did.
+#[derive(Debug, Default)]
+pub struct Emission {
+    /// Calls written for the first time.
+    pub new_calls: u64,
+    /// Calls written again with a new revision.
+    pub revised_calls: u64,
+    /// Interval partials written again with a new revision (or gone).
+    pub revised_partials: u64,
+    /// Changed columns of the revised rows.
+    pub corrections: Vec<Correction>,
+    /// Calls evicted: their final rows, sealed.
+    pub evicted: u64,
+    pub sealed_facts: Vec<RecordBatch>,
+    pub sealed_legs: Vec<RecordBatch>,
+    /// Whether the partition's derived rows differ from what was last written.
+    pub changed: bool,
+}
+
+/// One interval partial as last written.
+#[derive(Debug, Clone, Copy)]
+struct PartialRow {
+    part: Part,
+    revision: u32,
+    computed_at: i64,
+}
+
+/// Mergeable aggregates of one tenant × entry queue × 15-minute interval.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+struct Part {
+    offered: i64,
+    answered: i64,
+    abandoned: i64,
+    short_abandoned: i64,
+    answered_within_sl: i64,
+    abandoned_within_sl: i64,
+    overflowed: i64,
+    transferred: i64,
+    sum_answer_wait_ms: i64,
+    sum_abandon_wait_ms: i64,
+    sum_handle_ms: i64,
+    n_handle: i64,
+    max_wait_ms: Option<i64>,
+}
+
+impl Part {
+    /// The value columns of `interval_partials`, in schema order.
+    const COLUMNS: [&'static str; 13] = [
+        "offered",
+        "answered",
+        "abandoned",
+        "short_abandoned",
+        "answered_within_sl",
+        "abandoned_within_sl",
+        "overflowed",
+        "transferred",
+        "sum_answer_wait_ms",
+        "sum_abandon_wait_ms",
+        "sum_handle_ms",
+        "n_handle",
+        "max_wait_ms",
+    ];
+
+    fn values(&self) -> [Option<i64>; 13] {
+        [
+            Some(self.offered),
+            Some(self.answered),
+            Some(self.abandoned),
+            Some(self.short_abandoned),
+            Some(self.answered_within_sl),
+            Some(self.abandoned_within_sl),
+            Some(self.overflowed),
+            Some(self.transferred),
+            Some(self.sum_answer_wait_ms),
+            Some(self.sum_abandon_wait_ms),
+            Some(self.sum_handle_ms),
+            Some(self.n_handle),
+            self.max_wait_ms,
+        ]
+    }
+
+    fn from_values(v: [Option<i64>; 13]) -> Part {
+        let n = |i: usize| v[i].unwrap_or(0);
+        Part {
+            offered: n(0),
+            answered: n(1),
+            abandoned: n(2),
+            short_abandoned: n(3),
+            answered_within_sl: n(4),
+            abandoned_within_sl: n(5),
+            overflowed: n(6),
+            transferred: n(7),
+            sum_answer_wait_ms: n(8),
+            sum_abandon_wait_ms: n(9),
+            sum_handle_ms: n(10),
+            n_handle: n(11),
+            max_wait_ms: v[12],
+        }
+    }
+
+    /// Adds call `c`'s contribution at `p`.
+    fn add(&mut self, c: &CallAcc, p: &Params) {
+        self.apply(&Contribution::of(c), p, 1);
+    }
+
+    /// Adds (`sign` 1) or takes away (`sign` -1) one call's contribution at `p`. Taking
+    /// away leaves `max_wait_ms` as it was: the caller recomputes it when the call held it.
+    fn apply(&mut self, c: &Contribution, p: &Params, sign: i64) {
+        self.offered += sign;
+        self.overflowed += sign * c.overflowed as i64;
+        self.transferred += sign * c.transferred as i64;
+        if let Some(w) = c.wait_ms {
+            if sign > 0 {
+                self.max_wait_ms = Some(self.max_wait_ms.map_or(w, |m| m.max(w)));
+            }
+            if c.answered {
+                self.answered += sign;
+                self.sum_answer_wait_ms += sign * w;
+                self.answered_within_sl += sign * (w <= p.sl_threshold_ms) as i64;
+                if let Some(h) = c.handle_ms {
+                    self.n_handle += sign;
+                    self.sum_handle_ms += sign * h;
+                }
+            } else {
+                self.abandoned += sign;
+                self.sum_abandon_wait_ms += sign * w;
+                self.short_abandoned += sign * (w < p.short_abandon_ms) as i64;
+                self.abandoned_within_sl += sign * (w <= p.sl_threshold_ms) as i64;
+            }
+        }
+    }
+
+    /// Adds `other` (the same group's aggregates over other calls).
+    fn merge(&mut self, o: &Part) {
+        self.offered += o.offered;
+        self.answered += o.answered;
+        self.abandoned += o.abandoned;
+        self.short_abandoned += o.short_abandoned;
+        self.answered_within_sl += o.answered_within_sl;
+        self.abandoned_within_sl += o.abandoned_within_sl;
+        self.overflowed += o.overflowed;
+        self.transferred += o.transferred;
+        self.sum_answer_wait_ms += o.sum_answer_wait_ms;
+        self.sum_abandon_wait_ms += o.sum_abandon_wait_ms;
+        self.sum_handle_ms += o.sum_handle_ms;
+        self.n_handle += o.n_handle;
+        self.max_wait_ms = match (self.max_wait_ms, o.max_wait_ms) {
+            (Some(a), Some(b)) => Some(a.max(b)),
+            (a, b) => a.or(b),
+        };
+    }
+}
+
+/// What one call adds to its interval partial: from its state, or from its sealed row.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Contribution {
+    key: PartKey,
+    overflowed: bool,
+    transferred: bool,
+    answered: bool,
+    wait_ms: Option<i64>,
+    handle_ms: Option<i64>,
+}
+
+impl Contribution {
+    fn of(c: &CallAcc) -> Self {
+        Contribution {
+            key: (c.tenant, c.entry_queue, c.queued_ms.div_euclid(PARTIAL_INTERVAL_MS) * PARTIAL_INTERVAL_MS),
+            overflowed: c.n_queued > 1,
+            transferred: c.n_transfers > 0,
+            answered: c.answered(),
+            wait_ms: c.wait_ms(),
+            handle_ms: c.handle_ms(),
+        }
+    }
+
+    /// The contributions of `call_facts` rows (`None` for a row without a queue entry).
+    fn of_rows(b: &RecordBatch, dicts: &mut Dictionaries) -> Result<Vec<Option<Contribution>>> {
+        let tenants = string_column(b, "tenant_id")?;
+        let queues = string_column(b, "queue_id")?;
+        let queued = b
+            .column_by_name("queued_at")
+            .and_then(|c| c.as_any().downcast_ref::<TimestampMillisecondArray>())
+            .ok_or(crate::Error::MissingColumn("queued_at"))?;
+        let flag = |name: &'static str| -> Result<&BooleanArray> {
+            b.column_by_name(name)
+                .and_then(|c| c.as_any().downcast_ref::<BooleanArray>())
+                .ok_or(crate::Error::MissingColumn(name))
+        };
+        let (overflowed, transferred, answered) = (flag("overflowed")?, flag("transferred")?, flag("answered")?);
+        let (wait, handle) = (int64_column(b, "wait_ms")?, int64_column(b, "handle_ms")?);
+        let opt = |a: &Int64Array, i: usize| a.is_valid(i).then(|| a.value(i));
+        Ok((0..b.num_rows())
+            .map(|i| {
+                if queued.is_null(i) {
+                    return None;
+                }
+                let t = queued.value(i);
+                let queue = if queues.is_valid(i) { dicts.queues.intern(queues.value(i)) } else { NONE };
+                Some(Contribution {
+                    key: (
+                        dicts.tenants.intern(tenants.value(i)),
+                        queue,
+                        t.div_euclid(PARTIAL_INTERVAL_MS) * PARTIAL_INTERVAL_MS,
+                    ),
+                    overflowed: overflowed.value(i),
+                    transferred: transferred.value(i),
+                    answered: answered.value(i),
+                    wait_ms: opt(wait, i),
+                    handle_ms: opt(handle, i),
+                })
+            })
+            .collect())
+    }
+}
+
+/// The key of an interval partial: tenant, entry queue, interval start (ms).
+type PartKey = (u32, u32, i64);
+
 /// The fold's results as record batches of the table schemas.
 #[derive(Debug, Clone)]
 pub struct FoldOutput {
@@ -227,6 +474,32 @@ pub struct CallFold {
     /// For every row of the last batch: whether it was the first copy of a valid event.
     first_copy: Vec<bool>,
     stats: FoldStats,
+    /// Calls changed since they were last written (`CallAcc::dirty`).
+    dirty_calls: Vec<u32>,
+    /// Written calls that changed since: their state and MOS as last written.
+    before: HashMap<u32, (CallAcc, f64), FixedState>,
+    /// After a restart: written calls' committed rows, until their next emission.
+    committed: HashMap<u32, Image, FixedState>,
+    /// Interval partials as last written.
+    partials: HashMap<PartKey, PartialRow, FixedState>,
+    /// Fingerprints (key hashes) of the calls evicted after the retention horizon: a new
+    /// call with one of them may be an evicted call seen again (`refold`). A false match
+    /// only costs a lookup that finds no sealed row.
+    sealed_fp: hashbrown::HashSet<u64, FixedState>,
+    /// The evicted calls' contributions to the interval partials.
+    sealed_parts: HashMap<PartKey, Part, FixedState>,
+    /// New calls whose fingerprint is sealed: their earlier events and sealed rows are to be
+    /// read back ([`CallFold::refold_ids`], [`CallFold::unseal`]).
+    refold: Vec<u32>,
+    /// Calls whose sealed rows must leave the sealed files at the next commit.
+    unsealed: Vec<String>,
+    /// Partials whose sealed maximum wait is to be computed again from the sealed rows.
+    stale_max: Vec<PartKey>,
+    /// Sealed `agent_legs` rows found missing after a restart, for the next commit.
+    carry_legs: Vec<RecordBatch>,
+    /// The evicted calls' share of the live counters, per (tenant, entry queue): offered,
+    /// answered, abandoned, answered within the SL threshold.
+    evicted_counts: HashMap<(u32, u32), [u64; 4], FixedState>,
 }
 
 impl CallFold {
@@ -243,7 +516,63 @@ impl CallFold {
             other_ids: hashbrown::HashSet::with_hasher(FixedState::with_seed(0x007e_41d5)),
             first_copy: Vec::new(),
             stats: FoldStats::default(),
+            dirty_calls: Vec::new(),
+            before: HashMap::default(),
+            committed: HashMap::default(),
+            partials: HashMap::default(),
+            sealed_fp: hashbrown::HashSet::with_hasher(FixedState::with_seed(0x5ea1_ed00)),
+            sealed_parts: HashMap::default(),
+            refold: Vec::new(),
+            unsealed: Vec::new(),
+            stale_max: Vec::new(),
+            carry_legs: Vec::new(),
+            evicted_counts: HashMap::default(),
         }
+    }
+
+    /// The log partition whose rows this fold writes.
+    pub fn partition(&self) -> i32 {
+        self.partition
+    }
+
+    /// Calls held that are not written yet or changed since (open calls, late changes).
+    pub fn pending_calls(&self) -> usize {
+        self.dirty_calls.len()
+    }
+
+    /// The position of call `key` in `calls`, if the fold holds it.
+    fn find(&self, key: IdKey) -> Option<usize> {
+        let hash = self.hasher.hash_one(key);
+        self.index.find(hash, |&i| self.calls[i as usize].key == key).map(|&i| i as usize)
+    }
+
+    /// Marks call `c` changed; a call already written keeps a copy of its written state.
+    #[cold]
+    fn mark_dirty(&mut self, c: usize) {
+        let acc = self.calls[c];
+        self.calls[c].dirty = true;
+        self.dirty_calls.push(c as u32);
+        if acc.revision > 0 && !self.committed.contains_key(&(c as u32)) {
+            let m = self.mos_of(c);
+            self.before.insert(c as u32, (acc, m));
+        }
+    }
+
+    /// Minimum MOS over call `c`'s answered legs (NaN when none has one).
+    fn mos_of(&self, c: usize) -> f64 {
+        let mut out = f64::NAN;
+        let mut l = self.calls[c].first_leg;
+        while l != NO_LEG {
+            let leg = &self.legs[l as usize];
+            if leg.n_answered > 0 {
+                let m = mos(leg.media[2], leg.media[0], leg.media[1]);
+                if !m.is_nan() && (out.is_nan() || m < out) {
+                    out = m;
+                }
+            }
+            l = leg.next;
+        }
+        out
     }
 
     pub fn stats(&self) -> FoldStats {
@@ -285,6 +614,9 @@ impl CallFold {
                 let c = calls.len();
                 calls.push(CallAcc::new(key, tenant));
                 e.insert(c as u32);
+                if !self.sealed_fp.is_empty() && self.sealed_fp.contains(&hash) {
+                    self.refold.push(c as u32);
+                }
                 c
             }
         }
@@ -381,10 +713,14 @@ impl CallFold {
             }
             self.first_copy[r] = true;
             self.stats.call_events += 1;
+            if !self.calls[c].dirty {
+                self.mark_dirty(c);
+            }
             let t = b.t_ms[r];
             let queue = b.queue[r];
             let agent = b.agent[r];
             let acc = &mut self.calls[c];
+            acc.last_ms = acc.last_ms.max(t);
             if tenant != acc.tenant && less(&dicts.tenants, tenant, acc.tenant) {
                 acc.tenant = tenant;
             }
@@ -493,38 +829,571 @@ impl CallFold {
         }
     }
 
-    /// The tables as of now, at `params`, stamped `revision` 1 and `computed_at_ms`.
-    pub fn output(&self, dicts: &Dictionaries, params: &Params, computed_at_ms: i64) -> Result<FoldOutput> {
+    /// Every call written at the end of time, then the tables, stamped `computed_at_ms` (a
+    /// batch run's output; the order-independence tests compare it).
+    pub fn output(&mut self, dicts: &Dictionaries, params: &Params, computed_at_ms: i64) -> Result<FoldOutput> {
+        self.emit(dicts, params, computed_at_ms, Horizon::END)?;
         let call_mos = self.call_mos();
+        let all: Vec<u32> = (0..self.calls.len() as u32).filter(|&c| self.calls[c as usize].revision > 0).collect();
         Ok(FoldOutput {
-            call_facts: self.call_facts(0..self.calls.len(), dicts, params, &call_mos, computed_at_ms)?,
-            agent_legs: self.agent_legs(0..self.legs.len(), dicts, params, computed_at_ms)?,
-            interval_partials: self.interval_partials(dicts, params, computed_at_ms)?,
+            call_facts: self.call_facts(&all, dicts, params, &call_mos)?,
+            agent_legs: self.agent_legs(0..self.legs.len(), dicts, params)?,
+            interval_partials: self.interval_partials(dicts, params)?,
         })
     }
 
-    /// `call_facts` in slices of at most `rows` calls, so that a writer can encode each
-    /// slice while the next is built, and no table-sized arrays are ever allocated.
+    /// Writes what is due at `horizon` (see the module doc): calls due for the first time
+    /// get revision 1; written calls that changed, and the interval partials, get a new
+    /// revision and corrections when their values differ. Stamps new revisions `now`.
+    pub fn emit(&mut self, dicts: &Dictionaries, p: &Params, now: i64, horizon: Horizon) -> Result<Emission> {
+        let mut em = Emission::default();
+        let mut old_images: Vec<(u32, Image)> = Vec::new();
+        let mut snapshots: Vec<(u32, CallAcc, f64)> = Vec::new();
+        for c in std::mem::take(&mut self.dirty_calls) {
+            let acc = &mut self.calls[c as usize];
+            if acc.revision == 0 {
+                if !horizon.due(acc.complete(), acc.last_ms) {
+                    self.dirty_calls.push(c);
+                    continue;
+                }
+                acc.revision = 1;
+                acc.computed_at = now;
+                acc.dirty = false;
+                em.new_calls += 1;
+                em.changed = true;
+                continue;
+            }
+            acc.dirty = false;
+            em.changed = true;
+            if let Some(img) = self.committed.remove(&c) {
+                old_images.push((c, img));
+            } else if let Some((old, m)) = self.before.remove(&c) {
+                snapshots.push((c, old, m));
+            }
+        }
+        if !snapshots.is_empty() {
+            let olds: Vec<&CallAcc> = snapshots.iter().map(|s| &s.1).collect();
+            let mos: Vec<f64> = snapshots.iter().map(|s| s.2).collect();
+            let batch = self.facts_batch(&olds, &mos, dicts, p, false)?;
+            old_images.extend(snapshots.iter().map(|s| s.0).zip(images(&batch)?));
+        }
+        if !old_images.is_empty() {
+            let accs: Vec<&CallAcc> = old_images.iter().map(|(c, _)| &self.calls[*c as usize]).collect();
+            let mos: Vec<f64> = old_images.iter().map(|(c, _)| self.mos_of(*c as usize)).collect();
+            let batch = self.facts_batch(&accs, &mos, dicts, p, false)?;
+            let columns = value_columns(&batch, &["call_id"]);
+            let names: Vec<String> = batch.schema().fields().iter().map(|f| f.name().clone()).collect();
+            let mut text = String::new();
+            for ((c, old), new) in old_images.iter().zip(images(&batch)?) {
+                let changes = diff(old, &new, &columns, &names);
+                if changes.is_empty() {
+                    continue;
+                }
+                let acc = &mut self.calls[*c as usize];
+                acc.revision += 1;
+                acc.computed_at = now;
+                em.revised_calls += 1;
+                text.clear();
+                dicts.ids.text(acc.key, &mut text);
+                let tenant = dicts.tenants.name(acc.tenant).unwrap_or_default();
+                em.corrections.extend(changes.into_iter().map(|(column, old, new)| Correction {
+                    table: TABLE_CALL_FACTS,
+                    key: text.clone(),
+                    tenant: tenant.to_string(),
+                    column,
+                    old,
+                    new,
+                    revision: acc.revision as i64,
+                }));
+            }
+        }
+        if em.changed {
+            self.emit_partials(dicts, p, now, &mut em);
+        }
+        self.evict(dicts, p, horizon, &mut em)?;
+        Ok(em)
+    }
+
+    /// Evicts the written, unchanged calls past the retention horizon, in bursts (at least
+    /// a quarter of the calls held, so compacting the state is amortized): their rows go
+    /// to the emission as sealed rows, their contributions to the sealed partials.
+    fn evict(&mut self, dicts: &Dictionaries, p: &Params, horizon: Horizon, em: &mut Emission) -> Result<()> {
+        if horizon.retention_ms == i64::MAX || !self.refold.is_empty() {
+            return Ok(());
+        }
+        let expired: Vec<bool> =
+            self.calls.iter().map(|c| c.revision > 0 && !c.dirty && horizon.expired(c.last_ms)).collect();
+        let n = expired.iter().filter(|e| **e).count();
+        if n == 0 || (n * 4 < self.calls.len() && n < 1 << 16) {
+            return Ok(());
+        }
+        let call_mos = self.call_mos();
+        let gone: Vec<u32> = (0..self.calls.len() as u32).filter(|&c| expired[c as usize]).collect();
+        for chunk in gone.chunks(64 * 1024) {
+            let accs: Vec<&CallAcc> = chunk.iter().map(|&c| &self.calls[c as usize]).collect();
+            let mos: Vec<f64> = chunk.iter().map(|&c| call_mos[c as usize]).collect();
+            em.sealed_facts.push(self.facts_batch(&accs, &mos, dicts, p, true)?);
+        }
+        let legs: Vec<&LegAcc> = self.legs.iter().filter(|l| l.n_answered > 0 && expired[l.call as usize]).collect();
+        if !legs.is_empty() {
+            em.sealed_legs.push(self.legs_batch(&legs, dicts, p, true)?);
+        }
+        for &c in &gone {
+            let acc = self.calls[c as usize];
+            if acc.queued_ms != MIN_NONE {
+                let k = Contribution::of(&acc);
+                self.sealed_parts.entry(k.key).or_default().apply(&k, p, 1);
+            }
+            self.sealed_fp.insert(self.hasher.hash_one(acc.key));
+        }
+        em.evicted += n as u64;
+        self.compact(&expired, p);
+        Ok(())
+    }
+
+    /// Drops the calls marked in `drop` (and their legs and event ids) from the state,
+    /// keeping their share of the live counters.
+    fn compact(&mut self, drop: &[bool], p: &Params) {
+        for (c, _) in self.calls.iter().zip(drop).filter(|(c, d)| **d && c.queued_ms != MIN_NONE) {
+            let n = self.evicted_counts.entry((c.tenant, c.entry_queue)).or_default();
+            n[0] += 1;
+            match c.wait_ms() {
+                Some(w) if c.answered() => {
+                    n[1] += 1;
+                    n[3] += (w <= p.sl_threshold_ms) as u64;
+                }
+                Some(_) => n[2] += 1,
+                None => {}
+            }
+        }
+        let mut remap = vec![u32::MAX; self.calls.len()];
+        let mut calls = Vec::with_capacity(self.calls.len() - drop.iter().filter(|d| **d).count());
+        for (i, c) in self.calls.iter().enumerate() {
+            if !drop[i] {
+                remap[i] = calls.len() as u32;
+                calls.push(*c);
+            }
+        }
+        let mut leg_remap = vec![NO_LEG; self.legs.len()];
+        let mut legs = Vec::with_capacity(calls.len());
+        for (j, l) in self.legs.iter().enumerate() {
+            if remap[l.call as usize] != u32::MAX {
+                leg_remap[j] = legs.len() as u32;
+                legs.push(LegAcc { call: remap[l.call as usize], ..*l });
+            }
+        }
+        let relink = |l: u32| if l == NO_LEG { NO_LEG } else { leg_remap[l as usize] };
+        for l in &mut legs {
+            l.next = relink(l.next);
+        }
+        let mut blocks = Vec::with_capacity(self.eid_blocks.len() / 2);
+        let mut next = Vec::with_capacity(self.eid_blocks.len() / 2);
+        for c in &mut calls {
+            c.first_leg = relink(c.first_leg);
+            // Copy the chain head first, each block pointing at the copy of its successor.
+            let mut b = c.eid_block;
+            let mut prev: Option<usize> = None;
+            c.eid_block = NO_BLOCK;
+            while b != NO_BLOCK {
+                let id = blocks.len();
+                blocks.push(self.eid_blocks[b as usize]);
+                next.push(NO_BLOCK);
+                match prev {
+                    None => c.eid_block = id as u32,
+                    Some(p) => next[p] = id as u32,
+                }
+                prev = Some(id);
+                b = self.eid_next[b as usize];
+            }
+        }
+        self.calls = calls;
+        self.legs = legs;
+        self.eid_blocks = blocks;
+        self.eid_next = next;
+        self.index.clear();
+        for (i, c) in self.calls.iter().enumerate() {
+            let hash = self.hasher.hash_one(c.key);
+            let (hasher, accs) = (&self.hasher, &self.calls);
+            self.index.insert_unique(hash, i as u32, |&j| hasher.hash_one(accs[j as usize].key));
+        }
+        let map = |c: u32| remap[c as usize];
+        self.dirty_calls = self.dirty_calls.iter().map(|&c| map(c)).filter(|&c| c != u32::MAX).collect();
+        self.refold = self.refold.iter().map(|&c| map(c)).filter(|&c| c != u32::MAX).collect();
+        self.before = std::mem::take(&mut self.before)
+            .into_iter()
+            .filter(|(c, _)| map(*c) != u32::MAX)
+            .map(|(c, v)| (map(c), v))
+            .collect();
+        self.committed = std::mem::take(&mut self.committed)
+            .into_iter()
+            .filter(|(c, _)| map(*c) != u32::MAX)
+            .map(|(c, v)| (map(c), v))
+            .collect();
+    }
+
+    /// The ids of the calls seen again after their eviction, whose earlier events and
+    /// sealed rows the caller reads back before the next [`CallFold::emit`]: it folds the
+    /// events (copies already folded are skipped) and hands the rows to [`CallFold::unseal`].
+    pub fn refold_ids(&self, dicts: &Dictionaries) -> Vec<String> {
+        let mut text = String::new();
+        self.refold
+            .iter()
+            .map(|&c| {
+                text.clear();
+                dicts.ids.text(self.calls[c as usize].key, &mut text);
+                text.clone()
+            })
+            .collect()
+    }
+
+    /// After a refold: `rows` are the sealed `call_facts` rows of the calls in
+    /// [`CallFold::refold_ids`] (none for a call that only shared a fingerprint). Each such
+    /// call takes its row as the committed revision, its contribution leaves the sealed
+    /// partials, and its sealed rows are listed for removal ([`CallFold::take_unsealed`]).
+    pub fn unseal(&mut self, dicts: &mut Dictionaries, p: &Params, rows: &[RecordBatch]) -> Result<u64> {
+        let mut n = 0;
+        for b in rows {
+            let ids = string_column(b, "call_id")?;
+            let contributions = Contribution::of_rows(b, dicts)?;
+            let adopted = self.adopt_rows(dicts, b, &Fixes::new())?;
+            for (i, c) in adopted.into_iter().enumerate() {
+                if c.is_none() {
+                    continue;
+                }
+                n += 1;
+                self.unsealed.push(ids.value(i).to_string());
+                if let Some(k) = contributions[i] {
+                    self.unseal_contribution(&k, p);
+                }
+            }
+        }
+        self.refold.clear();
+        Ok(n)
+    }
+
+    /// Takes committed `call_facts` rows of calls the fold holds as their last written
+    /// revision: the row's values (patched by `fixes`, corrections of a later revision whose
+    /// own commit did not land) become the call's committed image, and the call is checked
+    /// at the next [`CallFold::emit`]. Returns, per row, the call's position if held.
+    fn adopt_rows(&mut self, dicts: &mut Dictionaries, b: &RecordBatch, fixes: &Fixes) -> Result<Vec<Option<usize>>> {
+        let names: Vec<String> = b.schema().fields().iter().map(|f| f.name().clone()).collect();
+        let ids = string_column(b, "call_id")?;
+        let revision = int64_column(b, "revision")?;
+        let computed = b
+            .column_by_name("computed_at")
+            .and_then(|c| c.as_any().downcast_ref::<TimestampMillisecondArray>())
+            .ok_or(crate::Error::MissingColumn("computed_at"))?;
+        let mut out = Vec::with_capacity(b.num_rows());
+        for (i, mut img) in images(b)?.into_iter().enumerate() {
+            let key = dicts.ids.key(ids.value(i));
+            let Some(c) = self.find(key) else {
+                out.push(None);
+                continue;
+            };
+            out.push(Some(c));
+            let mut rev = revision.value(i);
+            for (r, column, value) in fixes.get(ids.value(i)).into_iter().flatten() {
+                if *r > revision.value(i) {
+                    if let Some(pos) = names.iter().position(|n| n == column) {
+                        img[pos] = value.clone();
+                    }
+                    rev = rev.max(*r);
+                }
+            }
+            let acc = &mut self.calls[c];
+            acc.revision = rev as u32;
+            acc.computed_at = computed.value(i);
+            self.before.remove(&(c as u32));
+            self.committed.insert(c as u32, img);
+            if !self.calls[c].dirty {
+                self.calls[c].dirty = true;
+                self.dirty_calls.push(c as u32);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Takes call contribution `k` out of the sealed partials.
+    fn unseal_contribution(&mut self, k: &Contribution, p: &Params) {
+        if let Some(part) = self.sealed_parts.get_mut(&k.key) {
+            part.apply(k, p, -1);
+            if part.offered <= 0 {
+                self.sealed_parts.remove(&k.key);
+            } else if k.wait_ms.is_some() && k.wait_ms >= part.max_wait_ms {
+                self.stale_max.push(k.key);
+            }
+        }
+    }
+
+    /// Calls whose sealed rows must leave the sealed files (re-folded, or corrected after a
+    /// restart): the caller rewrites the files that hold them at the next commit.
+    pub fn take_unsealed(&mut self) -> Vec<String> {
+        std::mem::take(&mut self.unsealed)
+    }
+
+    /// The calls [`CallFold::take_unsealed`] will return.
+    pub fn unsealed(&self) -> &[String] {
+        &self.unsealed
+    }
+
+    /// Sealed `agent_legs` rows a restart found missing ([`CallFold::restore`]).
+    pub fn take_carried_legs(&mut self) -> Vec<RecordBatch> {
+        std::mem::take(&mut self.carry_legs)
+    }
+
+    /// Sealed partials whose maximum wait left with an unsealed call: tenant, queue,
+    /// interval start. The caller computes each maximum again from the sealed rows
+    /// ([`CallFold::set_sealed_max`]).
+    pub fn stale_max(&mut self, dicts: &Dictionaries) -> Vec<(String, Option<String>, i64)> {
+        self.stale_max.sort_unstable();
+        self.stale_max.dedup();
+        self.stale_max
+            .iter()
+            .map(|k| {
+                (
+                    dicts.tenants.name(k.0).unwrap_or_default().to_string(),
+                    name(&dicts.queues, k.1).map(str::to_string),
+                    k.2,
+                )
+            })
+            .collect()
+    }
+
+    /// Sets the maximum wait over the sealed rows of the `i`-th partial of
+    /// [`CallFold::stale_max`]; call once per entry, then the list is cleared.
+    pub fn set_sealed_max(&mut self, max_wait_ms: &[Option<i64>]) {
+        for (k, m) in self.stale_max.drain(..).zip(max_wait_ms) {
+            if let Some(part) = self.sealed_parts.get_mut(&k) {
+                part.max_wait_ms = *m;
+            }
+        }
+    }
+
+    /// Recomputes the interval partials from the written calls and revises those that changed.
+    fn emit_partials(&mut self, dicts: &Dictionaries, p: &Params, now: i64, em: &mut Emission) {
+        let mut groups: HashMap<PartKey, Part, FixedState> = HashMap::default();
+        for c in &self.calls {
+            if c.queued_ms == MIN_NONE || c.revision == 0 {
+                continue;
+            }
+            let interval = c.queued_ms.div_euclid(PARTIAL_INTERVAL_MS) * PARTIAL_INTERVAL_MS;
+            groups.entry((c.tenant, c.entry_queue, interval)).or_default().add(c, p);
+        }
+        for (key, part) in &self.sealed_parts {
+            groups.entry(*key).or_default().merge(part);
+        }
+        let mut correct = |key: &PartKey, old: &Part, new: Option<&Part>, revision: u32| {
+            let (o, n) = (old.values(), new.map(Part::values));
+            let key_text = partial_key(dicts, key);
+            let tenant = dicts.tenants.name(key.0).unwrap_or_default();
+            for (i, column) in Part::COLUMNS.iter().enumerate() {
+                let nv = n.and_then(|n| n[i]);
+                if o[i] != nv {
+                    em.corrections.push(Correction {
+                        table: TABLE_INTERVAL_PARTIALS,
+                        key: key_text.clone(),
+                        tenant: tenant.to_string(),
+                        column: column.to_string(),
+                        old: o[i].map(|v| v.to_string()),
+                        new: nv.map(|v| v.to_string()),
+                        revision: revision as i64,
+                    });
+                }
+            }
+        };
+        let mut gone = Vec::new();
+        for (key, row) in self.partials.iter_mut() {
+            match groups.remove(key) {
+                Some(part) if part == row.part => {}
+                Some(part) => {
+                    correct(key, &row.part, Some(&part), row.revision + 1);
+                    *row = PartialRow { part, revision: row.revision + 1, computed_at: now };
+                    em.revised_partials += 1;
+                    em.changed = true;
+                }
+                None => {
+                    correct(key, &row.part, None, row.revision + 1);
+                    gone.push(*key);
+                    em.revised_partials += 1;
+                    em.changed = true;
+                }
+            }
+        }
+        for key in gone {
+            self.partials.remove(&key);
+        }
+        for (key, part) in groups {
+            self.partials.insert(key, PartialRow { part, revision: 1, computed_at: now });
+            em.changed = true;
+        }
+    }
+
+    /// After a restart: the rows the tables hold for this fold's partition (`call_facts`,
+    /// `interval_partials`, `corrections`), read back once the fold has re-read the log up
+    /// to the tables' offsets. Written calls and partials get their committed revisions; a
+    /// committed row that a later correction revised (its own commit did not land) takes
+    /// the corrected values. Every written call is checked again at the next
+    /// [`CallFold::emit`], so a table behind the fold is corrected.
+    pub fn restore(
+        &mut self,
+        dicts: &mut Dictionaries,
+        p: &Params,
+        call_facts: &[RecordBatch],
+        sealed_leg_calls: &std::collections::HashSet<String>,
+        interval_partials: &[RecordBatch],
+        corrections: &[RecordBatch],
+    ) -> Result<()> {
+        let facts_fixes = super::revisions::corrections_by_key(corrections, TABLE_CALL_FACTS)?;
+        let mut evict = vec![false; self.calls.len()];
+        for b in call_facts {
+            let sealed = b
+                .column_by_name(SEALED_COLUMN)
+                .and_then(|c| c.as_any().downcast_ref::<BooleanArray>())
+                .ok_or(crate::Error::MissingColumn(SEALED_COLUMN))?;
+            let live = filter_record_batch(b, &arrow::compute::not(sealed)?)?;
+            self.adopt_rows(dicts, &live, &facts_fixes)?;
+            // Sealed rows: the call's final form, unless the state that the fold rebuilt
+            // says otherwise (an event folded before a crash kept its commit from landing).
+            let sealed = filter_record_batch(b, sealed)?;
+            let ids = string_column(&sealed, "call_id")?;
+            let contributions = Contribution::of_rows(&sealed, dicts)?;
+            let rows = images(&sealed)?;
+            let mut held: Vec<(usize, usize)> = Vec::new();
+            for (i, k) in contributions.iter().enumerate() {
+                let key = dicts.ids.key(ids.value(i));
+                match self.find(key) {
+                    Some(c) => held.push((i, c)),
+                    None => {
+                        self.sealed_fp.insert(self.hasher.hash_one(key));
+                        if let Some(k) = k {
+                            self.sealed_parts.entry(k.key).or_default().apply(k, p, 1);
+                        }
+                    }
+                }
+            }
+            if held.is_empty() {
+                continue;
+            }
+            let call_mos = self.call_mos();
+            let accs: Vec<&CallAcc> = held.iter().map(|&(_, c)| &self.calls[c]).collect();
+            let mos: Vec<f64> = held.iter().map(|&(_, c)| call_mos[c]).collect();
+            let now_batch = self.facts_batch(&accs, &mos, dicts, p, false)?;
+            let columns = value_columns(&now_batch, &["call_id"]);
+            let names: Vec<String> = now_batch.schema().fields().iter().map(|f| f.name().clone()).collect();
+            let current = images(&now_batch)?;
+            let mut differ = Vec::new();
+            for (j, &(i, c)) in held.iter().enumerate() {
+                if diff(&rows[i], &current[j], &columns, &names).is_empty() {
+                    evict[c] = true;
+                    self.sealed_fp.insert(self.hasher.hash_one(self.calls[c].key));
+                    if let Some(k) = &contributions[i] {
+                        self.sealed_parts.entry(k.key).or_default().apply(k, p, 1);
+                    }
+                } else {
+                    differ.push(i as u32);
+                    self.unsealed.push(ids.value(i).to_string());
+                }
+            }
+            if !differ.is_empty() {
+                let rows = arrow::compute::take_record_batch(&sealed, &arrow::array::UInt32Array::from(differ))?;
+                self.adopt_rows(dicts, &rows, &facts_fixes)?;
+            }
+        }
+        // `call_facts` and `agent_legs` commit one after the other: a crash between the two
+        // leaves a call's legs on the other side of the seal. Legs of a held call leave the
+        // sealed files; legs of a call sealed here are sealed unless they already are.
+        let mut text = String::new();
+        let mut carry: Vec<&LegAcc> = Vec::new();
+        for (c, acc) in self.calls.iter().enumerate() {
+            text.clear();
+            dicts.ids.text(acc.key, &mut text);
+            let legs_sealed = sealed_leg_calls.contains(&text);
+            if !evict[c] && legs_sealed {
+                self.unsealed.push(text.clone());
+            } else if evict[c] && !legs_sealed {
+                let mut l = acc.first_leg;
+                while l != NO_LEG {
+                    if self.legs[l as usize].n_answered > 0 {
+                        carry.push(&self.legs[l as usize]);
+                    }
+                    l = self.legs[l as usize].next;
+                }
+            }
+        }
+        if !carry.is_empty() {
+            let batch = self.legs_batch(&carry, dicts, p, true)?;
+            self.carry_legs.push(batch);
+        }
+        self.unsealed.sort_unstable();
+        self.unsealed.dedup();
+        if evict.iter().any(|e| *e) {
+            self.compact(&evict, p);
+        }
+        let partial_fixes = super::revisions::corrections_by_key(corrections, TABLE_INTERVAL_PARTIALS)?;
+        for b in interval_partials {
+            let tenants = string_column(b, "tenant_id")?;
+            let queues = string_column(b, "queue_id")?;
+            let starts = b
+                .column_by_name("interval_start")
+                .and_then(|c| c.as_any().downcast_ref::<TimestampMillisecondArray>())
+                .ok_or(crate::Error::MissingColumn("interval_start"))?;
+            let values: Vec<&Int64Array> = Part::COLUMNS.iter().map(|c| int64_column(b, c)).collect::<Result<_>>()?;
+            let revision = int64_column(b, "revision")?;
+            let computed = b
+                .column_by_name("computed_at")
+                .and_then(|c| c.as_any().downcast_ref::<TimestampMillisecondArray>())
+                .ok_or(crate::Error::MissingColumn("computed_at"))?;
+            for i in 0..b.num_rows() {
+                let key = (
+                    dicts.tenants.intern(tenants.value(i)),
+                    if queues.is_valid(i) { dicts.queues.intern(queues.value(i)) } else { NONE },
+                    starts.value(i),
+                );
+                let mut v: [Option<i64>; 13] =
+                    std::array::from_fn(|j| values[j].is_valid(i).then(|| values[j].value(i)));
+                let mut rev = revision.value(i);
+                for (r, column, value) in partial_fixes.get(&partial_key(dicts, &key)).into_iter().flatten() {
+                    if *r > revision.value(i) {
+                        if let Some(pos) = Part::COLUMNS.iter().position(|n| n == column) {
+                            v[pos] = value.as_deref().and_then(|s| s.parse().ok());
+                        }
+                        rev = rev.max(*r);
+                    }
+                }
+                self.partials.insert(
+                    key,
+                    PartialRow { part: Part::from_values(v), revision: rev as u32, computed_at: computed.value(i) },
+                );
+            }
+        }
+        Ok(())
+    }
+
+    /// `call_facts` of the written calls, in slices of at most `rows` calls, so that a
+    /// writer can encode each slice while the next is built, and no table-sized arrays are
+    /// ever allocated.
     pub fn call_facts_slices<'s>(
         &'s self,
         dicts: &'s Dictionaries,
         params: &'s Params,
-        computed_at_ms: i64,
         rows: usize,
     ) -> impl Iterator<Item = Result<RecordBatch>> + 's {
         let call_mos = self.call_mos();
-        slices(self.calls.len(), rows).map(move |r| self.call_facts(r, dicts, params, &call_mos, computed_at_ms))
+        slices(self.calls.len(), rows).map(move |r| {
+            let written: Vec<u32> = r.map(|c| c as u32).filter(|&c| self.calls[c as usize].revision > 0).collect();
+            self.call_facts(&written, dicts, params, &call_mos)
+        })
     }
 
-    /// `agent_legs` in slices of the legs of at most `rows` (call, agent) pairs.
+    /// `agent_legs` of the written calls, in slices of the legs of at most `rows` (call,
+    /// agent) pairs.
     pub fn agent_legs_slices<'s>(
         &'s self,
         dicts: &'s Dictionaries,
         params: &'s Params,
-        computed_at_ms: i64,
         rows: usize,
     ) -> impl Iterator<Item = Result<RecordBatch>> + 's {
-        slices(self.legs.len(), rows).map(move |r| self.agent_legs(r, dicts, params, computed_at_ms))
+        slices(self.legs.len(), rows).map(move |r| self.agent_legs(r, dicts, params))
     }
 
     /// Minimum leg MOS per call (Genesys convention); NaN when no leg has one.
@@ -543,16 +1412,22 @@ impl CallFold {
         out
     }
 
-    fn call_facts(
+    /// `call_facts` rows of the calls at positions `calls`.
+    fn call_facts(&self, calls: &[u32], dicts: &Dictionaries, p: &Params, call_mos: &[f64]) -> Result<RecordBatch> {
+        let accs: Vec<&CallAcc> = calls.iter().map(|&c| &self.calls[c as usize]).collect();
+        let mos: Vec<f64> = calls.iter().map(|&c| call_mos[c as usize]).collect();
+        self.facts_batch(&accs, &mos, dicts, p, false)
+    }
+
+    /// `call_facts` rows of `calls` (states held or copies of them), with their MOS.
+    fn facts_batch(
         &self,
-        range: Range<usize>,
+        calls: &[&CallAcc],
+        call_mos: &[f64],
         dicts: &Dictionaries,
         p: &Params,
-        call_mos: &[f64],
-        now: i64,
+        sealed: bool,
     ) -> Result<RecordBatch> {
-        let calls = &self.calls[range.clone()];
-        let call_mos = &call_mos[range];
         let n = calls.len();
         let mut call_id = StringBuilder::with_capacity(n, n * 36);
         let mut text = String::with_capacity(40);
@@ -581,7 +1456,7 @@ impl CallFold {
         let talk: Float64Array =
             (0..n).map(|i| Some((handle_ms[i]? - hold_ms[i]? - acw_ms[i]?) as f64 / 1000.0)).collect();
         let ts = |f: &dyn Fn(&CallAcc) -> Option<i64>| -> ArrayRef {
-            Arc::new(TimestampMillisecondArray::from_iter(calls.iter().map(f)).with_timezone("UTC"))
+            Arc::new(TimestampMillisecondArray::from_iter(calls.iter().map(|c| f(c))).with_timezone("UTC"))
         };
         let columns: Vec<ArrayRef> = vec![
             Arc::new(call_id.finish()),
@@ -613,20 +1488,31 @@ impl CallFold {
             Arc::new(Int64Array::from(wait_ms)),
             Arc::new(Int64Array::from(handle_ms)),
             Arc::new(Float64Array::from_iter(call_mos.iter().map(|m| (!m.is_nan()).then_some(*m)))),
-            Arc::new(Int64Array::from_value(1, n)),
-            Arc::new(TimestampMillisecondArray::from_value(now, n).with_timezone("UTC")),
+            Arc::new(Int32Array::from_value(self.partition, n)),
+            Arc::new(BooleanArray::from(vec![sealed; n])),
+            Arc::new(Int64Array::from_iter_values(calls.iter().map(|c| c.revision as i64))),
+            Arc::new(
+                TimestampMillisecondArray::from_iter_values(calls.iter().map(|c| c.computed_at)).with_timezone("UTC"),
+            ),
         ];
         Ok(RecordBatch::try_new(call_facts_schema(), columns)?)
     }
 
-    fn agent_legs(&self, range: Range<usize>, dicts: &Dictionaries, p: &Params, now: i64) -> Result<RecordBatch> {
-        let legs: Vec<&LegAcc> = self.legs[range].iter().filter(|l| l.n_answered > 0).collect();
+    fn agent_legs(&self, range: Range<usize>, dicts: &Dictionaries, p: &Params) -> Result<RecordBatch> {
+        let legs: Vec<&LegAcc> =
+            self.legs[range].iter().filter(|l| l.n_answered > 0 && self.calls[l.call as usize].revision > 0).collect();
+        self.legs_batch(&legs, dicts, p, false)
+    }
+
+    /// `agent_legs` rows of `legs`, `sealed` or not.
+    fn legs_batch(&self, legs: &[&LegAcc], dicts: &Dictionaries, p: &Params, sealed: bool) -> Result<RecordBatch> {
         let n = legs.len();
+        let call = |l: &LegAcc| -> &CallAcc { &self.calls[l.call as usize] };
         let mut call_id = StringBuilder::with_capacity(n, n * 36);
         let mut text = String::with_capacity(40);
-        for l in &legs {
+        for l in legs {
             text.clear();
-            dicts.ids.text(self.calls[l.call as usize].key, &mut text);
+            dicts.ids.text(call(l).key, &mut text);
             call_id.append_value(&text);
         }
         let complete: Vec<bool> = legs
@@ -669,8 +1555,13 @@ impl CallFold {
                 let m = mos(l.media[2], l.media[0], l.media[1]);
                 (!m.is_nan()).then_some(m)
             }))),
-            Arc::new(Int64Array::from_value(1, n)),
-            Arc::new(TimestampMillisecondArray::from_value(now, n).with_timezone("UTC")),
+            Arc::new(Int32Array::from_value(self.partition, n)),
+            Arc::new(BooleanArray::from(vec![sealed; n])),
+            Arc::new(Int64Array::from_iter_values(legs.iter().map(|l| call(l).revision as i64))),
+            Arc::new(
+                TimestampMillisecondArray::from_iter_values(legs.iter().map(|l| call(l).computed_at))
+                    .with_timezone("UTC"),
+            ),
         ];
         Ok(RecordBatch::try_new(agent_legs_schema(), columns)?)
     }
@@ -729,90 +1620,68 @@ impl CallFold {
                 None => {}
             }
         }
+        for (&(tenant, queue), n) in &self.evicted_counts {
+            let g =
+                groups.entry((tenant, queue)).or_insert_with(|| LiveQueue { tenant, queue, ..LiveQueue::default() });
+            g.offered += n[0];
+            g.answered += n[1];
+            g.abandoned += n[2];
+            g.answered_within_sl += n[3];
+        }
         ((now != MAX_NONE).then_some(now), groups.into_values().collect())
     }
 
-    pub fn interval_partials(&self, dicts: &Dictionaries, p: &Params, now: i64) -> Result<RecordBatch> {
-        #[derive(Default, Clone, Copy)]
-        struct Part {
-            offered: i64,
-            answered: i64,
-            abandoned: i64,
-            short_abandoned: i64,
-            answered_within_sl: i64,
-            abandoned_within_sl: i64,
-            overflowed: i64,
-            transferred: i64,
-            sum_answer_wait_ms: i64,
-            sum_abandon_wait_ms: i64,
-            sum_handle_ms: i64,
-            n_handle: i64,
-            max_wait_ms: Option<i64>,
-        }
-        let mut groups: HashMap<(u32, u32, i64), Part, FixedState> = HashMap::default();
-        let mut order = Vec::new();
-        for c in &self.calls {
-            if c.queued_ms == MIN_NONE {
-                continue;
-            }
-            let interval = c.queued_ms.div_euclid(PARTIAL_INTERVAL_MS) * PARTIAL_INTERVAL_MS;
-            let key = (c.tenant, c.entry_queue, interval);
-            let g = groups.entry(key).or_insert_with(|| {
-                order.push(key);
-                Part::default()
-            });
-            g.offered += 1;
-            g.overflowed += (c.n_queued > 1) as i64;
-            g.transferred += (c.n_transfers > 0) as i64;
-            if let Some(w) = c.wait_ms() {
-                g.max_wait_ms = Some(g.max_wait_ms.map_or(w, |m| m.max(w)));
-                if c.answered() {
-                    g.answered += 1;
-                    g.sum_answer_wait_ms += w;
-                    g.answered_within_sl += (w <= p.sl_threshold_ms) as i64;
-                    if let Some(h) = c.handle_ms() {
-                        g.n_handle += 1;
-                        g.sum_handle_ms += h;
-                    }
-                } else {
-                    g.abandoned += 1;
-                    g.sum_abandon_wait_ms += w;
-                    g.short_abandoned += (w < p.short_abandon_ms) as i64;
-                    g.abandoned_within_sl += (w <= p.sl_threshold_ms) as i64;
-                }
-            }
-        }
-        let parts: Vec<Part> = order.iter().map(|k| groups[k]).collect();
-        let n = parts.len();
-        let col =
-            |f: &dyn Fn(&Part) -> i64| -> ArrayRef { Arc::new(Int64Array::from_iter_values(parts.iter().map(f))) };
-        let columns: Vec<ArrayRef> = vec![
-            Arc::new(StringArray::from_iter_values(order.iter().map(|k| dicts.tenants.name(k.0).unwrap_or_default()))),
-            Arc::new(StringArray::from_iter(
-                order.iter().map(|k| if k.1 == NONE { None } else { dicts.queues.name(k.1) }),
+    /// `interval_partials` as last written (one row per tenant × entry queue × 15-minute
+    /// interval), in key order.
+    pub fn interval_partials(&self, dicts: &Dictionaries, p: &Params) -> Result<RecordBatch> {
+        let mut rows: Vec<(&PartKey, &PartialRow)> = self.partials.iter().collect();
+        rows.sort_unstable_by_key(|(k, _)| **k);
+        let n = rows.len();
+        let values: Vec<[Option<i64>; 13]> = rows.iter().map(|(_, r)| r.part.values()).collect();
+        let mut columns: Vec<ArrayRef> = vec![
+            Arc::new(StringArray::from_iter_values(
+                rows.iter().map(|(k, _)| dicts.tenants.name(k.0).unwrap_or_default()),
             )),
-            Arc::new(TimestampMillisecondArray::from_iter_values(order.iter().map(|k| k.2)).with_timezone("UTC")),
+            Arc::new(StringArray::from_iter(rows.iter().map(|(k, _)| name(&dicts.queues, k.1)))),
+            Arc::new(TimestampMillisecondArray::from_iter_values(rows.iter().map(|(k, _)| k.2)).with_timezone("UTC")),
             Arc::new(Int32Array::from_value(self.partition, n)),
-            col(&|g| g.offered),
-            col(&|g| g.answered),
-            col(&|g| g.abandoned),
-            col(&|g| g.short_abandoned),
-            col(&|g| g.answered_within_sl),
-            col(&|g| g.abandoned_within_sl),
-            col(&|g| g.overflowed),
-            col(&|g| g.transferred),
-            col(&|g| g.sum_answer_wait_ms),
-            col(&|g| g.sum_abandon_wait_ms),
-            col(&|g| g.sum_handle_ms),
-            col(&|g| g.n_handle),
-            Arc::new(Int64Array::from_iter(parts.iter().map(|g| g.max_wait_ms))),
-            Arc::new(Int64Array::from_value(p.sl_threshold_ms, n)),
-            Arc::new(Int64Array::from_value(p.short_abandon_ms, n)),
-            Arc::new(Int64Array::from_value(1, n)),
-            Arc::new(TimestampMillisecondArray::from_value(now, n).with_timezone("UTC")),
         ];
+        for i in 0..Part::COLUMNS.len() {
+            columns.push(Arc::new(Int64Array::from_iter(values.iter().map(|v| v[i]))));
+        }
+        columns.extend([
+            Arc::new(Int64Array::from_value(p.sl_threshold_ms, n)) as ArrayRef,
+            Arc::new(Int64Array::from_value(p.short_abandon_ms, n)),
+            Arc::new(Int64Array::from_iter_values(rows.iter().map(|(_, r)| r.revision as i64))),
+            Arc::new(
+                TimestampMillisecondArray::from_iter_values(rows.iter().map(|(_, r)| r.computed_at))
+                    .with_timezone("UTC"),
+            ),
+        ]);
         Ok(RecordBatch::try_new(interval_partials_schema(), columns)?)
     }
+}
+
+/// The key text of an interval partial in `corrections`: `tenant/queue/interval_start`.
+fn partial_key(dicts: &Dictionaries, key: &PartKey) -> String {
+    format!(
+        "{}/{}/{}",
+        dicts.tenants.name(key.0).unwrap_or_default(),
+        name(&dicts.queues, key.1).unwrap_or_default(),
+        ccstream_schemas::format_rfc3339_ms(key.2)
+    )
+}
+
+fn string_column<'b>(b: &'b RecordBatch, name: &'static str) -> Result<&'b StringArray> {
+    b.column_by_name(name)
+        .and_then(|c| c.as_any().downcast_ref::<StringArray>())
+        .ok_or(crate::Error::MissingColumn(name))
+}
+
+fn int64_column<'b>(b: &'b RecordBatch, name: &'static str) -> Result<&'b Int64Array> {
+    b.column_by_name(name)
+        .and_then(|c| c.as_any().downcast_ref::<Int64Array>())
+        .ok_or(crate::Error::MissingColumn(name))
 }
 
 /// `0..len` cut into consecutive ranges of at most `rows` (at least 1).

@@ -12,9 +12,11 @@
 
 mod calls;
 mod quality;
+mod revisions;
 
-pub use calls::{CallFold, FoldOutput, FoldStats, LiveQueue};
+pub use calls::{CallFold, Emission, FoldOutput, FoldStats, LiveQueue};
 pub use quality::{mos, Cqd, R0};
+pub use revisions::{corrections_batch, Correction, Horizon};
 
 /// Parameters that outputs are computed at (the oracle's defaults).
 #[derive(Debug, Clone, Copy, PartialEq)]
