@@ -172,6 +172,13 @@ impl PartitionState {
     }
 }
 
+/// The derived tables whose rows are sealed when their calls leave memory.
+#[derive(Debug, Clone, Copy)]
+enum Sealable {
+    CallFacts,
+    AgentLegs,
+}
+
 /// Sealed files to replace, and the rows of theirs to keep.
 #[derive(Debug)]
 struct SealedRewrite {
@@ -481,6 +488,48 @@ impl Processor {
         Ok(())
     }
 
+    /// Commits `call_facts` or `agent_legs`: the unsealed rows of the changed partitions from
+    /// their folds, the rows sealed since the last commit, and the sealed files rewritten
+    /// without the calls that left them.
+    async fn commit_sealable(
+        &self,
+        which: Sealable,
+        changed: &[i32],
+        rewrites: &[[SealedRewrite; 2]],
+        offsets: &[(String, i64)],
+    ) -> Result<()> {
+        const SLICE_ROWS: usize = 64 * 1024;
+        let (table, schema, i) = match which {
+            Sealable::CallFacts => (TABLE_CALL_FACTS, call_facts_schema(), 0),
+            Sealable::AgentLegs => (TABLE_AGENT_LEGS, agent_legs_schema(), 1),
+        };
+        let (dicts, params) = (&self.decoder.dicts, &self.params);
+        let mut w = self.store.overwrite_partitions(table, schema, changed, usize::MAX).await?;
+        for s in self.parts.values() {
+            if s.changed {
+                let live: Box<dyn Iterator<Item = ccstream_processor::Result<RecordBatch>> + Send + '_> = match which {
+                    Sealable::CallFacts => Box::new(s.fold.call_facts_slices(dicts, params, SLICE_ROWS)),
+                    Sealable::AgentLegs => Box::new(s.fold.agent_legs_slices(dicts, params, SLICE_ROWS)),
+                };
+                for b in live {
+                    w.write(b?).await?;
+                }
+            }
+            for b in if i == 0 { &s.sealed_facts } else { &s.sealed_legs } {
+                w.write(b.clone()).await?;
+            }
+        }
+        for r in rewrites.iter().map(|r| &r[i]) {
+            for b in &r.rows {
+                w.write(b.clone()).await?;
+            }
+            w.remove_files(&r.files)?;
+        }
+        w.with_transactions(offsets);
+        w.commit().await?;
+        Ok(())
+    }
+
     /// The sealed files of `table` in `partition` that hold rows of `calls`, and their other
     /// rows: the commit writes the rows and removes the files.
     async fn rewrite_sealed(&self, table: &str, partition: Partition, calls: &[String]) -> Result<SealedRewrite> {
@@ -619,7 +668,6 @@ impl Processor {
         self.emit(end_of_time)?;
         self.commit_appends().await?;
         let offsets = self.offsets();
-        const SLICE_ROWS: usize = 64 * 1024;
 
         // Corrections first: if a crash stops the commits below, the restart finds them and
         // corrects the rows those commits did not reach (see `CallFold::restore`).
@@ -640,49 +688,10 @@ impl Processor {
                 rewrites.push([facts, legs]);
             }
         }
+        self.commit_sealable(Sealable::CallFacts, &changed, &rewrites, &offsets).await?;
+        self.commit_sealable(Sealable::AgentLegs, &changed, &rewrites, &offsets).await?;
+
         let dicts = &self.decoder.dicts;
-        let mut facts =
-            self.store.overwrite_partitions(TABLE_CALL_FACTS, call_facts_schema(), &changed, usize::MAX).await?;
-        for s in self.parts.values().filter(|s| s.changed) {
-            for b in s.fold.call_facts_slices(dicts, &self.params, SLICE_ROWS) {
-                facts.write(b?).await?;
-            }
-        }
-        for s in self.parts.values() {
-            for b in &s.sealed_facts {
-                facts.write(b.clone()).await?;
-            }
-        }
-        for [r, _] in &rewrites {
-            for b in &r.rows {
-                facts.write(b.clone()).await?;
-            }
-            facts.remove_files(&r.files)?;
-        }
-        facts.with_transactions(&offsets);
-        facts.commit().await?;
-
-        let mut legs =
-            self.store.overwrite_partitions(TABLE_AGENT_LEGS, agent_legs_schema(), &changed, usize::MAX).await?;
-        for s in self.parts.values().filter(|s| s.changed) {
-            for b in s.fold.agent_legs_slices(dicts, &self.params, SLICE_ROWS) {
-                legs.write(b?).await?;
-            }
-        }
-        for s in self.parts.values() {
-            for b in &s.sealed_legs {
-                legs.write(b.clone()).await?;
-            }
-        }
-        for [_, r] in &rewrites {
-            for b in &r.rows {
-                legs.write(b.clone()).await?;
-            }
-            legs.remove_files(&r.files)?;
-        }
-        legs.with_transactions(&offsets);
-        legs.commit().await?;
-
         let mut partials = self
             .store
             .overwrite_partitions(TABLE_INTERVAL_PARTIALS, interval_partials_schema(), &changed, usize::MAX)

@@ -79,7 +79,7 @@ fn late_events_revise_written_rows(retention_ms: Option<&str>) {
     // Round 2: a running processor (it reads back what round 1 wrote), then the answers
     // arrive, hours behind their partitions' watermarks.
     let listen_file = dir.path().join("metrics.addr");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_ccstream"))
+    let child = Command::new(env!("CARGO_BIN_EXE_ccstream"))
         .args(["process", "--log", &log, "--data", data_s, "--commit-interval-ms", "100"])
         .args(["--metrics-listen", "127.0.0.1:0", "--listen-file", listen_file.to_str().unwrap()])
         .args(["--state-retention-ms", retention_ms.unwrap_or("100000000000")])
@@ -87,6 +87,7 @@ fn late_events_revise_written_rows(retention_ms: Option<&str>) {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
+    let child = common::KillOnDrop(child);
     let deadline = Instant::now() + Duration::from_secs(90);
     let addr = loop {
         assert!(Instant::now() < deadline, "the processor did not start within 90 s");
@@ -120,8 +121,7 @@ fn late_events_revise_written_rows(retention_ms: Option<&str>) {
         }
         std::thread::sleep(Duration::from_millis(50));
     };
-    child.kill().unwrap();
-    child.wait().unwrap();
+    drop(child);
     assert_eq!(metric_total(&metrics, "ccstream_processor_late_events_total"), late_events as f64);
     assert!(metric_total(&metrics, "ccstream_processor_corrections_total") > 25.0 * 3.0);
     let refolded = metric_total(&metrics, "ccstream_processor_refolded_calls_total");
