@@ -369,6 +369,9 @@ impl Processor {
         if !force && self.last_live.elapsed() < Duration::from_millis(200) {
             return;
         }
+        for (p, s) in &self.parts {
+            self.telemetry.held_calls.with_label_values(&[&p.to_string()]).set(s.fold.calls() as i64);
+        }
         self.last_live = Instant::now();
         let mut merged: BTreeMap<(u32, u32), LiveQueue> = BTreeMap::new();
         let mut latest: Option<i64> = None;

@@ -77,6 +77,26 @@ fn committed_partitions(stderr: &[u8]) -> Vec<u32> {
     set.split(", ").filter(|s| !s.is_empty()).map(|s| s.parse().unwrap()).collect()
 }
 
+/// The partitions whose state a running processor holds, from its `/metrics` (empty when
+/// it is not serving).
+fn held_partitions(listen_file: &Path) -> std::collections::BTreeSet<String> {
+    use std::io::{Read, Write};
+    let Some(addr) = std::fs::read_to_string(listen_file).ok().filter(|a| a.ends_with('\n')) else {
+        return Default::default();
+    };
+    let Ok(mut s) = std::net::TcpStream::connect(addr.trim()) else { return Default::default() };
+    let mut text = String::new();
+    if write!(s, "GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").is_err()
+        || s.read_to_string(&mut text).is_err()
+    {
+        return Default::default();
+    }
+    text.lines()
+        .filter_map(|l| l.strip_prefix("ccstream_processor_held_calls{partition=\""))
+        .filter_map(|l| l.split('"').next().map(str::to_string))
+        .collect()
+}
+
 #[test]
 fn two_processors_in_one_group_share_the_partitions() {
     let url = ccstream_eventlog::testing::kafka_url("group");
@@ -84,36 +104,49 @@ fn two_processors_in_one_group_share_the_partitions() {
     let data = dir.path().join("data");
     let data_s = data.to_str().unwrap();
     ingest(&url, &fixture("oracle/events.jsonl.gz"), "4");
-    // Small polls and frequent commits: the first member is still working when the second
-    // joins, so the group rebalances mid-run and both commit partitions side by side.
     let member = |name: &str| {
         let listen = dir.path().join(format!("{name}.addr"));
         let child = Command::new(env!("CARGO_BIN_EXE_ccstream"))
-            .args(["process", "--log", &url, "--data", data_s, "--until-caught-up", "--group", "shared"])
-            .args(["--poll-records", "40", "--commit-interval-ms", "20", "--metrics-listen", "127.0.0.1:0"])
-            .args(["--listen-file", listen.to_str().unwrap()])
+            .args(["process", "--log", &url, "--data", data_s, "--group", "shared", "--commit-interval-ms", "50"])
+            .args(["--metrics-listen", "127.0.0.1:0", "--listen-file", listen.to_str().unwrap()])
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
             .unwrap();
-        (child, listen)
+        (common::KillOnDrop(child), listen)
     };
     let (first, first_listen) = member("first");
+    let (second, second_listen) = member("second");
+    // Both members fold and commit their own partitions at the same time, and together
+    // they commit every event, dead letter and call.
     let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    let mut shared = false;
+    let count = |sql: &str| sql_csv(&data, sql).lines().nth(1).unwrap_or_default().to_string();
     loop {
-        assert!(std::time::Instant::now() < deadline, "the first member did not commit within 120 s");
-        if let Some(addr) = std::fs::read_to_string(&first_listen).ok().filter(|a| a.ends_with('\n')) {
-            if common::metric_total(&common::scrape_metrics(addr.trim()).1, "ccstream_processor_commits_total") >= 1.0 {
-                break;
-            }
+        assert!(std::time::Instant::now() < deadline, "the members did not share and finish within 120 s");
+        let (a, b) = (held_partitions(&first_listen), held_partitions(&second_listen));
+        shared |= !a.is_empty() && !b.is_empty() && a.is_disjoint(&b);
+        if shared
+            && data.join("call_facts/_delta_log").exists()
+            && count("SELECT count(*) FROM events") == "10306"
+            && count("SELECT count(*) FROM dead_letters") == "94"
+            && count("SELECT count(*) FROM call_facts") == "1500"
+        {
+            break;
         }
-        std::thread::sleep(Duration::from_millis(20));
+        std::thread::sleep(Duration::from_millis(50));
     }
-    let (second, _) = member("second");
-    let (a, b) = (first.wait_with_output().unwrap(), second.wait_with_output().unwrap());
-    assert!(a.status.success(), "{}", String::from_utf8_lossy(&a.stderr));
-    assert!(b.status.success(), "{}", String::from_utf8_lossy(&b.stderr));
-    let (pa, pb) = (committed_partitions(&a.stderr), committed_partitions(&b.stderr));
+    // Ctrl-C: each commits what it read and stops.
+    let mut stderr = Vec::new();
+    for mut m in [first, second] {
+        let status = Command::new("kill").args(["-INT", &m.0.id().to_string()]).status().unwrap();
+        assert!(status.success());
+        assert!(m.0.wait().unwrap().success(), "Ctrl-C is a clean stop");
+        let mut text = Vec::new();
+        std::io::Read::read_to_end(m.0.stderr.as_mut().unwrap(), &mut text).unwrap();
+        stderr.push(text);
+    }
+    let (pa, pb) = (committed_partitions(&stderr[0]), committed_partitions(&stderr[1]));
     assert!(!pa.is_empty() && !pb.is_empty(), "both members committed: {pa:?} and {pb:?}");
     check_log_tables(&data);
     let parts = sql_csv(&data, "SELECT count(DISTINCT partition) AS n FROM interval_partials");
