@@ -206,6 +206,8 @@ struct Processor {
     /// Next offset per partition, shared with the lag reporter.
     positions: Arc<std::sync::Mutex<BTreeMap<Partition, u64>>>,
     last_live: Instant,
+    /// Whether `/metrics` is served (the live gauges are computed only then).
+    serving: bool,
 }
 
 impl std::fmt::Debug for Processor {
@@ -366,7 +368,8 @@ impl Processor {
             pos.clear();
             pos.extend(self.parts.iter().map(|(p, s)| (*p, s.next)));
         }
-        if !force && self.last_live.elapsed() < Duration::from_millis(200) {
+        // The gauges scan every call held: only worth it when someone can scrape them.
+        if !self.serving || (!force && self.last_live.elapsed() < Duration::from_millis(200)) {
             return;
         }
         for (p, s) in &self.parts {
@@ -802,6 +805,7 @@ pub(crate) async fn run(args: ProcessArgs) -> Result<ProcessSummary> {
         telemetry,
         positions,
         last_live: Instant::now(),
+        serving: args.metrics_listen.is_some(),
     };
     let interval = Duration::from_millis(args.commit_interval_ms.max(1));
     let mut last_commit = Instant::now();
