@@ -177,7 +177,7 @@ async fn live(args: &DemoArgs, events: &std::path::Path, data: &str) -> Result<(
         append_flush_rows: 1 << 20,
         metrics_listen: Some(args.metrics_listen),
         listen_file: args.listen_file.clone(),
-        time: crate::process::StreamTime::default(),
+        time: crate::process::StreamTime::DEFAULT,
     })
     .await;
     feeder.abort();

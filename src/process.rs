@@ -90,31 +90,30 @@ pub(crate) struct ProcessArgs {
 #[derive(Debug, Clone, Args)]
 pub(crate) struct StreamTime {
     /// Allowed lateness (ms): the watermark trails the latest event time by this much
-    #[arg(long, env = "CCSTREAM_ALLOWED_LATENESS_MS", default_value_t = 300_000)]
+    #[arg(long, env = "CCSTREAM_ALLOWED_LATENESS_MS", default_value_t = StreamTime::DEFAULT.allowed_lateness_ms)]
     pub(crate) allowed_lateness_ms: i64,
     /// A partition without records for this long (ms, wall clock) stops holding the
     /// watermark back: it follows the slowest busy partition
-    #[arg(long, env = "CCSTREAM_IDLE_TIMEOUT_MS", default_value_t = 30_000)]
+    #[arg(long, env = "CCSTREAM_IDLE_TIMEOUT_MS", default_value_t = StreamTime::DEFAULT.idle_timeout_ms)]
     pub(crate) idle_timeout_ms: u64,
     /// A call that never completes is written once the watermark passes its latest event
     /// by this much (ms)
-    #[arg(long, env = "CCSTREAM_COMPLETION_GRACE_MS", default_value_t = 1_800_000)]
+    #[arg(long, env = "CCSTREAM_COMPLETION_GRACE_MS", default_value_t = StreamTime::DEFAULT.completion_grace_ms)]
     pub(crate) completion_grace_ms: i64,
     /// A written call leaves memory once the watermark passes its latest event by this much
     /// (ms); its rows are sealed, and a later event for it re-folds it from `events`
-    #[arg(long, env = "CCSTREAM_STATE_RETENTION_MS", default_value_t = 7_200_000)]
+    #[arg(long, env = "CCSTREAM_STATE_RETENTION_MS", default_value_t = StreamTime::DEFAULT.state_retention_ms)]
     pub(crate) state_retention_ms: i64,
 }
 
-impl Default for StreamTime {
-    fn default() -> Self {
-        StreamTime {
-            allowed_lateness_ms: 300_000,
-            idle_timeout_ms: 30_000,
-            completion_grace_ms: 1_800_000,
-            state_retention_ms: 7_200_000,
-        }
-    }
+impl StreamTime {
+    /// The defaults, in one place (the flags' defaults and `run`/`demo`'s values).
+    pub(crate) const DEFAULT: StreamTime = StreamTime {
+        allowed_lateness_ms: 300_000,
+        idle_timeout_ms: 30_000,
+        completion_grace_ms: 1_800_000,
+        state_retention_ms: 7_200_000,
+    };
 }
 
 /// What a `process` run did.
@@ -590,7 +589,6 @@ impl Processor {
     fn emit(&mut self, end_of_time: bool) -> Result<()> {
         let now = now_ms();
         let watermarks = self.watermarks();
-        let wall = now_ms();
         for (p, s) in self.parts.iter_mut() {
             let horizon = if end_of_time {
                 Horizon::END
@@ -620,7 +618,7 @@ impl Processor {
             self.telemetry.pending_calls.with_label_values(&[&label]).set(s.fold.pending_calls() as i64);
             self.telemetry.held_calls.with_label_values(&[&label]).set(s.fold.calls() as i64);
             if s.max_event_ms != i64::MIN {
-                let delay = (wall - watermarks[p]) as f64 / 1000.0;
+                let delay = (now - watermarks[p]) as f64 / 1000.0;
                 self.telemetry.watermark_delay.with_label_values(&[&label]).set(delay);
             }
             if !em.corrections.is_empty() {

@@ -46,7 +46,7 @@ pub(crate) async fn run(args: RunArgs) -> Result<()> {
         append_flush_rows: 1 << 20,
         metrics_listen: p.metrics_listen,
         listen_file: args.listen_file,
-        time: crate::process::StreamTime::default(),
+        time: crate::process::StreamTime::DEFAULT,
     })
     .await
     .map(|_| ())

@@ -330,11 +330,6 @@ impl Part {
         }
     }
 
-    /// Adds call `c`'s contribution at `p`.
-    fn add(&mut self, c: &CallAcc, p: &Params) {
-        self.apply(&Contribution::of(c), p, 1);
-    }
-
     /// Adds (`sign` 1) or takes away (`sign` -1) one call's contribution at `p`. Taking
     /// away leaves `max_wait_ms` as it was: the caller recomputes it when the call held it.
     fn apply(&mut self, c: &Contribution, p: &Params, sign: i64) {
@@ -1176,8 +1171,8 @@ impl CallFold {
             if c.queued_ms == MIN_NONE || c.revision == 0 {
                 continue;
             }
-            let interval = c.queued_ms.div_euclid(PARTIAL_INTERVAL_MS) * PARTIAL_INTERVAL_MS;
-            groups.entry((c.tenant, c.entry_queue, interval)).or_default().add(c, p);
+            let k = Contribution::of(c);
+            groups.entry(k.key).or_default().apply(&k, p, 1);
         }
         for (key, part) in &self.sealed_parts {
             groups.entry(*key).or_default().merge(part);
@@ -1245,6 +1240,8 @@ impl CallFold {
     ) -> Result<()> {
         let facts_fixes = super::revisions::corrections_by_key(corrections, TABLE_CALL_FACTS)?;
         let mut evict = vec![false; self.calls.len()];
+        // Legs do not change while rows are read back: one MOS per call for every batch.
+        let call_mos = self.call_mos();
         for b in call_facts {
             let sealed = b
                 .column_by_name(SEALED_COLUMN)
@@ -1274,7 +1271,6 @@ impl CallFold {
             if held.is_empty() {
                 continue;
             }
-            let call_mos = self.call_mos();
             let accs: Vec<&CallAcc> = held.iter().map(|&(_, c)| &self.calls[c]).collect();
             let mos: Vec<f64> = held.iter().map(|&(_, c)| call_mos[c]).collect();
             let now_batch = self.facts_batch(&accs, &mos, dicts, p, false)?;
