@@ -77,21 +77,26 @@ fn committed_partitions(stderr: &[u8]) -> Vec<u32> {
     set.split(", ").filter(|s| !s.is_empty()).map(|s| s.parse().unwrap()).collect()
 }
 
-/// The partitions whose state a running processor holds, from its `/metrics` (empty when
-/// it is not serving).
-fn held_partitions(listen_file: &Path) -> std::collections::BTreeSet<String> {
+/// A running processor's `/metrics` text (empty when it is not serving).
+fn metrics_of(listen_file: &Path) -> String {
     use std::io::{Read, Write};
     let Some(addr) = std::fs::read_to_string(listen_file).ok().filter(|a| a.ends_with('\n')) else {
-        return Default::default();
+        return String::new();
     };
-    let Ok(mut s) = std::net::TcpStream::connect(addr.trim()) else { return Default::default() };
+    let Ok(mut s) = std::net::TcpStream::connect(addr.trim()) else { return String::new() };
     let mut text = String::new();
     if write!(s, "GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").is_err()
         || s.read_to_string(&mut text).is_err()
     {
-        return Default::default();
+        return String::new();
     }
-    text.lines()
+    text
+}
+
+/// The partitions whose state a processor holds, from its `/metrics` text.
+fn held_partitions(metrics: &str) -> std::collections::BTreeSet<String> {
+    metrics
+        .lines()
         .filter_map(|l| l.strip_prefix("ccstream_processor_held_calls{partition=\""))
         .filter_map(|l| l.split('"').next().map(str::to_string))
         .collect()
@@ -124,9 +129,13 @@ fn two_processors_in_one_group_share_the_partitions() {
     let count = |sql: &str| sql_csv(&data, sql).lines().nth(1).unwrap_or_default().to_string();
     loop {
         assert!(std::time::Instant::now() < deadline, "the members did not share and finish within 120 s");
-        let (a, b) = (held_partitions(&first_listen), held_partitions(&second_listen));
+        let (ma, mb) = (metrics_of(&first_listen), metrics_of(&second_listen));
+        let (a, b) = (held_partitions(&ma), held_partitions(&mb));
         shared |= !a.is_empty() && !b.is_empty() && a.is_disjoint(&b);
+        let commits = |m: &str| common::metric_total(m, "ccstream_processor_commits_total");
         if shared
+            && commits(&ma) >= 1.0
+            && commits(&mb) >= 1.0
             && data.join("call_facts/_delta_log").exists()
             && count("SELECT count(*) FROM events") == "10306"
             && count("SELECT count(*) FROM dead_letters") == "94"
