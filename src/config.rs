@@ -25,6 +25,28 @@
 //! commit_interval_ms = 1000
 //! ```
 //!
+//! and which source listeners it starts (each optional; port 0 picks a free port, reported
+//! through `--sources-listen-file`):
+//!
+//! ```toml
+//! [sources]
+//! default_tenant = "contoso"          # the tenant of input no rule maps
+//! syslog_udp = "0.0.0.0:514"          # AudioCodes CDRs over syslog
+//! syslog_tcp = "0.0.0.0:514"
+//! sip_udp = "0.0.0.0:5060"            # RFC 6035 vq-rtcpxr PUBLISH
+//! sip_tcp = "0.0.0.0:5060"
+//! http = "0.0.0.0:8080"               # POST /events, /acs/eventgrid, /acs/callautomation
+//! secret = "…"                        # required on every webhook request when set
+//! max_message_bytes = 65535
+//! max_body_bytes = 4194304
+//! [[sources.sbc_tenants]]             # first match wins; every given key must match
+//! tenant = "fabrikam"
+//! ip_group = "Fabrikam-Teams"         # or number_prefix = "+4420", or sender = "10.0.0.5"
+//! [[sources.acs_tenants]]
+//! tenant = "fabrikam"
+//! resource = "fabrikam-acs"           # the Communication Services resource name
+//! ```
+//!
 //! Every key is optional (`run` needs `pipeline.log` and `pipeline.data`); the defaults are
 //! the oracle's. Unknown keys are errors.
 
@@ -43,6 +65,9 @@ pub(crate) struct Config {
     pub(crate) quality: Quality,
     #[serde(default)]
     pub(crate) pipeline: Option<Pipeline>,
+    /// The source listeners `ccstream run` starts (`[sources]`).
+    #[serde(default)]
+    pub(crate) sources: Option<ccstream_ingest::listen::SourcesConfig>,
 }
 
 /// Where `ccstream run` reads and writes (`[pipeline]`).

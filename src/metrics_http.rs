@@ -10,11 +10,13 @@ use axum::routing::get;
 use axum::Router;
 use ccstream_processor::telemetry::Telemetry;
 
-/// Serves `telemetry` at `http://ADDR/metrics` on `listen` (port 0 picks a free port). Writes
-/// the bound address to `listen_file` when given (tests and scripts read it there).
+/// Serves `telemetry` (and the source listeners' `sources`, when running) at
+/// `http://ADDR/metrics` on `listen` (port 0 picks a free port). Writes the bound address to
+/// `listen_file` when given (tests and scripts read it there).
 pub(crate) async fn serve(
     listen: SocketAddr,
     telemetry: Arc<Telemetry>,
+    sources: Option<Arc<ccstream_ingest::telemetry::Telemetry>>,
     listen_file: Option<&Path>,
 ) -> Result<SocketAddr> {
     let listener = tokio::net::TcpListener::bind(listen).await.with_context(|| format!("binding {listen}"))?;
@@ -23,7 +25,14 @@ pub(crate) async fn serve(
         "/metrics",
         get(move || {
             let t = Arc::clone(&telemetry);
-            async move { ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], t.render()) }
+            let sources = sources.clone();
+            async move {
+                let mut text = t.render();
+                if let Some(s) = sources {
+                    text.push_str(&s.render());
+                }
+                ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], text)
+            }
         }),
     );
     tokio::spawn(async move {

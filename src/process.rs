@@ -84,6 +84,9 @@ pub(crate) struct ProcessArgs {
     pub(crate) listen_file: Option<PathBuf>,
     #[command(flatten)]
     pub(crate) time: StreamTime,
+    /// The source listeners' metrics, served beside the processor's (`ccstream run`).
+    #[arg(skip)]
+    pub(crate) sources_telemetry: Option<Arc<ccstream_ingest::telemetry::Telemetry>>,
 }
 
 /// Event-time knobs: when calls are written and how long state is kept.
@@ -781,7 +784,8 @@ pub(crate) async fn run(args: ProcessArgs) -> Result<ProcessSummary> {
     let targets = if args.until_caught_up { Some(log.end_offsets().await?) } else { None };
     let telemetry = Arc::new(Telemetry::new());
     if let Some(addr) = args.metrics_listen {
-        crate::metrics_http::serve(addr, Arc::clone(&telemetry), args.listen_file.as_deref()).await?;
+        let sources = args.sources_telemetry.clone();
+        crate::metrics_http::serve(addr, Arc::clone(&telemetry), sources, args.listen_file.as_deref()).await?;
     }
     let positions = Arc::new(std::sync::Mutex::new(BTreeMap::new()));
     tokio::spawn(report_lag(Arc::clone(&log), Arc::clone(&positions), Arc::clone(&telemetry)));

@@ -1,7 +1,7 @@
 //! `ccstream run --config FILE`: every role in one process, from the config file's
-//! `[pipeline]` section: ingest the configured input files into the log, then process the
-//! log into the tables with `/metrics`, until Ctrl-C (or the end of the log with
-//! `--until-caught-up`).
+//! `[pipeline]` section: ingest the configured input files into the log, start the source
+//! listeners of the `[sources]` section (syslog, SIP, webhooks), then process the log into the
+//! tables with `/metrics`, until Ctrl-C (or the end of the log with `--until-caught-up`).
 
 use std::path::PathBuf;
 
@@ -21,6 +21,9 @@ pub(crate) struct RunArgs {
     /// Write the metrics address, once bound, to this file
     #[arg(long, env = "CCSTREAM_LISTEN_FILE")]
     pub(crate) listen_file: Option<PathBuf>,
+    /// Write the source listeners' addresses, once bound, to this file (`NAME ADDR` lines)
+    #[arg(long, env = "CCSTREAM_SOURCES_LISTEN_FILE")]
+    pub(crate) sources_listen_file: Option<PathBuf>,
 }
 
 pub(crate) async fn run(args: RunArgs) -> Result<()> {
@@ -28,12 +31,25 @@ pub(crate) async fn run(args: RunArgs) -> Result<()> {
     let p = config
         .pipeline
         .with_context(|| format!("{} has no [pipeline] section (log, data, ...)", args.config.display()))?;
+    let log = crate::ingest::open_or_create(&p.log, p.partitions).await?;
     if !p.inputs.is_empty() {
-        let log = crate::ingest::open_or_create(&p.log, p.partitions).await?;
         let s = crate::ingest::ingest_files(&*log, &p.inputs, 16_384, "auto").await?;
         eprintln!("ingested {} records ({} dead letters) from {} file(s)", s.records, s.dead_letters, s.files);
+    }
+    let mut sources_telemetry = None;
+    if let Some(sources) = config.sources.clone() {
+        let running = ccstream_ingest::listen::start(sources, log, crate::replay::now_ms).await?;
+        let mut lines = String::new();
+        for (name, addr) in &running.addrs {
+            eprintln!("{name} listening on {addr}");
+            lines.push_str(&format!("{name} {addr}\n"));
+        }
+        if let Some(path) = &args.sources_listen_file {
+            std::fs::write(path, lines).with_context(|| format!("writing {}", path.display()))?;
+        }
+        sources_telemetry = Some(running.telemetry);
     } else {
-        crate::ingest::open_or_create(&p.log, p.partitions).await?;
+        drop(log);
     }
     crate::process::run(crate::process::ProcessArgs {
         log: p.log,
@@ -47,6 +63,7 @@ pub(crate) async fn run(args: RunArgs) -> Result<()> {
         metrics_listen: p.metrics_listen,
         listen_file: args.listen_file,
         time: crate::process::StreamTime::DEFAULT,
+        sources_telemetry,
     })
     .await
     .map(|_| ())

@@ -3,11 +3,19 @@
 //! - [`file`]: canonical events from files — JSON Lines (plain or gzip) and Parquet — read
 //!   in chunks of whole lines or record batches, with the position of each chunk so that
 //!   rejected input can be traced to its file and line.
-//!
-//! - [`file::records`]: input framed as event-log records (events and dead letters).
+//! - [`sbc`]: SBC CDRs (AudioCodes, over syslog or from files) and RFC 6035 voice-quality
+//!   reports (SIP), sans-IO parsers and their mapping.
+//! - [`acs`]: Azure Communication Services — Event Grid deliveries (Job Router, calling
+//!   events) and Call Automation callbacks — sans-IO parsers and their mapping.
+//! - [`listen`]: the thin network loops around those parsers (syslog, SIP, webhooks), which
+//!   publish to the event log.
+//! - [`telemetry`]: the source loops' metrics.
 
+pub mod acs;
 pub mod file;
-
+pub mod listen;
+pub mod sbc;
+pub mod telemetry;
 /// What failed while reading a source.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -35,6 +43,13 @@ pub enum Error {
     },
     #[error("no input files found under {0}")]
     NoInput(String),
+    #[error("binding the {name} listener to {addr}: {source}")]
+    Bind {
+        name: &'static str,
+        addr: std::net::SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -6,6 +6,12 @@
 //! - `agent_day_metrics`: `agent_legs` folded per tenant, agent and UTC day; the oracle's
 //!   columns.
 //!
+//! - `sbc_legs`: one row per SBC leg (`SessionId`, `SIPCallId`) from the `sbc_leg` events,
+//!   the latest stage's values (`CALL_END` over `CALL_CONNECT` over `CALL_START`).
+//! - `media_streams`: one row per `media_stream` event (SBC media CDRs, RFC 6035 reports)
+//!   with the CQD classification (historical thresholds) and the E-model MOS; joins to
+//!   `sbc_legs` on `sip_call_id`.
+//!
 //! Ratios with a zero denominator are NULL. Durations are integer ms summed, then divided.
 
 use std::sync::Arc;
@@ -13,7 +19,8 @@ use std::sync::Arc;
 use arrow::array::RecordBatch;
 use arrow::datatypes::SchemaRef;
 use ccstream_schemas::{
-    TABLES, TABLE_AGENT_LEGS, TABLE_INTERVAL_PARTIALS, VIEW_AGENT_DAY_METRICS, VIEW_INTERVAL_METRICS,
+    TABLES, TABLE_AGENT_LEGS, TABLE_EVENTS, TABLE_INTERVAL_PARTIALS, VIEW_AGENT_DAY_METRICS, VIEW_INTERVAL_METRICS,
+    VIEW_MEDIA_STREAMS, VIEW_SBC_LEGS,
 };
 use datafusion::dataframe::DataFrame;
 use datafusion::execution::context::SessionContext;
@@ -23,6 +30,52 @@ use url::Url;
 
 use crate::functions;
 use crate::{Error, Result};
+
+/// `sbc_legs`: per SBC leg, the values of its latest stage.
+pub const SBC_LEGS_SQL: &str = "
+SELECT tenant_id, session_id, sip_call_id, source,
+       TRY_CAST(json_get(payload, 'leg_id') AS INT)                      AS leg_id,
+       report_type                                                       AS last_report,
+       json_get(payload, 'origin')                                       AS origin,
+       CAST(json_get(payload, 'setup_at') AS TIMESTAMP)                  AS setup_at,
+       CAST(json_get(payload, 'connect_at') AS TIMESTAMP)                AS connect_at,
+       CAST(json_get(payload, 'release_at') AS TIMESTAMP)                AS release_at,
+       TRY_CAST(json_get(payload, 'duration_s') AS BIGINT)               AS duration_s,
+       json_get(payload, 'caller')                                       AS caller,
+       json_get(payload, 'callee')                                       AS callee,
+       json_get(payload, 'src_uri')                                      AS src_uri,
+       json_get(payload, 'dst_uri')                                      AS dst_uri,
+       json_get(payload, 'ip_group')                                     AS ip_group,
+       json_get(payload, 'termination_side')                             AS termination_side,
+       json_get(payload, 'termination_reason')                           AS termination_reason,
+       json_get(payload, 'termination_category')                         AS termination_category,
+       json_get(payload, 'sip_termination_reason')                       AS sip_termination_reason,
+       json_get(payload, 'source_ip')                                    AS source_ip,
+       json_get(payload, 'dest_ip')                                      AS dest_ip,
+       payload
+FROM (
+  SELECT *, row_number() OVER (PARTITION BY tenant_id, session_id, sip_call_id
+                               ORDER BY CASE report_type WHEN 'CALL_END' THEN 3 WHEN 'CALL_CONNECT' THEN 2 ELSE 1 END DESC,
+                                        occurred_at DESC) AS stage
+  FROM (SELECT *, call_id AS session_id, json_get(payload, 'sip_call_id') AS sip_call_id,
+               json_get(payload, 'report_type') AS report_type
+        FROM events WHERE event_type = 'sbc_leg'))
+WHERE stage = 1";
+
+/// `media_streams`: media-quality samples with the CQD rule and the E-model MOS.
+pub const MEDIA_STREAMS_SQL: &str = "
+SELECT tenant_id, source, call_id, event_id,
+       coalesce(json_get(payload, 'sip_call_id'), call_id)              AS sip_call_id,
+       coalesce(json_get(payload, 'report_type'), json_get(payload, 'report')) AS report,
+       occurred_at, jitter_ms, packet_loss_rate, round_trip_ms, audio_degradation,
+       (jitter_ms IS NOT NULL OR packet_loss_rate IS NOT NULL OR round_trip_ms IS NOT NULL
+        OR audio_degradation IS NOT NULL)                                AS classified,
+       coalesce(jitter_ms > 30 OR packet_loss_rate > 0.1 OR round_trip_ms > 500
+                OR audio_degradation > 1.0, false)                       AS poor,
+       e_model_mos(round_trip_ms, jitter_ms, packet_loss_rate)           AS mos,
+       TRY_CAST(json_get(payload, 'mos_cq') AS DOUBLE)                   AS reported_mos_cq,
+       payload
+FROM events WHERE event_type = 'media_stream'";
 
 /// `interval_metrics`: merges partials (sums, max) and finishes the ratios.
 pub const INTERVAL_METRICS_SQL: &str = "
@@ -127,6 +180,10 @@ impl QueryEngine {
         }
         if engine.has_table(TABLE_AGENT_LEGS) {
             engine.create_view(VIEW_AGENT_DAY_METRICS, AGENT_DAY_METRICS_SQL).await?;
+        }
+        if engine.has_table(TABLE_EVENTS) {
+            engine.create_view(VIEW_SBC_LEGS, SBC_LEGS_SQL).await?;
+            engine.create_view(VIEW_MEDIA_STREAMS, MEDIA_STREAMS_SQL).await?;
         }
         Ok(engine)
     }

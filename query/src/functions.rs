@@ -10,6 +10,10 @@
 //!   halves away from zero (`round` multiplies first, and `0.0193125` — stored as
 //!   0.01931249999… — becomes 0.019313; `round_exact` gives 0.019312, as the oracle does).
 //!
+//! - `json_get(text, 'key'[, 'key'…])`: a value inside a JSON object (the events' `payload`),
+//!   as text.
+//! - `e_model_mos(round_trip_ms, jitter_ms, loss_rate)`: the E-model MOS of `metrics.md`.
+//!
 //! Table functions (arguments positional, trailing ones optional):
 //! - `interval_metrics_at(minutes, zone, sl_threshold_s, short_abandon_s, sl_comparison,
 //!   genesys_flowouts, genesys_exclude_short)` over `call_facts`: every service-level
@@ -41,6 +45,8 @@ pub fn register(ctx: &SessionContext) {
     ctx.register_udf(ScalarUDF::new_from_impl(TimeBucket::new()));
     ctx.register_udf(ScalarUDF::new_from_impl(LocalTime::new()));
     ctx.register_udf(ScalarUDF::new_from_impl(RoundExact::new()));
+    ctx.register_udf(ScalarUDF::new_from_impl(JsonGet::new()));
+    ctx.register_udf(ScalarUDF::new_from_impl(EModelMos::new()));
     ctx.register_udtf("interval_metrics_at", Arc::new(SqlFunction::IntervalMetricsAt));
     ctx.register_udtf("interval_rollup", Arc::new(SqlFunction::IntervalRollup));
     ctx.register_udtf("agent_day_metrics_at", Arc::new(SqlFunction::AgentDayMetricsAt));
@@ -239,6 +245,123 @@ impl ScalarUDFImpl for RoundExact {
         Ok(match &args.args[0] {
             ColumnarValue::Scalar(_) => ColumnarValue::Scalar(ScalarValue::try_from_array(&out, 0)?),
             ColumnarValue::Array(_) => ColumnarValue::Array(out),
+        })
+    }
+}
+
+/// `json_get(text, 'key'[, 'key'…])`: the value at that path of a JSON object (the events'
+/// `payload`), as text — strings as they are, other scalars as JSON text, objects and arrays
+/// as JSON; NULL when the text is not JSON or the path is absent or `null`.
+#[derive(Debug, PartialEq, Eq, Hash)]
+struct JsonGet {
+    signature: Signature,
+}
+
+impl JsonGet {
+    fn new() -> Self {
+        JsonGet { signature: Signature::variadic_any(Volatility::Immutable) }
+    }
+}
+
+fn json_at(text: &str, path: &[String]) -> Option<String> {
+    let mut v: serde_json::Value = serde_json::from_str(text).ok()?;
+    for key in path {
+        v = v.get_mut(key.as_str())?.take();
+    }
+    match v {
+        serde_json::Value::Null => None,
+        serde_json::Value::String(s) => Some(s),
+        other => Some(other.to_string()),
+    }
+}
+
+impl ScalarUDFImpl for JsonGet {
+    fn name(&self) -> &str {
+        "json_get"
+    }
+
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+
+    fn return_type(&self, _arg_types: &[DataType]) -> DfResult<DataType> {
+        Ok(DataType::Utf8)
+    }
+
+    fn invoke_with_args(&self, args: ScalarFunctionArgs) -> DfResult<ColumnarValue> {
+        if args.args.len() < 2 {
+            return exec_err!("json_get(text, 'key', ...) needs a text and at least one key");
+        }
+        let mut path = Vec::new();
+        for a in &args.args[1..] {
+            match a {
+                ColumnarValue::Scalar(
+                    ScalarValue::Utf8(Some(k)) | ScalarValue::Utf8View(Some(k)) | ScalarValue::LargeUtf8(Some(k)),
+                ) => path.push(k.clone()),
+                _ => return exec_err!("json_get: the keys must be constant strings"),
+            }
+        }
+        let text = cast(&args.args[0].to_array(args.number_rows)?, &DataType::Utf8)?;
+        let text = text.as_string::<i32>();
+        let out: arrow::array::StringArray = text.iter().map(|t| t.and_then(|t| json_at(t, &path))).collect();
+        let out: ArrayRef = Arc::new(out);
+        Ok(match &args.args[0] {
+            ColumnarValue::Scalar(_) => ColumnarValue::Scalar(ScalarValue::try_from_array(&out, 0)?),
+            ColumnarValue::Array(_) => ColumnarValue::Array(out),
+        })
+    }
+}
+
+/// `e_model_mos(round_trip_ms, jitter_ms, loss_rate)`: the E-model MOS of `metrics.md`
+/// (R0 = 94.768); NULL when an input is NULL.
+#[derive(Debug, PartialEq, Eq, Hash)]
+struct EModelMos {
+    signature: Signature,
+}
+
+impl EModelMos {
+    fn new() -> Self {
+        EModelMos {
+            signature: Signature::exact(
+                vec![DataType::Float64, DataType::Float64, DataType::Float64],
+                Volatility::Immutable,
+            ),
+        }
+    }
+}
+
+impl ScalarUDFImpl for EModelMos {
+    fn name(&self) -> &str {
+        "e_model_mos"
+    }
+
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+
+    fn return_type(&self, _arg_types: &[DataType]) -> DfResult<DataType> {
+        Ok(DataType::Float64)
+    }
+
+    fn invoke_with_args(&self, args: ScalarFunctionArgs) -> DfResult<ColumnarValue> {
+        let all_scalar = args.args.iter().all(|a| matches!(a, ColumnarValue::Scalar(_)));
+        let cols = args.args.iter().map(|a| a.to_array(args.number_rows)).collect::<DfResult<Vec<_>>>()?;
+        let [rtt, jitter, loss] = [0, 1, 2].map(|i| cols[i].as_primitive::<arrow::datatypes::Float64Type>());
+        let out: arrow::array::Float64Array = (0..args.number_rows)
+            .map(|i| {
+                use arrow::array::Array as _;
+                if rtt.is_null(i) || jitter.is_null(i) || loss.is_null(i) {
+                    return None;
+                }
+                Some(ccstream_schemas::quality::mos(rtt.value(i), jitter.value(i), loss.value(i)))
+                    .filter(|m| !m.is_nan())
+            })
+            .collect();
+        let out: ArrayRef = Arc::new(out);
+        Ok(if all_scalar {
+            ColumnarValue::Scalar(ScalarValue::try_from_array(&out, 0)?)
+        } else {
+            ColumnarValue::Array(out)
         })
     }
 }

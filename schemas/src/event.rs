@@ -42,6 +42,9 @@ pub enum EventType {
     QueueResult = 12,
     /// A Teams presence change of an agent.
     PresenceChanged = 13,
+    /// A calling platform's call state or call-control event (ACS incoming call and Call
+    /// Automation callbacks, Graph calling-bot notifications): the state in `to_state`.
+    CallState = 14,
 }
 
 /// Event types that belong to a call's fold (the oracle's `call_events`).
@@ -59,7 +62,7 @@ pub const CALL_EVENT_TYPES: [EventType; 9] = [
 
 impl EventType {
     /// Every event type, in discriminant order.
-    pub const ALL: [EventType; 14] = [
+    pub const ALL: [EventType; 15] = [
         EventType::CallQueued,
         EventType::AgentOffered,
         EventType::CallAnswered,
@@ -74,6 +77,7 @@ impl EventType {
         EventType::MediaStream,
         EventType::QueueResult,
         EventType::PresenceChanged,
+        EventType::CallState,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -92,6 +96,7 @@ impl EventType {
             EventType::MediaStream => "media_stream",
             EventType::QueueResult => "queue_result",
             EventType::PresenceChanged => "presence_changed",
+            EventType::CallState => "call_state",
         }
     }
 

@@ -16,6 +16,8 @@ pub const TABLE_DEAD_LETTERS: &str = "dead_letters";
 pub const TABLE_CORRECTIONS: &str = "corrections";
 pub const VIEW_INTERVAL_METRICS: &str = "interval_metrics";
 pub const VIEW_AGENT_DAY_METRICS: &str = "agent_day_metrics";
+pub const VIEW_SBC_LEGS: &str = "sbc_legs";
+pub const VIEW_MEDIA_STREAMS: &str = "media_streams";
 
 /// Every table ccstream writes, in commit order (events first, dead letters last).
 pub const TABLES: [&str; 6] =

@@ -126,6 +126,23 @@ pub fn parse_rfc3339_ms(s: &str) -> Result<i64, TimeError> {
     Ok(secs * 1000 + frac_ms)
 }
 
+/// UTC epoch milliseconds of a calendar date and time of day, or `None` when a field is out
+/// of range (for sources whose timestamps are not RFC 3339).
+pub fn utc_ms(year: i64, month: u32, day: u32, hour: u32, min: u32, sec: u32, ms: u32) -> Option<i64> {
+    if !(1..=12).contains(&month)
+        || day == 0
+        || day > days_in_month(year, month)
+        || hour > 23
+        || min > 59
+        || sec > 60
+        || ms > 999
+    {
+        return None;
+    }
+    let secs = days_from_civil(year, month, day) * 86_400 + hour as i64 * 3600 + min as i64 * 60 + sec.min(59) as i64;
+    Some(secs * 1000 + ms as i64)
+}
+
 /// Formats UTC epoch milliseconds as `YYYY-MM-DDTHH:MM:SS.mmmZ`.
 pub fn format_rfc3339_ms(ms: i64) -> String {
     let mut out = String::with_capacity(24);

@@ -1,0 +1,152 @@
+//! The source loops: thin network listeners around the sans-IO parsers, publishing to the
+//! event log through one [`publish::Publisher`].
+//!
+//! | listener | protocol | source |
+//! |---|---|---|
+//! | `syslog_udp`, `syslog_tcp` | syslog (UDP; TCP with newline or octet-counted framing) | AudioCodes CDRs |
+//! | `sip_udp`, `sip_tcp` | SIP `PUBLISH`/`NOTIFY` with `application/vq-rtcpxr` | RFC 6035 reports |
+//! | `http` | `POST /events` (canonical JSONL), `POST /acs/eventgrid`, `POST /acs/callautomation` | webhooks |
+//!
+//! Invariants every loop keeps:
+//! - input larger than the limit, unauthenticated, or unparseable is rejected (with the
+//!   protocol's status where it has one), counted per source and reason, and dead-lettered
+//!   with the reason — it never reaches the tables;
+//! - a protocol that acknowledges (HTTP, SIP) acknowledges only after the events are durable
+//!   on the log, and tells the sender to retry when they are not;
+//! - event ids derive from source ids, so a redelivery is deduplicated downstream.
+
+pub mod http;
+pub mod publish;
+pub mod sip;
+pub mod syslog;
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+
+use ccstream_eventlog::EventLog;
+use ccstream_schemas::DeadLetterRecord;
+use serde::Deserialize;
+
+use crate::acs::{self, AcsMapper};
+use crate::sbc::{self, SbcMapper};
+use crate::telemetry::{Reject, Telemetry};
+use publish::{Batch, Publisher};
+
+/// The `[sources]` section of the pipeline config: which listeners run, and how input maps
+/// to tenants.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SourcesConfig {
+    /// The tenant of input no rule maps.
+    #[serde(default = "default_tenant")]
+    pub default_tenant: String,
+    pub syslog_udp: Option<SocketAddr>,
+    pub syslog_tcp: Option<SocketAddr>,
+    pub sip_udp: Option<SocketAddr>,
+    pub sip_tcp: Option<SocketAddr>,
+    /// The webhook server.
+    pub http: Option<SocketAddr>,
+    /// When set, every webhook request must carry it (`Authorization: Bearer …`, the header
+    /// `x-ccstream-secret`, or the query parameter `code`).
+    pub secret: Option<String>,
+    /// A syslog message or SIP message, at most (bytes).
+    #[serde(default = "default_max_message")]
+    pub max_message_bytes: usize,
+    /// A webhook body, at most (bytes).
+    #[serde(default = "default_max_body")]
+    pub max_body_bytes: usize,
+    #[serde(default)]
+    pub sbc_tenants: Vec<sbc::TenantRule>,
+    #[serde(default)]
+    pub acs_tenants: Vec<acs::TenantRule>,
+}
+
+fn default_tenant() -> String {
+    "default".into()
+}
+
+fn default_max_message() -> usize {
+    65_535
+}
+
+fn default_max_body() -> usize {
+    4 << 20
+}
+
+/// What every loop shares.
+#[derive(Debug)]
+pub struct Context {
+    pub config: SourcesConfig,
+    pub telemetry: Arc<Telemetry>,
+    pub publisher: Publisher,
+    pub sbc: Mutex<SbcMapper>,
+    pub acs: AcsMapper,
+    pub now_ms: fn() -> i64,
+}
+
+/// Raw input kept in a dead letter, at most (a bounded table, and rejected input may be
+/// hostile).
+pub const DEAD_LETTER_RAW_BYTES: usize = 64 * 1024;
+
+impl Context {
+    /// Counts a rejection and adds its dead letter to `batch`.
+    pub fn reject(&self, batch: &mut Batch, source: &str, origin: &str, why: Reject, reason: String, raw: &[u8]) {
+        self.telemetry.reject(source, why);
+        let raw = &raw[..raw.len().min(DEAD_LETTER_RAW_BYTES)];
+        batch.dead_letter(&DeadLetterRecord::new(source, origin, None, reason, raw));
+    }
+
+    fn sbc(&self) -> std::sync::MutexGuard<'_, SbcMapper> {
+        self.sbc.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// The running listeners.
+#[derive(Debug)]
+pub struct Running {
+    /// `(listener name, bound address)`, e.g. `("syslog_udp", 127.0.0.1:5514)`.
+    pub addrs: Vec<(&'static str, SocketAddr)>,
+    pub telemetry: Arc<Telemetry>,
+}
+
+/// Binds every configured listener and starts its loop on the current runtime.
+pub async fn start(config: SourcesConfig, log: Arc<dyn EventLog>, now_ms: fn() -> i64) -> crate::Result<Running> {
+    let telemetry = Arc::new(Telemetry::new());
+    let ctx = Arc::new(Context {
+        sbc: Mutex::new(SbcMapper::new(config.default_tenant.clone(), config.sbc_tenants.clone())),
+        acs: AcsMapper::new(config.default_tenant.clone(), config.acs_tenants.clone()),
+        publisher: Publisher::spawn(log, Arc::clone(&telemetry), now_ms),
+        telemetry: Arc::clone(&telemetry),
+        config,
+        now_ms,
+    });
+    let bind = |name: &'static str, addr: SocketAddr| move |source| crate::Error::Bind { name, addr, source };
+    let mut addrs = Vec::new();
+    let c = &ctx.config;
+    if let Some(addr) = c.syslog_udp {
+        let sock = tokio::net::UdpSocket::bind(addr).await.map_err(bind("syslog_udp", addr))?;
+        addrs.push(("syslog_udp", sock.local_addr().map_err(bind("syslog_udp", addr))?));
+        tokio::spawn(syslog::udp(sock, Arc::clone(&ctx)));
+    }
+    if let Some(addr) = c.syslog_tcp {
+        let l = tokio::net::TcpListener::bind(addr).await.map_err(bind("syslog_tcp", addr))?;
+        addrs.push(("syslog_tcp", l.local_addr().map_err(bind("syslog_tcp", addr))?));
+        tokio::spawn(syslog::tcp(l, Arc::clone(&ctx)));
+    }
+    if let Some(addr) = c.sip_udp {
+        let sock = tokio::net::UdpSocket::bind(addr).await.map_err(bind("sip_udp", addr))?;
+        addrs.push(("sip_udp", sock.local_addr().map_err(bind("sip_udp", addr))?));
+        tokio::spawn(sip::udp(sock, Arc::clone(&ctx)));
+    }
+    if let Some(addr) = c.sip_tcp {
+        let l = tokio::net::TcpListener::bind(addr).await.map_err(bind("sip_tcp", addr))?;
+        addrs.push(("sip_tcp", l.local_addr().map_err(bind("sip_tcp", addr))?));
+        tokio::spawn(sip::tcp(l, Arc::clone(&ctx)));
+    }
+    if let Some(addr) = c.http {
+        let l = tokio::net::TcpListener::bind(addr).await.map_err(bind("http", addr))?;
+        addrs.push(("http", l.local_addr().map_err(bind("http", addr))?));
+        tokio::spawn(http::serve(l, Arc::clone(&ctx)));
+    }
+    Ok(Running { addrs, telemetry })
+}

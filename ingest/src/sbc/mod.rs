@@ -1,0 +1,304 @@
+//! SBC sources (the Connect model): AudioCodes CDRs over syslog or from CDR files
+//! ([`cdr`]) and RFC 6035 voice-quality reports over SIP ([`sip`], [`vq`]), mapped to
+//! canonical events by [`SbcMapper`].
+//!
+//! # Mapping (the table is in `docs/sources.md`)
+//!
+//! - A signaling CDR becomes one `sbc_leg` event: `call_id` = `SessionId` (all legs of one
+//!   SBC call), event time = the stage's own time (`SetupTime`, `ConnectTime`,
+//!   `ReleaseTime`), `event_id` = `sbc.audiocodes:<SessionId>:<SIPCallId>:<report>`.
+//! - A media CDR becomes one `media_stream` event: `jitter_ms` = `RTPjitter`,
+//!   `round_trip_ms` = `RTPdelay`, `packet_loss_rate` = `LocalPackLoss / (InPackets +
+//!   LocalPackLoss)` (none for `MEDIA_START`, which measures nothing yet); event time = reception (media CDRs carry no time);
+//!   `event_id` = `sbc.audiocodes:<SessionId>:<SIPCallId>:<report>:<Cid>` (plus a digest of
+//!   the row for `MEDIA_UPDATE`, which repeats).
+//! - A voice-quality report becomes one `media_stream` event: `call_id` = the report's
+//!   `CallID` (the measured leg's SIP Call-ID), `jitter_ms` = `IAJ`, `packet_loss_rate` =
+//!   `NLR / 100`, `round_trip_ms` = `RTD` of the local metrics; event time = `STOP`.
+//! - Every source field goes into `payload` under a stable key (sentinels as `null`), so
+//!   nothing is dropped; ids derive from source ids, so a redelivered row gives the same
+//!   `event_id`.
+//! - Tenants: the first [`TenantRule`] that matches the IP group, a caller/callee number
+//!   prefix or the sender; else the default tenant. Media rows and reports inherit the
+//!   tenant of their session or leg when its signaling CDR was seen.
+
+pub mod cdr;
+pub mod sip;
+pub mod vq;
+
+use std::collections::{HashMap, VecDeque};
+
+use ccstream_schemas::{format_rfc3339_ms, Event, EventType};
+use serde_json::{Map, Value};
+
+use cdr::{Cdr, CdrError, CdrParser, Col, Kind, Line};
+
+/// The `source` of events from AudioCodes CDRs.
+pub const SOURCE_CDR: &str = "sbc.audiocodes";
+/// The `source` of events from RFC 6035 reports.
+pub const SOURCE_VQ: &str = "sbc.vq_rtcpxr";
+
+/// Maps SBC traffic to a tenant (a multi-tenant SBC serves many). Every given criterion must
+/// match.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TenantRule {
+    pub tenant: String,
+    /// The CDR's IP group name (`IPGroup (name)`), exactly.
+    #[serde(default)]
+    pub ip_group: Option<String>,
+    /// A prefix of the caller's or callee's number (the user part of the URI).
+    #[serde(default)]
+    pub number_prefix: Option<String>,
+    /// The sender: the SBC's IP address (syslog/SIP peer) or the CDR file's path.
+    #[serde(default)]
+    pub sender: Option<String>,
+}
+
+/// Sessions and legs whose tenant is remembered, at most (oldest forgotten first).
+const MAX_REMEMBERED: usize = 1 << 16;
+
+/// Turns SBC input into canonical events. Stateful (title rows, session tenants), sans-IO.
+#[derive(Debug)]
+pub struct SbcMapper {
+    parser: CdrParser,
+    rules: Vec<TenantRule>,
+    default_tenant: String,
+    tenants: HashMap<String, String>,
+    order: VecDeque<String>,
+}
+
+/// The user part of a SIP URI or number field (`+33001@10.0.1.11` → `+33001`).
+fn user_part(v: &str) -> &str {
+    let v = v.trim_start_matches('<');
+    let v = v.strip_prefix("sip:").or_else(|| v.strip_prefix("tel:")).unwrap_or(v);
+    v.split(['@', ';', '>']).next().unwrap_or(v)
+}
+
+impl SbcMapper {
+    pub fn new(default_tenant: impl Into<String>, rules: Vec<TenantRule>) -> Self {
+        SbcMapper {
+            parser: CdrParser::default(),
+            rules,
+            default_tenant: default_tenant.into(),
+            tenants: HashMap::new(),
+            order: VecDeque::new(),
+        }
+    }
+
+    fn tenant_for(&self, sender: &str, ip_group: Option<&str>, numbers: &[&str]) -> &str {
+        self.rules
+            .iter()
+            .find(|r| {
+                r.ip_group.as_deref().is_none_or(|g| Some(g) == ip_group)
+                    && r.sender.as_deref().is_none_or(|s| s == sender)
+                    && r.number_prefix.as_deref().is_none_or(|p| numbers.iter().any(|n| n.starts_with(p)))
+            })
+            .map(|r| r.tenant.as_str())
+            .unwrap_or(&self.default_tenant)
+    }
+
+    fn remember(&mut self, key: &str, tenant: &str) {
+        if self.tenants.get(key).map(String::as_str) == Some(tenant) {
+            return;
+        }
+        if self.tenants.insert(key.to_string(), tenant.to_string()).is_none() {
+            self.order.push_back(key.to_string());
+            if self.order.len() > MAX_REMEMBERED {
+                if let Some(old) = self.order.pop_front() {
+                    self.tenants.remove(&old);
+                }
+            }
+        }
+    }
+
+    /// One CDR line (a syslog message or a CDR-file line) from `sender`, received at
+    /// `received_at_ms`: `Ok(None)` for title rows and blank lines.
+    pub fn map_cdr_line(
+        &mut self,
+        sender: &str,
+        line: &[u8],
+        received_at_ms: i64,
+    ) -> Result<Option<Event<'static>>, CdrError> {
+        let cdr = match self.parser.parse(sender, line)? {
+            Line::Blank | Line::Title(_) => return Ok(None),
+            Line::Record(cdr) => cdr,
+        };
+        let session = cdr.text(Col::SessionId).unwrap_or("");
+        let sip_call_id = cdr.text(Col::SipCallId).unwrap_or("");
+        let report = cdr.report();
+        let payload = cdr_payload(&cdr)?;
+        let event = match cdr.kind() {
+            Kind::Signaling => {
+                let numbers: Vec<&str> = [Col::Caller, Col::Callee, Col::SrcUri, Col::DstUri]
+                    .into_iter()
+                    .filter_map(|c| cdr.text(c))
+                    .map(user_part)
+                    .collect();
+                let tenant = self.tenant_for(sender, cdr.text(Col::IpGroup), &numbers).to_string();
+                self.remember(session, &tenant);
+                self.remember(sip_call_id, &tenant);
+                let stage_time = match report {
+                    "CALL_CONNECT" => cdr.time(Col::ConnectTime)?,
+                    "CALL_END" | "DIALOG_END" => cdr.time(Col::ReleaseTime)?,
+                    _ => None,
+                };
+                let at = stage_time.or(cdr.time(Col::SetupTime)?).unwrap_or(received_at_ms);
+                let id = format!("{SOURCE_CDR}:{session}:{sip_call_id}:{report}");
+                Event::new(id, tenant, EventType::SbcLeg, at)
+            }
+            Kind::Media => {
+                let tenant = match self.tenants.get(session).or_else(|| self.tenants.get(sip_call_id)) {
+                    Some(t) => t.clone(),
+                    None => self.tenant_for(sender, None, &[]).to_string(),
+                };
+                let cid = cdr.text(Col::Cid).unwrap_or("");
+                let mut id = format!("{SOURCE_CDR}:{session}:{sip_call_id}:{report}:{cid}");
+                if report == "MEDIA_UPDATE" {
+                    let digest = cdr.values.iter().fold(0u32, |h, v| crc32c::crc32c_append(h, v.as_bytes()));
+                    id.push_str(&format!(":{digest:08x}"));
+                }
+                let mut e = Event::new(id, tenant, EventType::MediaStream, received_at_ms);
+                if report == "MEDIA_START" {
+                    // Set-up only (codec, addresses): no measurement yet.
+                    return Ok(Some(finish(e, session, payload)));
+                }
+                e.jitter_ms = cdr.int(Col::RtpJitter)?.map(|v| v as f64);
+                e.round_trip_ms = cdr.int(Col::RtpDelay)?.map(|v| v as f64);
+                e.packet_loss_rate = match (cdr.int(Col::InPackets)?, cdr.int(Col::LocalPackLoss)?) {
+                    (Some(received), Some(lost)) if received + lost > 0 && received >= 0 && lost >= 0 => {
+                        Some(lost as f64 / (received + lost) as f64)
+                    }
+                    _ => None,
+                };
+                e
+            }
+        };
+        Ok(Some(finish(event, session, payload)))
+    }
+
+    /// One voice-quality report (the SIP body) from `sender`, received at `received_at_ms`.
+    pub fn map_vq_report(
+        &mut self,
+        sender: &str,
+        body: &[u8],
+        received_at_ms: i64,
+    ) -> Result<Event<'static>, vq::VqError> {
+        let r = vq::parse_report(body)?;
+        let metrics = r.local.as_ref().or(r.remote.as_ref());
+        let start = metrics.and_then(|m| m.time("START"));
+        let stop = metrics.and_then(|m| m.time("STOP"));
+        let ssrc = r.session_param("LocalAddr", "SSRC").unwrap_or("");
+        let id = format!(
+            "{SOURCE_VQ}:{}:{}:{ssrc}:{}",
+            r.call_id,
+            r.kind.as_str(),
+            start.map(format_rfc3339_ms).unwrap_or_default()
+        );
+        let tenant = match self.tenants.get(r.call_id) {
+            Some(t) => t.clone(),
+            None => {
+                let numbers: Vec<&str> =
+                    ["LocalID", "RemoteID"].into_iter().filter_map(|n| r.session(n)).map(user_part).collect();
+                self.tenant_for(sender, None, &numbers).to_string()
+            }
+        };
+        let mut e = Event::new(id, tenant, EventType::MediaStream, stop.or(start).unwrap_or(received_at_ms));
+        e.source = Some(SOURCE_VQ.into());
+        e.call_id = Some(r.call_id.to_string().into());
+        if let Some(m) = metrics {
+            e.jitter_ms = m.num("Delay", "IAJ");
+            e.round_trip_ms = m.num("Delay", "RTD");
+            e.packet_loss_rate = m.num("PacketLoss", "NLR").map(|v| v / 100.0);
+        }
+        e.payload = Some(vq_payload(&r).into());
+        Ok(e)
+    }
+}
+
+fn finish(mut event: Event<'static>, session: &str, payload: String) -> Event<'static> {
+    event.source = Some(SOURCE_CDR.into());
+    event.call_id = Some(session.to_string().into());
+    event.payload = Some(payload.into());
+    event
+}
+
+fn cdr_payload(cdr: &Cdr<'_>) -> Result<String, CdrError> {
+    let mut map = Map::new();
+    if let Some(seq) = cdr.seq {
+        map.insert("syslog_seq".into(), seq.into());
+    }
+    for (key, col, value) in cdr.fields() {
+        let v = match col {
+            Col::SetupTime | Col::ConnectTime | Col::ReleaseTime => {
+                cdr.time(col)?.map(|t| Value::String(format_rfc3339_ms(t))).unwrap_or(Value::Null)
+            }
+            Col::SourcePort
+            | Col::DestPort
+            | Col::Duration
+            | Col::RedirectReason
+            | Col::TxSigIpDiffServ
+            | Col::LegId
+            | Col::Cid
+            | Col::PacketInterval
+            | Col::LocalRtpPort
+            | Col::RemoteRtpPort
+            | Col::InPackets
+            | Col::OutPackets
+            | Col::LocalPackLoss
+            | Col::RemotePackLoss
+            | Col::RtpDelay
+            | Col::RtpJitter
+            | Col::TxSsrc
+            | Col::RxSsrc
+            | Col::LocalRFactor
+            | Col::RemoteRFactor
+            | Col::LocalMosCq
+            | Col::RemoteMosCq
+            | Col::TxRtpIpDiffServ
+            | Col::LatchedRtpPort
+            | Col::LatchedT38Port => match cdr.int(col) {
+                Ok(Some(n)) => n.into(),
+                Ok(None) => Value::Null,
+                Err(_) => Value::String(value.to_string()),
+            },
+            _ if value == "N/A" => Value::Null,
+            _ => Value::String(value.to_string()),
+        };
+        map.insert(key.to_string(), v);
+    }
+    Ok(Value::Object(map).to_string())
+}
+
+fn vq_payload(r: &vq::Report<'_>) -> String {
+    let mut map = Map::new();
+    map.insert("report".into(), r.kind.as_str().into());
+    map.insert("call_term".into(), r.call_term.into());
+    map.insert("sip_call_id".into(), r.call_id.into());
+    for (name, value) in &r.session {
+        map.insert((*name).to_string(), (*value).into());
+    }
+    for (key, m) in [("local", &r.local), ("remote", &r.remote)] {
+        let Some(m) = m else { continue };
+        let mut block = Map::new();
+        for (line, param, value) in &m.params {
+            let entry = block.entry((*line).to_string()).or_insert_with(|| Value::Object(Map::new()));
+            match (entry, param.is_empty()) {
+                (Value::Object(o), false) => {
+                    o.insert((*param).to_string(), (*value).into());
+                }
+                (slot, true) => *slot = Value::String((*value).to_string()),
+                _ => {}
+            }
+        }
+        map.insert(key.into(), Value::Object(block));
+    }
+    if let Some(m) = r.local.as_ref().or(r.remote.as_ref()) {
+        for (param, key) in [("MOSCQ", "mos_cq"), ("MOSLQ", "mos_lq")] {
+            if let Some(v) = m.num("QualityEst", param) {
+                map.insert(key.into(), v.into());
+            }
+        }
+    }
+    Value::Object(map).to_string()
+}

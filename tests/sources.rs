@@ -1,0 +1,365 @@
+//! End to end through the real protocols: `ccstream run` with every source listener, fed
+//! over UDP and TCP syslog, SIP over UDP and TCP, and HTTP webhooks with their handshakes;
+//! then the tables, views, dead letters and `/metrics` are checked through `ccstream sql`
+//! and a scrape.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream, UdpSocket};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{sql_csv, KillOnDrop};
+
+const SECRET: &str = "s3cret-webhook";
+
+fn sample(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("ingest/tests/fixtures/samples").join(name)
+}
+
+/// Waits for `path` to hold complete lines, then returns them.
+fn wait_for_file(path: &Path, child: &mut KillOnDrop) -> String {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Some(text) = std::fs::read_to_string(path).ok().filter(|t| t.ends_with('\n')) {
+            return text;
+        }
+        if let Some(status) = child.0.try_wait().unwrap() {
+            panic!("ccstream run exited early: {status}");
+        }
+        assert!(Instant::now() < deadline, "{} was not written within 60 s", path.display());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// A minimal HTTP/1.1 client: one request per connection; returns (status, body).
+fn http(addr: SocketAddr, method: &str, target: &str, headers: &[(&str, &str)], body: &[u8]) -> (u16, String) {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let mut req = format!(
+        "{method} {target} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n",
+        body.len()
+    );
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    req.push_str("\r\n");
+    s.write_all(req.as_bytes()).unwrap();
+    s.write_all(body).unwrap();
+    let mut out = Vec::new();
+    let _ = s.read_to_end(&mut out);
+    let text = String::from_utf8_lossy(&out).to_string();
+    let status = text.split(' ').nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    (status, body)
+}
+
+fn post(addr: SocketAddr, target: &str, body: &str) -> (u16, String) {
+    http(
+        addr,
+        "POST",
+        target,
+        &[("Authorization", &format!("Bearer {SECRET}")), ("Content-Type", "application/json")],
+        body.as_bytes(),
+    )
+}
+
+/// One Event Grid Job Router event.
+fn router_event(id: &str, name: &str, time: &str, data: &str) -> String {
+    format!(
+        r#"{{"id":"{id}","topic":"/subscriptions/s/resourceGroups/g/providers/Microsoft.Communication/communicationServices/fabrikam-acs","subject":"job/x","data":{data},"eventType":"Microsoft.Communication.{name}","dataVersion":"1.0","metadataVersion":"1","eventTime":"{time}"}}"#
+    )
+}
+
+/// The SIP PUBLISH sample with another report `CallID` (same length, so Content-Length holds).
+fn publish_with_call_id(call_id: &str) -> Vec<u8> {
+    let raw = std::fs::read_to_string(sample("vq_rtcpxr_snom821_publish.txt")).unwrap();
+    assert_eq!(call_id.len(), "825962570309-8ds5sl3mca99".len());
+    raw.replace("825962570309-8ds5sl3mca99", call_id).into_bytes()
+}
+
+fn sip_udp(addr: SocketAddr, msg: &[u8]) -> String {
+    let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
+    sock.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    sock.send_to(msg, addr).unwrap();
+    let mut buf = vec![0u8; 65_536];
+    let (n, _) = sock.recv_from(&mut buf).unwrap();
+    String::from_utf8_lossy(&buf[..n]).to_string()
+}
+
+/// Polls `sql` until it returns `want` (CSV without header) or the deadline passes.
+fn wait_for_rows(data: &Path, sql: &str, want: &str, child: &mut KillOnDrop) {
+    let deadline = Instant::now() + Duration::from_secs(90);
+    let mut last = String::new();
+    while Instant::now() < deadline {
+        if let Some(status) = child.0.try_wait().unwrap() {
+            panic!("ccstream run exited early: {status}");
+        }
+        let out = Command::new(env!("CARGO_BIN_EXE_ccstream"))
+            .args(["sql", "--data", data.to_str().unwrap(), "--format", "csv", sql])
+            .output()
+            .unwrap();
+        last = String::from_utf8_lossy(&out.stdout).lines().skip(1).collect::<Vec<_>>().join("\n");
+        if out.status.success() && last == want {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    panic!("{sql}\n  wanted: {want}\n  last:   {last}");
+}
+
+#[test]
+fn every_source_through_its_protocol() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let config = dir.path().join("ccstream.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"
+[pipeline]
+log = "file://{log}"
+data = "{data}"
+partitions = 2
+commit_interval_ms = 200
+metrics_listen = "127.0.0.1:0"
+
+[sources]
+default_tenant = "tenant-default"
+syslog_udp = "127.0.0.1:0"
+syslog_tcp = "127.0.0.1:0"
+sip_udp = "127.0.0.1:0"
+sip_tcp = "127.0.0.1:0"
+http = "127.0.0.1:0"
+secret = "{SECRET}"
+max_body_bytes = 65536
+[[sources.sbc_tenants]]
+tenant = "tenant-fr"
+number_prefix = "+33"
+[[sources.acs_tenants]]
+tenant = "fabrikam"
+resource = "fabrikam-acs"
+"#,
+            log = dir.path().join("log").display(),
+            data = data.display(),
+        ),
+    )
+    .unwrap();
+    let sources_file = dir.path().join("sources.addr");
+    let metrics_file = dir.path().join("metrics.addr");
+    let mut child = KillOnDrop(
+        Command::new(env!("CARGO_BIN_EXE_ccstream"))
+            .args(["run", "--config", config.to_str().unwrap()])
+            .args(["--sources-listen-file", sources_file.to_str().unwrap()])
+            .args(["--listen-file", metrics_file.to_str().unwrap()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let addrs = wait_for_file(&sources_file, &mut child);
+    let addr = |name: &str| -> SocketAddr {
+        addrs
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("{name} ")))
+            .unwrap_or_else(|| panic!("no {name} in {addrs}"))
+            .parse()
+            .unwrap()
+    };
+    let metrics_addr: SocketAddr = wait_for_file(&metrics_file, &mut child).trim().parse().unwrap();
+
+    // --- SBC signaling CDRs over UDP syslog, one message per datagram (title row first).
+    let udp = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let signaling = std::fs::read_to_string(sample("audiocodes_cdr_sbc_signaling_odp.txt")).unwrap();
+    for (i, line) in signaling.lines().enumerate() {
+        udp.send_to(format!("<134>[S={i}] |{line}").as_bytes(), addr("syslog_udp")).unwrap();
+    }
+    // --- SBC media CDRs over TCP syslog: octet-counted, then one LF-framed message.
+    let media = std::fs::read_to_string(sample("audiocodes_cdr_sbc_media_odp.txt")).unwrap();
+    let mut tcp = TcpStream::connect(addr("syslog_tcp")).unwrap();
+    let lines: Vec<&str> = media.lines().collect();
+    for (i, line) in lines[..lines.len() - 1].iter().enumerate() {
+        let msg = format!("<134>[S={}] |{line}", 100 + i);
+        tcp.write_all(format!("{} {msg}", msg.len()).as_bytes()).unwrap();
+    }
+    tcp.write_all(format!("<134>[S=200] |{}\n", lines[lines.len() - 1]).as_bytes()).unwrap();
+    // A garbage line on the same stream: dead-lettered, the stream goes on.
+    tcp.write_all(b"<134>[S=201] |NOT_A_CDR |x\n").unwrap();
+    drop(tcp);
+
+    // --- RFC 6035 over SIP: UDP and TCP; 200 OK once durable, 400 to garbage.
+    let reply = sip_udp(addr("sip_udp"), &std::fs::read(sample("vq_rtcpxr_snom821_publish.txt")).unwrap());
+    assert!(reply.starts_with("SIP/2.0 200 OK\r\n"), "{reply}");
+    assert!(
+        reply.contains("Call-ID: 89596257635d-ip18q8n0lp1b\r\n") && reply.contains("CSeq: 2 PUBLISH\r\n"),
+        "{reply}"
+    );
+    let reply = sip_udp(addr("sip_udp"), b"hello, this is not SIP");
+    assert!(reply.starts_with("SIP/2.0 400"), "{reply}");
+    let mut sip_tcp = TcpStream::connect(addr("sip_tcp")).unwrap();
+    sip_tcp.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    sip_tcp.write_all(&publish_with_call_id("tcp-report-00000000000001")).unwrap();
+    let mut buf = vec![0u8; 4096];
+    let n = sip_tcp.read(&mut buf).unwrap();
+    assert!(buf[..n].starts_with(b"SIP/2.0 200 OK\r\n"), "{}", String::from_utf8_lossy(&buf[..n]));
+
+    // --- ACS Event Grid: the handshake, then a Job Router life cycle and an abandon.
+    let http_addr = addr("http");
+    let validation = std::fs::read_to_string(sample("eventgrid_subscription_validation_event.json")).unwrap();
+    let (status, body) = post(http_addr, "/acs/eventgrid", &validation);
+    assert_eq!((status, body.as_str()), (200, r#"{"validationResponse":"512d38b6-c7b8-40c8-89fe-f46f9e9622b6"}"#));
+    let job = r#""jobId":"job-1","channelReference":"call-1","channelId":"voice","queueId":"q-sales""#;
+    let life = [
+        router_event("e1", "RouterJobQueued", "2026-11-30T10:00:00Z", &format!(r#"{{{job},"priority":1}}"#)),
+        router_event(
+            "e2",
+            "RouterWorkerOfferIssued",
+            "2026-11-30T10:00:05Z",
+            &format!(r#"{{{job},"workerId":"agent-7","offerId":"o1"}}"#),
+        ),
+        router_event(
+            "e3",
+            "RouterWorkerOfferAccepted",
+            "2026-11-30T10:00:12Z",
+            &format!(r#"{{{job},"workerId":"agent-7","offerId":"o1","assignmentId":"a1"}}"#),
+        ),
+        router_event(
+            "e4",
+            "RouterJobCompleted",
+            "2026-11-30T10:01:12Z",
+            &format!(r#"{{{job},"workerId":"agent-7","assignmentId":"a1"}}"#),
+        ),
+        router_event(
+            "e5",
+            "RouterJobClosed",
+            "2026-11-30T10:01:40Z",
+            &format!(r#"{{{job},"workerId":"agent-7","assignmentId":"a1","dispositionCode":"resolved"}}"#),
+        ),
+    ];
+    // Delivered out of order and in two POSTs, one of them twice (Event Grid retries).
+    let (status, body) = post(http_addr, "/acs/eventgrid", &format!("[{},{},{}]", life[3], life[0], life[4]));
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains(r#""accepted":3"#), "{body}");
+    for _ in 0..2 {
+        assert_eq!(post(http_addr, "/acs/eventgrid", &format!("[{},{}]", life[1], life[2])).0, 200);
+    }
+    let abandon = r#""jobId":"job-2","channelReference":"call-2","channelId":"voice","queueId":"q-sales""#;
+    let (status, _) = post(
+        http_addr,
+        "/acs/eventgrid",
+        &format!(
+            "[{},{}]",
+            router_event("e6", "RouterJobQueued", "2026-11-30T10:02:00Z", &format!(r#"{{{abandon},"priority":1}}"#)),
+            router_event(
+                "e7",
+                "RouterJobCancelled",
+                "2026-11-30T10:02:30Z",
+                &format!(r#"{{{abandon},"dispositionCode":"hangup"}}"#)
+            ),
+        ),
+    );
+    assert_eq!(status, 200);
+    // Call Automation (CloudEvents) and canonical JSONL.
+    let ca = std::fs::read_to_string(sample("acs_callautomation_CallConnected.json")).unwrap();
+    assert_eq!(post(http_addr, "/acs/callautomation", &ca).0, 200);
+    let jsonl = concat!(
+        r#"{"event_id":"posted-1","tenant_id":"t-post","agent_id":"agent-9","event_type":"agent_state_changed","occurred_at":"2026-11-30T09:00:00Z","to_state":"available"}"#,
+        "\n",
+        r#"{"event_id":"posted-2","tenant_id":"t-post","event_type":"call_queued","occurred_at":"2026-11-30T09:00:00Z"}"#,
+        "\n"
+    );
+    let (status, body) = post(http_addr, "/events", jsonl);
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains(r#""accepted":1"#) && body.contains("needs a call_id"), "{body}");
+
+    // --- Security: none of these reach the tables.
+    let evil = router_event(
+        "evil",
+        "RouterJobQueued",
+        "2026-11-30T10:00:00Z",
+        r#"{"jobId":"job-evil","queueId":"q","priority":1}"#,
+    );
+    let evil = format!("[{evil}]");
+    let no_secret = http(http_addr, "POST", "/acs/eventgrid", &[], evil.as_bytes());
+    assert_eq!(no_secret.0, 401, "{}", no_secret.1);
+    let wrong = http(http_addr, "POST", "/acs/eventgrid?code=guess", &[], evil.as_bytes());
+    assert_eq!(wrong.0, 403, "{}", wrong.1);
+    let big = format!("[{}]", vec![evil.trim_matches(['[', ']']); 1000].join(","));
+    assert!(big.len() > 65_536);
+    assert_eq!(post(http_addr, "/acs/eventgrid", &big).0, 413);
+    assert_eq!(post(http_addr, "/acs/eventgrid", r#"[{"id": "job-evil", "#).0, 400);
+    assert_eq!(post(http_addr, "/acs/eventgrid", r#"{"hello":"job-evil"}"#).0, 400);
+    // The query-string secret (what Event Grid subscriptions use) is accepted.
+    let ok = http(http_addr, "POST", &format!("/acs/eventgrid?code={SECRET}"), &[], b"[]");
+    assert_eq!(ok.0, 200, "{}", ok.1);
+
+    // --- The tables.
+    wait_for_rows(
+        &data,
+        "SELECT call_id, tenant_id, queue_id, answered, abandoned, wait_s, talk_s, acw_s, handle_s, legs \
+         FROM call_facts ORDER BY call_id",
+        "job-1,fabrikam,q-sales,true,false,12.0,60.0,28.0,88.0,1\njob-2,fabrikam,q-sales,false,true,30.0,,,,0",
+        &mut child,
+    );
+    let legs = sql_csv(&data, "SELECT call_id, agent_id, talk_ms, acw_ms, handle_ms FROM agent_legs");
+    assert_eq!(legs.lines().nth(1), Some("job-1,agent-7,60000,28000,88000"), "{legs}");
+    wait_for_rows(
+        &data,
+        "SELECT session_id, sip_call_id, tenant_id, leg_id, last_report, duration_s FROM sbc_legs \
+         WHERE session_id = 'c62532:22:625' ORDER BY leg_id",
+        "c62532:22:625,0f522c2a55774a12,tenant-fr,1,CALL_CONNECT,0\nc62532:22:625,4341598405122022185752@10.0.2.11,tenant-fr,2,CALL_END,30",
+        &mut child,
+    );
+    wait_for_rows(
+        &data,
+        "SELECT source, sip_call_id, report, jitter_ms, classified, poor, round(mos, 4) FROM media_streams \
+         WHERE source = 'sbc.vq_rtcpxr' OR report = 'MEDIA_END' ORDER BY source, sip_call_id",
+        "sbc.audiocodes,14575679645122022191045@10.0.2.11,MEDIA_END,4.0,true,false,4.4299\n\
+         sbc.audiocodes,19266924982482023124959@10.245.172.231,MEDIA_END,0.0,true,false,4.4333\n\
+         sbc.audiocodes,2596324121112023143842@groupebel-sbc01.teams-dr.nxocloudms.com,MEDIA_END,,true,false,\n\
+         sbc.vq_rtcpxr,825962570309-8ds5sl3mca99,session,11.0,true,false,4.2432\n\
+         sbc.vq_rtcpxr,tcp-report-00000000000001,session,11.0,true,false,4.2432",
+        &mut child,
+    );
+    wait_for_rows(
+        &data,
+        "SELECT source, to_state, count(*) FROM events WHERE event_type IN ('call_state', 'agent_state_changed') \
+         GROUP BY source, to_state ORDER BY source",
+        "acs.callautomation,CallConnected,1\nhttp.events,available,1",
+        &mut child,
+    );
+    // Rejected input is dead-lettered with its reason; none of it is an event.
+    wait_for_rows(
+        &data,
+        "SELECT source, count(*) FROM dead_letters GROUP BY source ORDER BY source",
+        "acs.jobrouter,5\nhttp.events,1\nsbc.audiocodes,1\nsbc.vq_rtcpxr,1",
+        &mut child,
+    );
+    let reasons = sql_csv(&data, "SELECT reason FROM dead_letters WHERE source = 'acs.jobrouter' ORDER BY reason");
+    for want in
+        ["bytes exceeds 65536", "no eventType/type", "no webhook secret", "not valid JSON", "wrong webhook secret"]
+    {
+        assert!(reasons.contains(want), "no dead letter saying {want:?}: {reasons}");
+    }
+    let evil_events = sql_csv(&data, "SELECT count(*) AS n FROM events WHERE call_id = 'job-evil'");
+    assert_eq!(evil_events.lines().nth(1), Some("0"));
+    let dups = sql_csv(&data, "SELECT count(*) AS n FROM events WHERE call_id = 'job-1'");
+    assert_eq!(dups.lines().nth(1), Some("5"), "the retried delivery is one set of events");
+
+    // --- /metrics: per-source counters beside the processor's.
+    let (status, metrics) = http(metrics_addr, "GET", "/metrics", &[], b"");
+    assert_eq!(status, 200);
+    for want in [
+        r#"ccstream_ingest_rejected_total{reason="unauthorized",source="acs.jobrouter"} 2"#,
+        r#"ccstream_ingest_rejected_total{reason="too_large",source="acs.jobrouter"} 1"#,
+        r#"ccstream_ingest_rejected_total{reason="malformed",source="sbc.vq_rtcpxr"} 1"#,
+        r#"ccstream_ingest_accepted_events_total{source="sbc.vq_rtcpxr"} 2"#,
+        r#"ccstream_ingest_last_seen_timestamp_seconds{source="sbc.audiocodes"}"#,
+        r#"ccstream_ingest_received_bytes_total{source="http.events"}"#,
+        "ccstream_processor_records_total",
+    ] {
+        assert!(metrics.contains(want), "/metrics lacks {want}:\n{metrics}");
+    }
+}
