@@ -13,6 +13,7 @@
 
 pub mod acs;
 pub mod file;
+pub mod graph;
 pub mod listen;
 pub mod sbc;
 pub mod telemetry;

@@ -194,3 +194,162 @@ fn acs_samples() {
         insta::assert_snapshot!(file, out);
     }
 }
+
+mod graph {
+    use super::*;
+    use ccstream_ingest::graph::callrecord::{self, map_record, merge_sessions_page, parse_record, Page};
+    use ccstream_ingest::graph::{bot, logs, notify, presence};
+    use ccstream_schemas::Event;
+
+    /// Events one per line; the record event's payload (the whole record) is summarized.
+    fn lines(events: &[Event<'_>]) -> String {
+        events
+            .iter()
+            .map(|e| {
+                let mut e = e.clone();
+                if e.to_state.as_deref() == Some("ended") && e.source.as_deref() == Some(callrecord::SOURCE) {
+                    let n = e.payload.as_deref().map_or(0, str::len);
+                    e.payload = Some(format!("<the record as fetched: {n} bytes>").into());
+                }
+                e.to_json()
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
+    fn record_events(path: &Path) -> Vec<Event<'static>> {
+        let raw = std::fs::read_to_string(path).unwrap();
+        let record = parse_record(raw.as_bytes()).unwrap();
+        map_record(&record, &raw, "tenant-graph").unwrap()
+    }
+
+    #[test]
+    fn call_record_samples() {
+        for path in sample_files("graph_callrecord_") {
+            let file = name(&path);
+            if file.contains("sessions_list") {
+                continue; // pages, below
+            }
+            let events = record_events(&path);
+            // Peer-to-peer samples: the record and its streams, no contact-center events.
+            assert!(events.iter().all(|e| matches!(e.event_type.as_deref(), Some("call_state" | "media_stream"))), "{file}");
+            insta::assert_snapshot!(file, lines(&events));
+        }
+        // The lenient one: `Windows`/`Teams` casing, a failureInfo of nulls, no @odata.type.
+        let events = record_events(&samples().join("graph_callrecord_fixture_callrecordinsights_minimal.json"));
+        assert!(events.len() > 1, "its streams are mapped");
+    }
+
+    #[test]
+    fn session_pages_merge_into_the_record() {
+        let raw = std::fs::read_to_string(samples().join("graph_callrecord_get_basic_v1_2021.json")).unwrap();
+        let mut record = parse_record(raw.as_bytes()).unwrap();
+        let mut raw_value: serde_json::Value = serde_json::from_str(&raw).unwrap();
+        raw_value["sessions"] = serde_json::json!([]);
+        assert!(record.sessions.is_empty());
+        let mut next = None;
+        for page in ["graph_callrecord_sessions_list_v1_2021.json", "graph_callrecord_sessions_list_expanded_v1_2021.json"] {
+            next = merge_sessions_page(&mut record, &mut raw_value, &std::fs::read(samples().join(page)).unwrap()).unwrap();
+        }
+        // One session per page (the docs' pages are of the same call).
+        assert_eq!(record.sessions.len(), 2);
+        assert_eq!(raw_value["sessions"].as_array().unwrap().len(), 2);
+        assert!(next.is_some_and(|n| n.contains("$skiptoken")), "the expanded page has a next link");
+        let events = map_record(&record, &raw_value.to_string(), "t").unwrap();
+        assert!(events.iter().any(|e| e.event_type.as_deref() == Some("media_stream")));
+    }
+
+    #[test]
+    fn call_record_list_names_the_records_to_fetch() {
+        let page: Page<callrecord::CallRecord> =
+            serde_json::from_slice(&std::fs::read(samples().join("graph_callrecords_list_v1_current.json")).unwrap()).unwrap();
+        let ids: Vec<(&str, i64)> = page.value.iter().map(|r| (r.id.as_str(), r.version)).collect();
+        assert_eq!(ids, [("3cf3bbc8-b21d-4f2e-bfd0-b13603ae6c65", 2), ("c3ad8c4b-4a87-4ab1-bef0-284d2f40ed9f", 2)]);
+        assert!(page.next_link.is_none());
+    }
+
+    /// The constructed call-queue records (`tests/fixtures/graph/README.md`).
+    #[test]
+    fn call_queue_records_become_contact_center_events() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/graph");
+        for file in ["callrecord_call_queue_answered.json", "callrecord_call_queue_abandoned.json"] {
+            let events = record_events(&dir.join(file));
+            insta::assert_snapshot!(file, lines(&events));
+        }
+    }
+
+    #[test]
+    fn iso_durations() {
+        assert_eq!(callrecord::iso_duration_ms("PT0.016S"), Some(16.0));
+        assert_eq!(callrecord::iso_duration_ms("PT1S"), Some(1000.0));
+        assert_eq!(callrecord::iso_duration_ms("P1DT2H3M4.5S"), Some(93_784_500.0));
+        assert_eq!(callrecord::iso_duration_ms("PT"), Some(0.0));
+        assert_eq!(callrecord::iso_duration_ms("P1M"), None, "months have no fixed length");
+        assert_eq!(callrecord::iso_duration_ms("16ms"), None);
+    }
+
+    #[test]
+    fn direct_routing_and_pstn_logs() {
+        for (prefix, log) in [("graph_direct_routing_calls_", logs::Log::DirectRouting), ("graph_pstn_calls_", logs::Log::Pstn)] {
+            for path in sample_files(prefix) {
+                let (rows, next) = logs::map_page(log, &std::fs::read(&path).unwrap(), "tenant-graph").unwrap();
+                let out: Vec<String> = rows.iter().map(|r| r.as_ref().map(|e| e.to_json()).unwrap_or_else(|(e, _)| format!("REJECTED: {e}"))).collect();
+                assert!(out.iter().all(|l| !l.starts_with("REJECTED")), "{out:?}");
+                if name(&path).contains("direct_routing_calls_beta") {
+                    assert!(next.as_deref().is_some_and(|n| n.contains("$skip=1000")), "{next:?}");
+                }
+                insta::assert_snapshot!(name(&path), out.join("\n"));
+            }
+        }
+    }
+
+    #[test]
+    fn change_notifications() {
+        let n = notify::parse(&std::fs::read(samples().join("graph_notification_callrecord_created.json")).unwrap()).unwrap();
+        assert_eq!(n.len(), 1);
+        assert!(n[0].is_call_record());
+        assert_eq!(n[0].resource_id().as_deref(), Some("{Call id}"));
+        assert!(n[0].client_state_is("{Secret client state}"));
+        assert!(!n[0].client_state_is("{Secret client statE}"));
+        assert!(!n[0].client_state_is(""));
+    }
+
+    #[test]
+    fn bot_notifications() {
+        for path in sample_files("graph_comms_notification_") {
+            let mapped = bot::map(&std::fs::read(&path).unwrap(), "tenant-bot", RECEIVED_MS).unwrap();
+            let out: Vec<String> =
+                mapped.iter().map(|r| r.as_ref().map(|e| e.to_json()).unwrap_or_else(|(e, _)| format!("REJECTED: {e}"))).collect();
+            assert!(out.iter().all(|l| !l.starts_with("REJECTED")), "{out:?}");
+            insta::assert_snapshot!(name(&path), out.join("\n"));
+        }
+        // Both spellings of the sub-code, and a string code.
+        let completed = bot::map(&std::fs::read(samples().join("graph_comms_notification_transfer_completed.json")).unwrap(), "t", 0).unwrap();
+        let failed = bot::map(&std::fs::read(samples().join("graph_comms_notification_transfer_failed.json")).unwrap(), "t", 0).unwrap();
+        let terminated = bot::map(&std::fs::read(samples().join("graph_comms_notification_terminated.json")).unwrap(), "t", 0).unwrap();
+        assert!(completed[0].as_ref().unwrap().state_reason.as_deref().unwrap().starts_with("0/7015"));
+        assert!(failed[0].as_ref().unwrap().state_reason.as_deref().unwrap().starts_with("500/7000"));
+        assert_eq!(terminated[0].as_ref().unwrap().state_reason.as_deref(), Some("0/"));
+    }
+
+    /// A bot's own call-creation response, which the docs print with trailing commas: not a
+    /// notification, and not JSON; rejected with the parser's position.
+    #[test]
+    fn invalid_bot_response_is_rejected() {
+        let err = bot::map(&std::fs::read(samples().join("graph_call_create_pstn_response_v1_2021.json")).unwrap(), "t", 0).unwrap_err();
+        assert!(err.to_string().contains("trailing comma"), "{err}");
+    }
+
+    #[test]
+    fn presence_changes() {
+        let body = br#"{"value":[{"id":"u1","availability":"Available","activity":"Available"},{"id":"u2","availability":"Busy","activity":"InACall"}]}"#;
+        let mut t = presence::Tracker::default();
+        let first = t.observe(&presence::parse(body).unwrap(), "t", 1_000);
+        assert_eq!(first.len(), 2);
+        assert!(t.observe(&presence::parse(body).unwrap(), "t", 2_000).is_empty(), "no change, no event");
+        let one = br#"{"id":"u2","availability":"Available","activity":"Available"}"#;
+        let changed = t.observe(&presence::parse(one).unwrap(), "t", 3_000);
+        assert_eq!(changed.len(), 1);
+        insta::assert_snapshot!(changed[0].to_json(), @r#"{"event_id":"graph.presence:u2:Available:Available:3000","tenant_id":"t","source":"graph.presence","call_id":null,"queue_id":null,"agent_id":"u2","event_type":"presence_changed","occurred_at":"1970-01-01T00:00:03.000Z","from_state":"Busy","to_state":"Available","state_reason":"Available"}"#);
+    }
+}
