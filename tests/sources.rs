@@ -363,3 +363,312 @@ resource = "fabrikam-acs"
         assert!(metrics.contains(want), "/metrics lacks {want}:\n{metrics}");
     }
 }
+
+/// A fake Microsoft Graph (and Entra token endpoint) speaking real HTTP: serves the
+/// constructed call-queue records (the answered one split over two session pages, after a
+/// 429), a catch-up list, Direct Routing pages, presence, and records subscriptions.
+mod fake_graph {
+    use std::sync::{Arc, Mutex};
+
+    use axum::extract::{Path as UrlPath, Request, State};
+    use axum::http::{HeaderMap, StatusCode};
+    use axum::response::{IntoResponse, Response};
+    use axum::routing::{get, patch, post};
+    use axum::Router;
+    use serde_json::{json, Value};
+
+    pub(crate) const TOKEN: &str = "fake-graph-token";
+    pub(crate) const ANSWERED: &str = "9f3d2a10-0000-4000-8000-00000000c001";
+    pub(crate) const ABANDONED: &str = "9f3d2a10-0000-4000-8000-00000000c002";
+
+    #[derive(Debug, Default)]
+    pub(crate) struct Seen {
+        pub(crate) base: String,
+        pub(crate) token_requests: usize,
+        pub(crate) record_gets: Vec<String>,
+        pub(crate) session_pages: usize,
+        pub(crate) subscriptions: Vec<Value>,
+        pub(crate) presence_polls: usize,
+        pub(crate) dr_pages: usize,
+    }
+
+    type Shared = Arc<Mutex<Seen>>;
+
+    fn fixture(name: &str) -> Value {
+        let p = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("ingest/tests/fixtures").join(name);
+        serde_json::from_str(&std::fs::read_to_string(p).unwrap()).unwrap()
+    }
+
+    fn authorized(h: &HeaderMap) -> bool {
+        h.get("authorization").and_then(|v| v.to_str().ok()) == Some(&format!("Bearer {TOKEN}"))
+    }
+
+    fn json_response(status: StatusCode, v: Value) -> Response {
+        (status, [("content-type", "application/json")], v.to_string()).into_response()
+    }
+
+    async fn token(State(s): State<Shared>, body: String) -> Response {
+        assert!(body.contains("grant_type=client_credentials") && body.contains("client_secret=app-secret"), "{body}");
+        s.lock().unwrap().token_requests += 1;
+        json_response(StatusCode::OK, json!({"access_token": TOKEN, "expires_in": 3600, "token_type": "Bearer"}))
+    }
+
+    /// `callRecords/{id}`, and the functions that share the path (`getDirectRoutingCalls(…)`).
+    async fn record(State(s): State<Shared>, UrlPath(id): UrlPath<String>, req: Request) -> Response {
+        if !authorized(req.headers()) {
+            return StatusCode::UNAUTHORIZED.into_response();
+        }
+        let base = s.lock().unwrap().base.clone();
+        if id.starts_with("getDirectRoutingCalls(") {
+            let mut page = fixture("samples/graph_direct_routing_calls_v1_current.json");
+            let mut seen = s.lock().unwrap();
+            seen.dr_pages += 1;
+            if req.uri().query().is_some_and(|q| q.contains("$skip")) {
+                // The second page: the other sample's rows, no further link.
+                let other = fixture("samples/graph_direct_routing_calls_beta_2021.json");
+                page["value"] = other["value"].clone();
+                page["value"][0]["id"] = json!("0e8bba57-0000-4000-8000-00000000d002");
+            // (the samples share one id)
+            } else {
+                page["@odata.nextLink"] = json!(format!("{base}{}?$skip=1000", req.uri().path()));
+            }
+            return json_response(StatusCode::OK, page);
+        }
+        let first_try = {
+            let mut seen = s.lock().unwrap();
+            seen.record_gets.push(id.clone());
+            id == ANSWERED && seen.record_gets.iter().filter(|g| **g == ANSWERED).count() == 1
+        };
+        if first_try {
+            return (StatusCode::TOO_MANY_REQUESTS, [("retry-after", "1")], "throttled").into_response();
+        }
+        let file = match id.as_str() {
+            ANSWERED => "graph/callrecord_call_queue_answered.json",
+            ABANDONED => "graph/callrecord_call_queue_abandoned.json",
+            _ => return json_response(StatusCode::NOT_FOUND, json!({"error": {"code": "NotFound"}})),
+        };
+        let mut r = fixture(file);
+        if id == ANSWERED {
+            // Only the first session inline; the rest on the next page.
+            let sessions = r["sessions"].as_array().unwrap().clone();
+            r["sessions"] = json!([sessions[0]]);
+            r["sessions@odata.nextLink"] =
+                json!(format!("{base}/v1.0/communications/callRecords/{id}/sessions?$skiptoken=page2"));
+        }
+        json_response(StatusCode::OK, r)
+    }
+
+    async fn sessions(State(s): State<Shared>, UrlPath(id): UrlPath<String>, headers: HeaderMap) -> Response {
+        assert!(authorized(&headers));
+        s.lock().unwrap().session_pages += 1;
+        let r = fixture("graph/callrecord_call_queue_answered.json");
+        assert_eq!(id, ANSWERED);
+        let rest: Vec<Value> = r["sessions"].as_array().unwrap()[1..].to_vec();
+        json_response(StatusCode::OK, json!({ "value": rest }))
+    }
+
+    /// The catch-up list: the abandoned record (never notified).
+    async fn list(headers: HeaderMap, req: Request) -> Response {
+        assert!(authorized(&headers));
+        assert!(req.uri().query().is_some_and(|q| q.contains("startDateTime")), "{:?}", req.uri());
+        let r = fixture("graph/callrecord_call_queue_abandoned.json");
+        json_response(StatusCode::OK, json!({ "value": [{ "id": r["id"], "version": r["version"] }] }))
+    }
+
+    async fn subscribe(State(s): State<Shared>, headers: HeaderMap, body: String) -> Response {
+        assert!(authorized(&headers));
+        let v: Value = serde_json::from_str(&body).unwrap();
+        let mut seen = s.lock().unwrap();
+        seen.subscriptions.push(v.clone());
+        let id = format!("sub-{}", seen.subscriptions.len());
+        json_response(StatusCode::CREATED, json!({ "id": id, "expirationDateTime": v["expirationDateTime"] }))
+    }
+
+    async fn presence(State(s): State<Shared>, headers: HeaderMap, body: String) -> Response {
+        assert!(authorized(&headers));
+        let v: Value = serde_json::from_str(&body).unwrap();
+        let polls = {
+            let mut seen = s.lock().unwrap();
+            seen.presence_polls += 1;
+            seen.presence_polls
+        };
+        let (availability, activity) = if polls == 1 { ("Available", "Available") } else { ("Busy", "InACall") };
+        let value: Vec<Value> = v["ids"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|id| json!({ "id": id, "availability": availability, "activity": activity }))
+            .collect();
+        json_response(StatusCode::OK, json!({ "value": value }))
+    }
+
+    /// Serves on a free port in a thread of its own; returns the base URL and what it saw.
+    pub(crate) fn start() -> (String, Shared) {
+        let seen: Shared = Arc::default();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let state = Arc::clone(&seen);
+        std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            rt.block_on(async move {
+                let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+                let base = format!("http://{}", listener.local_addr().unwrap());
+                state.lock().unwrap().base = base.clone();
+                let app = Router::new()
+                    .route("/{tenant}/oauth2/v2.0/token", post(token))
+                    .route("/v1.0/communications/callRecords", get(list))
+                    .route("/v1.0/communications/callRecords/{id}", get(record))
+                    .route("/v1.0/communications/callRecords/{id}/sessions", get(sessions))
+                    .route("/v1.0/subscriptions", post(subscribe))
+                    .route("/v1.0/subscriptions/{id}", patch(|| async { StatusCode::OK }))
+                    .route("/v1.0/communications/getPresencesByUserId", post(presence))
+                    .with_state(state);
+                tx.send(base).unwrap();
+                axum::serve(listener, app).await.unwrap();
+            });
+        });
+        (rx.recv().unwrap(), seen)
+    }
+}
+
+#[test]
+fn graph_through_a_fake_graph_server() {
+    let (graph, seen) = fake_graph::start();
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let config = dir.path().join("ccstream.toml");
+    let entra = "11111111-2222-4333-8444-555555555555";
+    std::fs::write(
+        &config,
+        format!(
+            r#"
+[pipeline]
+log = "file://{log}"
+data = "{data}"
+partitions = 2
+commit_interval_ms = 200
+
+[sources]
+http = "127.0.0.1:0"
+secret = "{SECRET}"
+
+[[sources.graph]]
+tenant = "contoso"
+entra_tenant_id = "{entra}"
+client_id = "app-id"
+client_secret = "app-secret"
+authority = "{graph}"
+graph_url = "{graph}"
+notification_url = "https://ccstream.example.test"
+client_state = "state-42"
+direct_routing_poll_s = 3600
+presence_users = ["b0000000-0000-4000-8000-00000000000b"]
+presence_poll_s = 1
+"#,
+            log = dir.path().join("log").display(),
+            data = data.display(),
+        ),
+    )
+    .unwrap();
+    let sources_file = dir.path().join("sources.addr");
+    let mut child = KillOnDrop(
+        Command::new(env!("CARGO_BIN_EXE_ccstream"))
+            .args([
+                "run",
+                "--config",
+                config.to_str().unwrap(),
+                "--sources-listen-file",
+                sources_file.to_str().unwrap(),
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let addrs = wait_for_file(&sources_file, &mut child);
+    let http_addr: SocketAddr = addrs.lines().find_map(|l| l.strip_prefix("http ")).unwrap().parse().unwrap();
+
+    // The validation handshake: the decoded token, as text, at once.
+    let token =
+        "Validation%3A%20Testing%20client%20application%20reachability%20for%20subscription%20Request-Id%3A%2025";
+    let (status, body) =
+        http(http_addr, "POST", &format!("/graph/notifications?code={SECRET}&validationToken={token}"), &[], b"");
+    assert_eq!(
+        (status, body.as_str()),
+        (200, "Validation: Testing client application reachability for subscription Request-Id: 25")
+    );
+    // A notification for the answered record, and a forged one.
+    let note = |state: &str| {
+        format!(
+            r##"{{"value":[{{"subscriptionId":"sub-1","clientState":"{state}","changeType":"created","resource":"communications/callRecords/{id}","subscriptionExpirationDateTime":"2026-12-02T00:00:00Z","resourceData":{{"@odata.type":"#Microsoft.Graph.callRecord","@odata.id":"communications/callRecords/{id}","id":"{id}"}},"tenantId":"{entra}"}}]}}"##,
+            id = fake_graph::ANSWERED
+        )
+    };
+    let forged = http(http_addr, "POST", &format!("/graph/notifications?code={SECRET}"), &[], note("guess").as_bytes());
+    assert_eq!(forged.0, 403, "{}", forged.1);
+    let ok = http(http_addr, "POST", &format!("/graph/notifications?code={SECRET}"), &[], note("state-42").as_bytes());
+    assert_eq!(ok.0, 202, "{}", ok.1);
+    // Calling-bot notifications, forwarded by the bot service.
+    for file in ["graph_comms_notification_incoming.json", "graph_comms_notification_established.json"] {
+        let body = std::fs::read(sample(file)).unwrap();
+        let (status, reply) = http(http_addr, "POST", "/graph/calling", &[("x-ccstream-secret", SECRET)], &body);
+        assert_eq!(status, 202, "{reply}");
+    }
+
+    wait_for_rows(
+        &data,
+        "SELECT call_id, tenant_id, queue_id, answered, abandoned, wait_s, talk_s, legs FROM call_facts ORDER BY call_id",
+        &format!(
+            "{},contoso,cq-sales-ra,true,false,52.0,338.0,1\n{},contoso,cq-sales-ra,false,true,65.0,,0",
+            fake_graph::ANSWERED,
+            fake_graph::ABANDONED
+        ),
+        &mut child,
+    );
+    wait_for_rows(
+        &data,
+        "SELECT source, count(*) FROM events WHERE source LIKE 'graph.%' AND event_type <> 'presence_changed' \
+         GROUP BY source ORDER BY source",
+        "graph.calling,2\ngraph.callrecord,15\ngraph.directrouting,2",
+        &mut child,
+    );
+    wait_for_rows(
+        &data,
+        "SELECT agent_id, from_state, to_state, state_reason FROM events WHERE event_type = 'presence_changed' ORDER BY occurred_at",
+        "b0000000-0000-4000-8000-00000000000b,,Available,Available\nb0000000-0000-4000-8000-00000000000b,Available,Busy,InACall",
+        &mut child,
+    );
+    let streams = sql_csv(
+        &data,
+        "SELECT agent_id, jitter_ms, poor FROM media_streams WHERE source = 'graph.callrecord' ORDER BY jitter_ms",
+    );
+    assert_eq!(
+        streams.lines().skip(1).collect::<Vec<_>>(),
+        ["b0000000-0000-4000-8000-00000000000b,12.0,false", "b0000000-0000-4000-8000-00000000000b,35.0,true"]
+    );
+    let dead = sql_csv(&data, "SELECT source, reason FROM dead_letters");
+    assert_eq!(dead.lines().skip(1).collect::<Vec<_>>(), ["graph.callrecord,wrong clientState"]);
+
+    let seen = seen.lock().unwrap();
+    assert_eq!(
+        seen.record_gets.iter().filter(|g| *g == fake_graph::ANSWERED).count(),
+        2,
+        "the 429 was retried: {:?}",
+        seen.record_gets
+    );
+    assert_eq!(seen.session_pages, 1, "the sessions nextLink was followed");
+    assert_eq!(seen.dr_pages, 2, "the Direct Routing $skip page was followed");
+    assert!(seen.token_requests >= 1);
+    let sub = seen
+        .subscriptions
+        .iter()
+        .find(|s| s["resource"] == "/communications/callRecords")
+        .expect("a call-record subscription");
+    assert_eq!(sub["notificationUrl"], format!("https://ccstream.example.test/graph/notifications?code={SECRET}"));
+    assert_eq!(sub["lifecycleNotificationUrl"], format!("https://ccstream.example.test/graph/lifecycle?code={SECRET}"));
+    assert_eq!(sub["clientState"], "state-42");
+    assert_eq!(sub["changeType"], "updated");
+    assert!(seen
+        .subscriptions
+        .iter()
+        .any(|s| s["resource"].as_str().unwrap().starts_with("/communications/presences?$filter=id in (")));
+}

@@ -232,7 +232,10 @@ mod graph {
             }
             let events = record_events(&path);
             // Peer-to-peer samples: the record and its streams, no contact-center events.
-            assert!(events.iter().all(|e| matches!(e.event_type.as_deref(), Some("call_state" | "media_stream"))), "{file}");
+            assert!(
+                events.iter().all(|e| matches!(e.event_type.as_deref(), Some("call_state" | "media_stream"))),
+                "{file}"
+            );
             insta::assert_snapshot!(file, lines(&events));
         }
         // The lenient one: `Windows`/`Teams` casing, a failureInfo of nulls, no @odata.type.
@@ -248,8 +251,11 @@ mod graph {
         raw_value["sessions"] = serde_json::json!([]);
         assert!(record.sessions.is_empty());
         let mut next = None;
-        for page in ["graph_callrecord_sessions_list_v1_2021.json", "graph_callrecord_sessions_list_expanded_v1_2021.json"] {
-            next = merge_sessions_page(&mut record, &mut raw_value, &std::fs::read(samples().join(page)).unwrap()).unwrap();
+        for page in
+            ["graph_callrecord_sessions_list_v1_2021.json", "graph_callrecord_sessions_list_expanded_v1_2021.json"]
+        {
+            next = merge_sessions_page(&mut record, &mut raw_value, &std::fs::read(samples().join(page)).unwrap())
+                .unwrap();
         }
         // One session per page (the docs' pages are of the same call).
         assert_eq!(record.sessions.len(), 2);
@@ -262,7 +268,8 @@ mod graph {
     #[test]
     fn call_record_list_names_the_records_to_fetch() {
         let page: Page<callrecord::CallRecord> =
-            serde_json::from_slice(&std::fs::read(samples().join("graph_callrecords_list_v1_current.json")).unwrap()).unwrap();
+            serde_json::from_slice(&std::fs::read(samples().join("graph_callrecords_list_v1_current.json")).unwrap())
+                .unwrap();
         let ids: Vec<(&str, i64)> = page.value.iter().map(|r| (r.id.as_str(), r.version)).collect();
         assert_eq!(ids, [("3cf3bbc8-b21d-4f2e-bfd0-b13603ae6c65", 2), ("c3ad8c4b-4a87-4ab1-bef0-284d2f40ed9f", 2)]);
         assert!(page.next_link.is_none());
@@ -290,10 +297,15 @@ mod graph {
 
     #[test]
     fn direct_routing_and_pstn_logs() {
-        for (prefix, log) in [("graph_direct_routing_calls_", logs::Log::DirectRouting), ("graph_pstn_calls_", logs::Log::Pstn)] {
+        for (prefix, log) in
+            [("graph_direct_routing_calls_", logs::Log::DirectRouting), ("graph_pstn_calls_", logs::Log::Pstn)]
+        {
             for path in sample_files(prefix) {
                 let (rows, next) = logs::map_page(log, &std::fs::read(&path).unwrap(), "tenant-graph").unwrap();
-                let out: Vec<String> = rows.iter().map(|r| r.as_ref().map(|e| e.to_json()).unwrap_or_else(|(e, _)| format!("REJECTED: {e}"))).collect();
+                let out: Vec<String> = rows
+                    .iter()
+                    .map(|r| r.as_ref().map(|e| e.to_json()).unwrap_or_else(|(e, _)| format!("REJECTED: {e}")))
+                    .collect();
                 assert!(out.iter().all(|l| !l.starts_with("REJECTED")), "{out:?}");
                 if name(&path).contains("direct_routing_calls_beta") {
                     assert!(next.as_deref().is_some_and(|n| n.contains("$skip=1000")), "{next:?}");
@@ -305,7 +317,8 @@ mod graph {
 
     #[test]
     fn change_notifications() {
-        let n = notify::parse(&std::fs::read(samples().join("graph_notification_callrecord_created.json")).unwrap()).unwrap();
+        let n = notify::parse(&std::fs::read(samples().join("graph_notification_callrecord_created.json")).unwrap())
+            .unwrap();
         assert_eq!(n.len(), 1);
         assert!(n[0].is_call_record());
         assert_eq!(n[0].resource_id().as_deref(), Some("{Call id}"));
@@ -318,15 +331,26 @@ mod graph {
     fn bot_notifications() {
         for path in sample_files("graph_comms_notification_") {
             let mapped = bot::map(&std::fs::read(&path).unwrap(), "tenant-bot", RECEIVED_MS).unwrap();
-            let out: Vec<String> =
-                mapped.iter().map(|r| r.as_ref().map(|e| e.to_json()).unwrap_or_else(|(e, _)| format!("REJECTED: {e}"))).collect();
+            let out: Vec<String> = mapped
+                .iter()
+                .map(|r| r.as_ref().map(|e| e.to_json()).unwrap_or_else(|(e, _)| format!("REJECTED: {e}")))
+                .collect();
             assert!(out.iter().all(|l| !l.starts_with("REJECTED")), "{out:?}");
             insta::assert_snapshot!(name(&path), out.join("\n"));
         }
         // Both spellings of the sub-code, and a string code.
-        let completed = bot::map(&std::fs::read(samples().join("graph_comms_notification_transfer_completed.json")).unwrap(), "t", 0).unwrap();
-        let failed = bot::map(&std::fs::read(samples().join("graph_comms_notification_transfer_failed.json")).unwrap(), "t", 0).unwrap();
-        let terminated = bot::map(&std::fs::read(samples().join("graph_comms_notification_terminated.json")).unwrap(), "t", 0).unwrap();
+        let completed = bot::map(
+            &std::fs::read(samples().join("graph_comms_notification_transfer_completed.json")).unwrap(),
+            "t",
+            0,
+        )
+        .unwrap();
+        let failed =
+            bot::map(&std::fs::read(samples().join("graph_comms_notification_transfer_failed.json")).unwrap(), "t", 0)
+                .unwrap();
+        let terminated =
+            bot::map(&std::fs::read(samples().join("graph_comms_notification_terminated.json")).unwrap(), "t", 0)
+                .unwrap();
         assert!(completed[0].as_ref().unwrap().state_reason.as_deref().unwrap().starts_with("0/7015"));
         assert!(failed[0].as_ref().unwrap().state_reason.as_deref().unwrap().starts_with("500/7000"));
         assert_eq!(terminated[0].as_ref().unwrap().state_reason.as_deref(), Some("0/"));
@@ -336,7 +360,9 @@ mod graph {
     /// notification, and not JSON; rejected with the parser's position.
     #[test]
     fn invalid_bot_response_is_rejected() {
-        let err = bot::map(&std::fs::read(samples().join("graph_call_create_pstn_response_v1_2021.json")).unwrap(), "t", 0).unwrap_err();
+        let err =
+            bot::map(&std::fs::read(samples().join("graph_call_create_pstn_response_v1_2021.json")).unwrap(), "t", 0)
+                .unwrap_err();
         assert!(err.to_string().contains("trailing comma"), "{err}");
     }
 

@@ -8,9 +8,9 @@
 //!
 //! - `sbc_legs`: one row per SBC leg (`SessionId`, `SIPCallId`) from the `sbc_leg` events,
 //!   the latest stage's values (`CALL_END` over `CALL_CONNECT` over `CALL_START`).
-//! - `media_streams`: one row per `media_stream` event (SBC media CDRs, RFC 6035 reports)
-//!   with the CQD classification (historical thresholds) and the E-model MOS; joins to
-//!   `sbc_legs` on `sip_call_id`.
+//! - `media_streams`: one row per media stream (SBC media CDRs, RFC 6035 reports, Graph
+//!   call-record streams — the latest record version of each) with the CQD classification
+//!   (historical thresholds) and the E-model MOS; joins to `sbc_legs` on `sip_call_id`.
 //!
 //! Ratios with a zero denominator are NULL. Durations are integer ms summed, then divided.
 
@@ -64,7 +64,7 @@ WHERE stage = 1";
 
 /// `media_streams`: media-quality samples with the CQD rule and the E-model MOS.
 pub const MEDIA_STREAMS_SQL: &str = "
-SELECT tenant_id, source, call_id, event_id,
+SELECT tenant_id, source, call_id, agent_id, event_id,
        coalesce(json_get(payload, 'sip_call_id'), call_id)              AS sip_call_id,
        coalesce(json_get(payload, 'report_type'), json_get(payload, 'report')) AS report,
        occurred_at, jitter_ms, packet_loss_rate, round_trip_ms, audio_degradation,
@@ -75,7 +75,11 @@ SELECT tenant_id, source, call_id, event_id,
        e_model_mos(round_trip_ms, jitter_ms, packet_loss_rate)           AS mos,
        TRY_CAST(json_get(payload, 'mos_cq') AS DOUBLE)                   AS reported_mos_cq,
        payload
-FROM events WHERE event_type = 'media_stream'";
+FROM (
+  SELECT *, row_number() OVER (PARTITION BY tenant_id, source, call_id, coalesce(json_get(payload, 'stream_key'), event_id)
+                               ORDER BY TRY_CAST(json_get(payload, 'version') AS BIGINT) DESC NULLS LAST, event_id) AS latest
+  FROM events WHERE event_type = 'media_stream')
+WHERE latest = 1";
 
 /// `interval_metrics`: merges partials (sums, max) and finishes the ratios.
 pub const INTERVAL_METRICS_SQL: &str = "

@@ -49,12 +49,19 @@ pub fn map(body: &[u8], tenant: &str, received_at_ms: i64) -> Result<Mapped, Bot
 fn map_one(index: usize, n: &Value, tenant: &str, at: i64) -> Result<Event<'static>, BotError> {
     let bad = |why| BotError::Notification { index, why };
     let data = n.get("resourceData").ok_or_else(|| bad("no resourceData"))?;
-    let state = data.get("state").and_then(Value::as_str).filter(|s| !s.is_empty()).ok_or_else(|| bad("no call state"))?;
+    let state =
+        data.get("state").and_then(Value::as_str).filter(|s| !s.is_empty()).ok_or_else(|| bad("no call state"))?;
     let url = n.get("resourceUrl").and_then(Value::as_str).or_else(|| data.get("@odata.id").and_then(Value::as_str));
     let from_url = url.and_then(|u| u.split("/calls/").nth(1)).map(|rest| rest.split('/').next().unwrap_or(rest));
-    let call = data.get("callChainId").and_then(Value::as_str).filter(|s| !s.is_empty()).or(from_url).ok_or_else(|| bad("no call id"))?;
+    let call = data
+        .get("callChainId")
+        .and_then(Value::as_str)
+        .filter(|s| !s.is_empty())
+        .or(from_url)
+        .ok_or_else(|| bad("no call id"))?;
     let digest = crc32c::crc32c(n.to_string().as_bytes());
-    let mut e = Event::new(format!("{SOURCE}:{call}:{state}:{digest:08x}"), tenant.to_string(), EventType::CallState, at);
+    let mut e =
+        Event::new(format!("{SOURCE}:{call}:{state}:{digest:08x}"), tenant.to_string(), EventType::CallState, at);
     e.source = Some(SOURCE.into());
     e.call_id = Some(call.to_string().into());
     e.to_state = Some(state.to_string().into());

@@ -188,7 +188,11 @@ pub fn parse_record(body: &[u8]) -> Result<CallRecord, RecordError> {
 
 /// Parses a page of sessions (`GET …/sessions?$expand=segments`) and appends it to the
 /// record's sessions; returns the page's next link.
-pub fn merge_sessions_page(record: &mut CallRecord, raw_record: &mut Value, body: &[u8]) -> Result<Option<String>, RecordError> {
+pub fn merge_sessions_page(
+    record: &mut CallRecord,
+    raw_record: &mut Value,
+    body: &[u8],
+) -> Result<Option<String>, RecordError> {
     let page: Page<Session> = serde_json::from_slice(body).map_err(|e| RecordError::Json(e.to_string()))?;
     let raw: Value = serde_json::from_slice(body).map_err(|e| RecordError::Json(e.to_string()))?;
     if let (Some(Value::Array(all)), Some(Value::Array(more))) = (raw_record.get_mut("sessions"), raw.get("value")) {
@@ -244,7 +248,8 @@ impl Endpoint {
     /// A person on a client (not a service, bot or phone number).
     fn is_user_client(&self) -> bool {
         let client = self.user_agent.as_ref().is_some_and(|u| {
-            u.odata_type.as_deref().is_none_or(|t| t.to_ascii_lowercase().ends_with("clientuseragent")) && u.role.is_none()
+            u.odata_type.as_deref().is_none_or(|t| t.to_ascii_lowercase().ends_with("clientuseragent"))
+                && u.role.is_none()
         });
         client && self.user_id().is_some()
     }
@@ -294,7 +299,11 @@ impl Session {
     /// Media flowed: a segment with a stream that carried packets (or, without packet
     /// counts, any stream at all).
     fn media_flowed(&self) -> bool {
-        self.segments.iter().flat_map(|s| &s.media).flat_map(|m| &m.streams).any(|s| s.packet_utilization.is_none_or(|p| p > 0))
+        self.segments
+            .iter()
+            .flat_map(|s| &s.media)
+            .flat_map(|m| &m.streams)
+            .any(|s| s.packet_utilization.is_none_or(|p| p > 0))
     }
 }
 
@@ -309,8 +318,10 @@ struct Timed<'r> {
 pub fn map_record(record: &CallRecord, raw: &str, tenant: &str) -> Result<Vec<Event<'static>>, RecordError> {
     let id = record.id.as_str();
     let time = |field: &'static str, v: Option<&str>| -> Result<Option<i64>, RecordError> {
-        v.map(|s| parse_rfc3339_ms(s).map_err(|_| RecordError::Time { id: id.to_string(), field, value: s.to_string() }))
-            .transpose()
+        v.map(|s| {
+            parse_rfc3339_ms(s).map_err(|_| RecordError::Time { id: id.to_string(), field, value: s.to_string() })
+        })
+        .transpose()
     };
     let record_end = time("endDateTime", record.end_date_time.as_deref())?;
     let record_start = time("startDateTime", record.start_date_time.as_deref())?;
@@ -322,7 +333,8 @@ pub fn map_record(record: &CallRecord, raw: &str, tenant: &str) -> Result<Vec<Ev
         e
     };
     // The record itself, whole.
-    let mut ended = new(&format!("v{}:record", record.version), EventType::CallState, record_end.or(record_start).unwrap_or(0));
+    let mut ended =
+        new(&format!("v{}:record", record.version), EventType::CallState, record_end.or(record_start).unwrap_or(0));
     ended.to_state = Some("ended".into());
     ended.state_reason = record.kind.clone().map(Into::into);
     ended.payload = Some(raw.to_string().into());
@@ -345,7 +357,8 @@ pub fn map_record(record: &CallRecord, raw: &str, tenant: &str) -> Result<Vec<Ev
         .collect();
     let queues: Vec<&Timed<'_>> = hops.iter().filter(|(_, r)| *r == "call_queue").map(|(t, _)| *t).collect();
     let sid = |t: &Timed<'_>| t.session.id.clone().unwrap_or_else(|| format!("{}", t.start));
-    let queue_of = |t: &Timed<'_>| t.session.callee.as_ref().and_then(Endpoint::id).unwrap_or("unknown-queue").to_string();
+    let queue_of =
+        |t: &Timed<'_>| t.session.callee.as_ref().and_then(Endpoint::id).unwrap_or("unknown-queue").to_string();
     if let Some(first) = queues.first() {
         let mut previous: Option<String> = None;
         for q in &queues {
@@ -361,7 +374,8 @@ pub fn map_record(record: &CallRecord, raw: &str, tenant: &str) -> Result<Vec<Ev
             .iter()
             .filter(|t| t.start >= first.start && t.session.callee.as_ref().is_some_and(Endpoint::is_user_client))
             .collect();
-        let answered: Vec<&Timed<'_>> = agents.iter().copied().filter(|t| !t.session.failed() && t.session.media_flowed()).collect();
+        let answered: Vec<&Timed<'_>> =
+            agents.iter().copied().filter(|t| !t.session.failed() && t.session.media_flowed()).collect();
         let last_queue = queues.last().map(|q| queue_of(q));
         for a in &agents {
             let agent = a.session.callee.as_ref().and_then(Endpoint::user_id).unwrap_or_default().to_string();
@@ -387,7 +401,8 @@ pub fn map_record(record: &CallRecord, raw: &str, tenant: &str) -> Result<Vec<Ev
                 Some(next) => {
                     let mut t = new(&format!("{}:call_transferred", sid(a)), EventType::CallTransferred, a.end);
                     t.transfer_type = Some("blind".into());
-                    t.target_agent_id = next.session.callee.as_ref().and_then(Endpoint::user_id).map(|s| s.to_string().into());
+                    t.target_agent_id =
+                        next.session.callee.as_ref().and_then(Endpoint::user_id).map(|s| s.to_string().into());
                     t
                 }
                 None => new(&format!("{}:call_ended", sid(a)), EventType::CallEnded, a.end),
@@ -401,7 +416,8 @@ pub fn map_record(record: &CallRecord, raw: &str, tenant: &str) -> Result<Vec<Ev
         }
         if answered.is_empty() {
             let at = queues.iter().map(|q| q.end).max().unwrap_or(first.end);
-            let mut e = new(&format!("{}:call_abandoned", sid(queues.last().unwrap_or(first))), EventType::CallAbandoned, at);
+            let mut e =
+                new(&format!("{}:call_abandoned", sid(queues.last().unwrap_or(first))), EventType::CallAbandoned, at);
             e.queue_id = last_queue.map(Into::into);
             e.disconnect_by = Some("customer".into());
             out.push(e);
@@ -412,7 +428,10 @@ pub fn map_record(record: &CallRecord, raw: &str, tenant: &str) -> Result<Vec<Ev
         let callee = hop.session.callee.as_ref();
         e.queue_id = callee.and_then(Endpoint::id).map(|s| s.to_string().into());
         let answered_after = sessions.iter().any(|t| {
-            t.start >= hop.start && t.session.callee.as_ref().is_some_and(Endpoint::is_user_client) && !t.session.failed() && t.session.media_flowed()
+            t.start >= hop.start
+                && t.session.callee.as_ref().is_some_and(Endpoint::is_user_client)
+                && !t.session.failed()
+                && t.session.media_flowed()
         });
         let outcome = if hop.session.failed() {
             "failed"
@@ -490,7 +509,12 @@ fn stream_event(
         .flatten()
         .find_map(|v| parse_rfc3339_ms(v).ok())
         .unwrap_or(t.end);
-    let mut e = Event::new(format!("{SOURCE}:{}:{key}:v{}", record.id, record.version), tenant.to_string(), EventType::MediaStream, at);
+    let mut e = Event::new(
+        format!("{SOURCE}:{}:{key}:v{}", record.id, record.version),
+        tenant.to_string(),
+        EventType::MediaStream,
+        at,
+    );
     e.source = Some(SOURCE.into());
     e.call_id = Some(record.id.clone().into());
     e.agent_id = agent.map(|a| a.to_string().into());

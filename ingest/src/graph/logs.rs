@@ -57,7 +57,11 @@ pub fn map_page(log: Log, body: &[u8], tenant: &str) -> Result<MappedPage, LogEr
     let v: Value = serde_json::from_slice(body).map_err(|e| LogError::Json(e.to_string()))?;
     let next = v.get("@odata.nextLink").and_then(Value::as_str).map(str::to_string);
     let rows = v.get("value").and_then(Value::as_array).ok_or_else(|| LogError::Json("no `value` array".into()))?;
-    let out = rows.iter().enumerate().map(|(index, row)| map_row(log, index, row, tenant).map_err(|e| (e, row.to_string()))).collect();
+    let out = rows
+        .iter()
+        .enumerate()
+        .map(|(index, row)| map_row(log, index, row, tenant).map_err(|e| (e, row.to_string())))
+        .collect();
     Ok((out, next))
 }
 

@@ -1,6 +1,14 @@
 //! The webhook server: `POST /events` (canonical JSON Lines), `POST /acs/eventgrid` (Event
-//! Grid deliveries: Job Router and calling events, with the subscription handshake) and
-//! `POST /acs/callautomation` (Call Automation CloudEvents).
+//! Grid deliveries: Job Router and calling events, with the subscription handshake),
+//! `POST /acs/callautomation` (Call Automation CloudEvents), and for Microsoft Graph
+//! `POST /graph/notifications` (call-record change notifications), `/graph/lifecycle`,
+//! `/graph/presence` (each with the `validationToken` handshake: the decoded token echoed as
+//! `text/plain` at once) and `/graph/calling` (calling-bot notifications forwarded by the
+//! bot service).
+//!
+//! Graph notifications must carry the `clientState` of their tenant's link: a POST in
+//! which none does is refused with `403`; each one that does not is dead-lettered. Valid
+//! ones are acknowledged with `202` before the record is fetched.
 //!
 //! Status codes: `200` once every event is durable (rejected parts are dead-lettered and
 //! counted in the reply); `400` when nothing in the body is usable; `401` without the secret,
@@ -18,9 +26,12 @@ use axum::Router;
 use ccstream_schemas::Event;
 use serde_json::json;
 
+use super::graph::{self, GraphLink, Lifecycle};
 use super::publish::Batch;
 use super::Context;
 use crate::acs::{self, Delivery, Mapped};
+use crate::graph::notify::{self, Notification};
+use crate::graph::{bot, callrecord, presence};
 use crate::telemetry::Reject;
 
 /// The `source` of canonical events posted to `/events`.
@@ -38,6 +49,10 @@ pub fn router(ctx: Arc<Context>) -> Router {
         .route("/events", post(events))
         .route("/acs/eventgrid", post(eventgrid))
         .route("/acs/callautomation", post(callautomation))
+        .route("/graph/notifications", post(graph_notifications))
+        .route("/graph/lifecycle", post(graph_lifecycle))
+        .route("/graph/presence", post(graph_presence))
+        .route("/graph/calling", post(graph_calling))
         .with_state(ctx)
 }
 
@@ -177,6 +192,165 @@ async fn events(State(ctx): State<Arc<Context>>, req: Request<Body>) -> Response
     let accepted = batch.events;
     let status = if accepted == 0 && !rejected.is_empty() { StatusCode::BAD_REQUEST } else { StatusCode::OK };
     commit(&ctx, batch, reply(status, json!({ "accepted": accepted, "rejected": rejected }))).await
+}
+
+fn validation_token(uri: &Uri) -> Option<String> {
+    uri.query().and_then(|q| {
+        url::form_urlencoded::parse(q.as_bytes()).find(|(k, _)| k == "validationToken").map(|(_, v)| v.into_owned())
+    })
+}
+
+/// The Graph link a notification belongs to: by Entra tenant id, or the only one.
+fn link_for(ctx: &Context, tenant_id: Option<&str>) -> Option<Arc<GraphLink>> {
+    let links = ctx.graph.get()?;
+    links
+        .iter()
+        .find(|l| tenant_id.is_some_and(|t| t.eq_ignore_ascii_case(&l.config.entra_tenant_id)))
+        .or_else(|| (links.len() == 1).then(|| &links[0]))
+        .cloned()
+}
+
+/// Checks each notification's client state; returns the valid ones with their link, having
+/// counted and dead-lettered the others; or the response when the POST is refused whole.
+async fn graph_admit(
+    ctx: &Arc<Context>,
+    source: &'static str,
+    req: Request<Body>,
+) -> Result<Vec<(Notification, Arc<GraphLink>)>, Response> {
+    let uri = req.uri().clone();
+    let (origin, body) = admit(ctx, source, req).await?;
+    if let Some(token) = validation_token(&uri) {
+        return Err((StatusCode::OK, [(header::CONTENT_TYPE, "text/plain")], token).into_response());
+    }
+    let mut batch = Batch::new(source);
+    let notifications = match notify::parse(&body) {
+        Ok(n) => n,
+        Err(e) => {
+            ctx.reject(&mut batch, source, &origin, Reject::Malformed, e.to_string(), &body);
+            return Err(commit(ctx, batch, reply(StatusCode::BAD_REQUEST, json!({ "error": e.to_string() }))).await);
+        }
+    };
+    let mut valid = Vec::new();
+    for n in notifications {
+        let link = link_for(ctx, n.tenant_id.as_deref());
+        match link {
+            Some(l) if n.client_state_is(l.config.client_state.as_deref().unwrap_or("")) => valid.push((n, l)),
+            _ => {
+                let raw = json!({ "subscriptionId": n.subscription_id, "tenantId": n.tenant_id, "resource": n.resource, "clientState": n.client_state.as_ref().map(|_| "(withheld)") });
+                let reason =
+                    if link.is_none() { "no Graph link for the notification's tenant" } else { "wrong clientState" };
+                ctx.reject(
+                    &mut batch,
+                    source,
+                    &origin,
+                    Reject::Unauthorized,
+                    reason.to_string(),
+                    raw.to_string().as_bytes(),
+                );
+            }
+        }
+    }
+    let refused = valid.is_empty() && batch.dead_letters > 0;
+    let _ = ctx.publisher.publish(batch).await;
+    if refused {
+        return Err(reply(StatusCode::FORBIDDEN, json!({ "error": "no notification carried a valid clientState" })));
+    }
+    Ok(valid)
+}
+
+/// `POST /graph/notifications`: call-record change notifications → fetches.
+async fn graph_notifications(State(ctx): State<Arc<Context>>, req: Request<Body>) -> Response {
+    let valid = match graph_admit(&ctx, callrecord::SOURCE, req).await {
+        Ok(v) => v,
+        Err(r) => return r,
+    };
+    let mut queued = 0;
+    for (n, link) in valid {
+        if let Some(id) = n.resource_id().filter(|_| n.is_call_record()) {
+            if link.queue_fetch(id) {
+                queued += 1;
+            } else {
+                ctx.telemetry.append_failures.with_label_values(&[callrecord::SOURCE]).inc();
+                link.lifecycle(Lifecycle::CatchUp); // the queue is full: list later instead
+            }
+        }
+    }
+    reply(StatusCode::ACCEPTED, json!({ "queued": queued }))
+}
+
+/// `POST /graph/lifecycle`: reauthorization, removal and missed notifications.
+async fn graph_lifecycle(State(ctx): State<Arc<Context>>, req: Request<Body>) -> Response {
+    let valid = match graph_admit(&ctx, callrecord::SOURCE, req).await {
+        Ok(v) => v,
+        Err(r) => return r,
+    };
+    for (n, link) in valid {
+        match n.lifecycle_event.as_deref().map(str::to_ascii_lowercase).as_deref() {
+            Some("reauthorizationrequired") => link.lifecycle(Lifecycle::Renew),
+            Some("subscriptionremoved") => link.lifecycle(Lifecycle::Recreate),
+            Some("missed") => link.lifecycle(Lifecycle::CatchUp),
+            _ => {}
+        }
+    }
+    reply(StatusCode::ACCEPTED, json!({}))
+}
+
+/// `POST /graph/presence`: presence change notifications (basic: ids only) → fetches.
+async fn graph_presence(State(ctx): State<Arc<Context>>, req: Request<Body>) -> Response {
+    let valid = match graph_admit(&ctx, presence::SOURCE, req).await {
+        Ok(v) => v,
+        Err(r) => return r,
+    };
+    let mut by_link: Vec<(Arc<GraphLink>, Vec<String>)> = Vec::new();
+    for (n, link) in valid {
+        let Some(id) = n.resource_id() else { continue };
+        match by_link.iter_mut().find(|(l, _)| Arc::ptr_eq(l, &link)) {
+            Some((_, ids)) => ids.push(id),
+            None => by_link.push((link, vec![id])),
+        }
+    }
+    for (link, ids) in by_link {
+        let ctx = Arc::clone(&ctx);
+        tokio::spawn(async move {
+            if let Err(e) = graph::fetch_presence(&link, &ctx, &ids).await {
+                eprintln!("graph presence: {e}");
+            }
+        });
+    }
+    reply(StatusCode::ACCEPTED, json!({}))
+}
+
+/// `POST /graph/calling`: calling-bot notifications (`commsNotifications`).
+async fn graph_calling(State(ctx): State<Arc<Context>>, req: Request<Body>) -> Response {
+    let (origin, body) = match admit(&ctx, bot::SOURCE, req).await {
+        Ok(x) => x,
+        Err(r) => return r,
+    };
+    let now = (ctx.now_ms)();
+    let mut batch = Batch::new(bot::SOURCE);
+    let tenant = ctx
+        .graph
+        .get()
+        .and_then(|l| (l.len() == 1).then(|| l[0].config.tenant.clone()))
+        .unwrap_or_else(|| ctx.config.default_tenant.clone());
+    match bot::map(&body, &tenant, now) {
+        Ok(items) => {
+            for item in items {
+                match item {
+                    Ok(e) => batch.event(e, now),
+                    Err((e, raw)) => {
+                        ctx.reject(&mut batch, bot::SOURCE, &origin, Reject::Invalid, e.to_string(), raw.as_bytes())
+                    }
+                }
+            }
+            let accepted = batch.events;
+            commit(&ctx, batch, reply(StatusCode::ACCEPTED, json!({ "accepted": accepted }))).await
+        }
+        Err(e) => {
+            ctx.reject(&mut batch, bot::SOURCE, &origin, Reject::Malformed, e.to_string(), &body);
+            commit(&ctx, batch, reply(StatusCode::BAD_REQUEST, json!({ "error": e.to_string() }))).await
+        }
+    }
 }
 
 /// Maps a parsed delivery into `batch`; returns what was accepted, unmapped and rejected.

@@ -5,7 +5,8 @@
 //! |---|---|---|
 //! | `syslog_udp`, `syslog_tcp` | syslog (UDP; TCP with newline or octet-counted framing) | AudioCodes CDRs |
 //! | `sip_udp`, `sip_tcp` | SIP `PUBLISH`/`NOTIFY` with `application/vq-rtcpxr` | RFC 6035 reports |
-//! | `http` | `POST /events` (canonical JSONL), `POST /acs/eventgrid`, `POST /acs/callautomation` | webhooks |
+//! | `http` | `POST /events` (canonical JSONL), `POST /acs/eventgrid`, `POST /acs/callautomation`, `POST /graph/notifications`, `/graph/lifecycle`, `/graph/presence`, `/graph/calling` | webhooks |
+//! | (client) | Graph fetches, subscriptions and polls (`graph`) | call records, DR/PSTN logs, presence |
 //!
 //! Invariants every loop keeps:
 //! - input larger than the limit, unauthenticated, or unparseable is rejected (with the
@@ -15,6 +16,7 @@
 //!   on the log, and tells the sender to retry when they are not;
 //! - event ids derive from source ids, so a redelivery is deduplicated downstream.
 
+pub mod graph;
 pub mod http;
 pub mod publish;
 pub mod sip;
@@ -59,6 +61,9 @@ pub struct SourcesConfig {
     pub sbc_tenants: Vec<sbc::TenantRule>,
     #[serde(default)]
     pub acs_tenants: Vec<acs::TenantRule>,
+    /// Microsoft 365 tenants read through Graph (`[[sources.graph]]`).
+    #[serde(default)]
+    pub graph: Vec<graph::GraphConfig>,
 }
 
 fn default_tenant() -> String {
@@ -81,6 +86,8 @@ pub struct Context {
     pub publisher: Publisher,
     pub sbc: Mutex<SbcMapper>,
     pub acs: AcsMapper,
+    /// One link per `[[sources.graph]]` tenant (set once at start).
+    pub graph: std::sync::OnceLock<Vec<Arc<graph::GraphLink>>>,
     pub now_ms: fn() -> i64,
 }
 
@@ -117,9 +124,12 @@ pub async fn start(config: SourcesConfig, log: Arc<dyn EventLog>, now_ms: fn() -
         acs: AcsMapper::new(config.default_tenant.clone(), config.acs_tenants.clone()),
         publisher: Publisher::spawn(log, Arc::clone(&telemetry), now_ms),
         telemetry: Arc::clone(&telemetry),
+        graph: std::sync::OnceLock::new(),
         config,
         now_ms,
     });
+    let links = ctx.config.graph.iter().map(|g| graph::GraphLink::start(g.clone(), &ctx)).collect();
+    let _ = ctx.graph.set(links);
     let bind = |name: &'static str, addr: SocketAddr| move |source| crate::Error::Bind { name, addr, source };
     let mut addrs = Vec::new();
     let c = &ctx.config;
