@@ -110,21 +110,65 @@ fn wait_for_rows(data: &Path, sql: &str, want: &str, child: &mut KillOnDrop) {
     panic!("{sql}\n  wanted: {want}\n  last:   {last}");
 }
 
+/// A running `ccstream run` over `config` (TOML after the `[pipeline]` section's log and
+/// data, which live in a temporary directory).
+struct Run {
+    _dir: tempfile::TempDir,
+    data: PathBuf,
+    child: KillOnDrop,
+    /// `NAME ADDR` lines of the source listeners.
+    addrs: String,
+    metrics: Option<SocketAddr>,
+}
+
+impl Run {
+    fn start(config: &str) -> Run {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("data");
+        let path = dir.path().join("ccstream.toml");
+        let head = format!(
+            "[pipeline]\nlog = \"file://{}\"\ndata = \"{}\"\npartitions = 2\ncommit_interval_ms = 200\n",
+            dir.path().join("log").display(),
+            data.display()
+        );
+        std::fs::write(&path, head + config).unwrap();
+        let sources_file = dir.path().join("sources.addr");
+        let metrics_file = dir.path().join("metrics.addr");
+        let mut child = KillOnDrop(
+            Command::new(env!("CARGO_BIN_EXE_ccstream"))
+                .args(["run", "--config", path.to_str().unwrap()])
+                .args(["--sources-listen-file", sources_file.to_str().unwrap()])
+                .args(["--listen-file", metrics_file.to_str().unwrap()])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap(),
+        );
+        let addrs = wait_for_file(&sources_file, &mut child);
+        let metrics =
+            config.contains("metrics_listen").then(|| wait_for_file(&metrics_file, &mut child).trim().parse().unwrap());
+        Run { _dir: dir, data, child, addrs, metrics }
+    }
+
+    fn addr(&self, name: &str) -> SocketAddr {
+        addr_of(&self.addrs, name)
+    }
+}
+
+/// The address of listener `name` in `NAME ADDR` lines.
+fn addr_of(addrs: &str, name: &str) -> SocketAddr {
+    addrs
+        .lines()
+        .find_map(|l| l.strip_prefix(&format!("{name} ")))
+        .unwrap_or_else(|| panic!("no {name} in {addrs}"))
+        .parse()
+        .unwrap()
+}
+
 #[test]
 fn every_source_through_its_protocol() {
-    let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("data");
-    let config = dir.path().join("ccstream.toml");
-    std::fs::write(
-        &config,
-        format!(
-            r#"
-[pipeline]
-log = "file://{log}"
-data = "{data}"
-partitions = 2
-commit_interval_ms = 200
-metrics_listen = "127.0.0.1:0"
+    let mut run = Run::start(&format!(
+        r#"metrics_listen = "127.0.0.1:0"
 
 [sources]
 default_tenant = "tenant-default"
@@ -141,34 +185,12 @@ number_prefix = "+33"
 [[sources.acs_tenants]]
 tenant = "fabrikam"
 resource = "fabrikam-acs"
-"#,
-            log = dir.path().join("log").display(),
-            data = data.display(),
-        ),
-    )
-    .unwrap();
-    let sources_file = dir.path().join("sources.addr");
-    let metrics_file = dir.path().join("metrics.addr");
-    let mut child = KillOnDrop(
-        Command::new(env!("CARGO_BIN_EXE_ccstream"))
-            .args(["run", "--config", config.to_str().unwrap()])
-            .args(["--sources-listen-file", sources_file.to_str().unwrap()])
-            .args(["--listen-file", metrics_file.to_str().unwrap()])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
-    let addrs = wait_for_file(&sources_file, &mut child);
-    let addr = |name: &str| -> SocketAddr {
-        addrs
-            .lines()
-            .find_map(|l| l.strip_prefix(&format!("{name} ")))
-            .unwrap_or_else(|| panic!("no {name} in {addrs}"))
-            .parse()
-            .unwrap()
-    };
-    let metrics_addr: SocketAddr = wait_for_file(&metrics_file, &mut child).trim().parse().unwrap();
+"#
+    ));
+    let addrs = run.addrs.clone();
+    let addr = |name: &str| addr_of(&addrs, name);
+    let metrics_addr = run.metrics.unwrap();
+    let data = run.data.clone();
 
     // --- SBC signaling CDRs over UDP syslog, one message per datagram (title row first).
     let udp = UdpSocket::bind("127.0.0.1:0").unwrap();
@@ -301,7 +323,7 @@ resource = "fabrikam-acs"
         "SELECT call_id, tenant_id, queue_id, answered, abandoned, wait_s, talk_s, acw_s, handle_s, legs \
          FROM call_facts ORDER BY call_id",
         "job-1,fabrikam,q-sales,true,false,12.0,60.0,28.0,88.0,1\njob-2,fabrikam,q-sales,false,true,30.0,,,,0",
-        &mut child,
+        &mut run.child,
     );
     let legs = sql_csv(&data, "SELECT call_id, agent_id, talk_ms, acw_ms, handle_ms FROM agent_legs");
     assert_eq!(legs.lines().nth(1), Some("job-1,agent-7,60000,28000,88000"), "{legs}");
@@ -310,7 +332,7 @@ resource = "fabrikam-acs"
         "SELECT session_id, sip_call_id, tenant_id, leg_id, last_report, duration_s FROM sbc_legs \
          WHERE session_id = 'c62532:22:625' ORDER BY leg_id",
         "c62532:22:625,0f522c2a55774a12,tenant-fr,1,CALL_CONNECT,0\nc62532:22:625,4341598405122022185752@10.0.2.11,tenant-fr,2,CALL_END,30",
-        &mut child,
+        &mut run.child,
     );
     wait_for_rows(
         &data,
@@ -321,21 +343,21 @@ resource = "fabrikam-acs"
          sbc.audiocodes,2596324121112023143842@groupebel-sbc01.teams-dr.nxocloudms.com,MEDIA_END,,true,false,\n\
          sbc.vq_rtcpxr,825962570309-8ds5sl3mca99,session,11.0,true,false,4.2432\n\
          sbc.vq_rtcpxr,tcp-report-00000000000001,session,11.0,true,false,4.2432",
-        &mut child,
+        &mut run.child,
     );
     wait_for_rows(
         &data,
         "SELECT source, to_state, count(*) FROM events WHERE event_type IN ('call_state', 'agent_state_changed') \
          GROUP BY source, to_state ORDER BY source",
         "acs.callautomation,CallConnected,1\nhttp.events,available,1",
-        &mut child,
+        &mut run.child,
     );
     // Rejected input is dead-lettered with its reason; none of it is an event.
     wait_for_rows(
         &data,
         "SELECT source, count(*) FROM dead_letters GROUP BY source ORDER BY source",
         "acs.jobrouter,5\nhttp.events,1\nsbc.audiocodes,1\nsbc.vq_rtcpxr,1",
-        &mut child,
+        &mut run.child,
     );
     let reasons = sql_csv(&data, "SELECT reason FROM dead_letters WHERE source = 'acs.jobrouter' ORDER BY reason");
     for want in
@@ -390,6 +412,9 @@ mod fake_graph {
         pub(crate) subscriptions: Vec<Value>,
         pub(crate) presence_polls: usize,
         pub(crate) dr_pages: usize,
+        pub(crate) dr_failures: usize,
+        pub(crate) patches: usize,
+        pub(crate) lists: usize,
     }
 
     type Shared = Arc<Mutex<Seen>>;
@@ -422,6 +447,10 @@ mod fake_graph {
         if id.starts_with("getDirectRoutingCalls(") {
             let mut page = fixture("samples/graph_direct_routing_calls_v1_current.json");
             let mut seen = s.lock().unwrap();
+            if seen.dr_failures == 0 {
+                seen.dr_failures += 1;
+                return (StatusCode::SERVICE_UNAVAILABLE, "try again").into_response();
+            }
             seen.dr_pages += 1;
             if req.uri().query().is_some_and(|q| q.contains("$skip")) {
                 // The second page: the other sample's rows, no further link.
@@ -468,8 +497,9 @@ mod fake_graph {
     }
 
     /// The catch-up list: the abandoned record (never notified).
-    async fn list(headers: HeaderMap, req: Request) -> Response {
+    async fn list(State(s): State<Shared>, headers: HeaderMap, req: Request) -> Response {
         assert!(authorized(&headers));
+        s.lock().unwrap().lists += 1;
         assert!(req.uri().query().is_some_and(|q| q.contains("startDateTime")), "{:?}", req.uri());
         let r = fixture("graph/callrecord_call_queue_abandoned.json");
         json_response(StatusCode::OK, json!({ "value": [{ "id": r["id"], "version": r["version"] }] }))
@@ -519,7 +549,13 @@ mod fake_graph {
                     .route("/v1.0/communications/callRecords/{id}", get(record))
                     .route("/v1.0/communications/callRecords/{id}/sessions", get(sessions))
                     .route("/v1.0/subscriptions", post(subscribe))
-                    .route("/v1.0/subscriptions/{id}", patch(|| async { StatusCode::OK }))
+                    .route(
+                        "/v1.0/subscriptions/{id}",
+                        patch(|State(s): State<Shared>| async move {
+                            s.lock().unwrap().patches += 1;
+                            StatusCode::OK
+                        }),
+                    )
                     .route("/v1.0/communications/getPresencesByUserId", post(presence))
                     .with_state(state);
                 tx.send(base).unwrap();
@@ -533,20 +569,9 @@ mod fake_graph {
 #[test]
 fn graph_through_a_fake_graph_server() {
     let (graph, seen) = fake_graph::start();
-    let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("data");
-    let config = dir.path().join("ccstream.toml");
     let entra = "11111111-2222-4333-8444-555555555555";
-    std::fs::write(
-        &config,
-        format!(
-            r#"
-[pipeline]
-log = "file://{log}"
-data = "{data}"
-partitions = 2
-commit_interval_ms = 200
-
+    let mut run = Run::start(&format!(
+        r#"
 [sources]
 http = "127.0.0.1:0"
 secret = "{SECRET}"
@@ -563,29 +588,10 @@ client_state = "state-42"
 direct_routing_poll_s = 3600
 presence_users = ["b0000000-0000-4000-8000-00000000000b"]
 presence_poll_s = 1
-"#,
-            log = dir.path().join("log").display(),
-            data = data.display(),
-        ),
-    )
-    .unwrap();
-    let sources_file = dir.path().join("sources.addr");
-    let mut child = KillOnDrop(
-        Command::new(env!("CARGO_BIN_EXE_ccstream"))
-            .args([
-                "run",
-                "--config",
-                config.to_str().unwrap(),
-                "--sources-listen-file",
-                sources_file.to_str().unwrap(),
-            ])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
-    let addrs = wait_for_file(&sources_file, &mut child);
-    let http_addr: SocketAddr = addrs.lines().find_map(|l| l.strip_prefix("http ")).unwrap().parse().unwrap();
+"#
+    ));
+    let http_addr = run.addr("http");
+    let data = run.data.clone();
 
     // The validation handshake: the decoded token, as text, at once.
     let token =
@@ -607,6 +613,16 @@ presence_poll_s = 1
     assert_eq!(forged.0, 403, "{}", forged.1);
     let ok = http(http_addr, "POST", &format!("/graph/notifications?code={SECRET}"), &[], note("state-42").as_bytes());
     assert_eq!(ok.0, 202, "{}", ok.1);
+    // Lifecycle notifications: renew the subscriptions; list what was missed.
+    let lifecycle = |event: &str| {
+        format!(
+            r#"{{"value":[{{"subscriptionId":"sub-1","clientState":"state-42","lifecycleEvent":"{event}","resource":"communications/callRecords","tenantId":"{entra}"}}]}}"#
+        )
+    };
+    for event in ["reauthorizationRequired", "missed"] {
+        let r = http(http_addr, "POST", &format!("/graph/lifecycle?code={SECRET}"), &[], lifecycle(event).as_bytes());
+        assert_eq!(r.0, 202, "{}", r.1);
+    }
     // Calling-bot notifications, forwarded by the bot service.
     for file in ["graph_comms_notification_incoming.json", "graph_comms_notification_established.json"] {
         let body = std::fs::read(sample(file)).unwrap();
@@ -622,20 +638,20 @@ presence_poll_s = 1
             fake_graph::ANSWERED,
             fake_graph::ABANDONED
         ),
-        &mut child,
+        &mut run.child,
     );
     wait_for_rows(
         &data,
         "SELECT source, count(*) FROM events WHERE source LIKE 'graph.%' AND event_type <> 'presence_changed' \
          GROUP BY source ORDER BY source",
         "graph.calling,2\ngraph.callrecord,15\ngraph.directrouting,2",
-        &mut child,
+        &mut run.child,
     );
     wait_for_rows(
         &data,
         "SELECT agent_id, from_state, to_state, state_reason FROM events WHERE event_type = 'presence_changed' ORDER BY occurred_at",
         "b0000000-0000-4000-8000-00000000000b,,Available,Available\nb0000000-0000-4000-8000-00000000000b,Available,Busy,InACall",
-        &mut child,
+        &mut run.child,
     );
     let streams = sql_csv(
         &data,
@@ -657,6 +673,9 @@ presence_poll_s = 1
     );
     assert_eq!(seen.session_pages, 1, "the sessions nextLink was followed");
     assert_eq!(seen.dr_pages, 2, "the Direct Routing $skip page was followed");
+    assert_eq!(seen.dr_failures, 1, "after a 503, retried");
+    assert!(seen.patches >= 1, "reauthorizationRequired renewed a subscription");
+    assert!(seen.lists >= 2, "start and `missed` each listed records: {}", seen.lists);
     assert!(seen.token_requests >= 1);
     let sub = seen
         .subscriptions

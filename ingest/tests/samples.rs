@@ -315,6 +315,23 @@ mod graph {
         }
     }
 
+    /// The subscription ccstream requests has the documented request's shape.
+    #[test]
+    fn subscription_request_matches_the_documented_one() {
+        let doc: serde_json::Value = serde_json::from_slice(
+            &std::fs::read(samples().join("graph_subscription_callrecords_request.json")).unwrap(),
+        )
+        .unwrap();
+        let ours = ccstream_ingest::listen::graph::subscription_request(
+            "/communications/callRecords",
+            "https://webhook.azurewebsites.net/api/resourceNotifications",
+            "https://webhook.azurewebsites.net/api/lifecycleNotifications",
+            "2023-02-28T00:00:00.0000000Z",
+            Some("{Secret client state}"),
+        );
+        assert_eq!(ours, doc);
+    }
+
     #[test]
     fn change_notifications() {
         let n = notify::parse(&std::fs::read(samples().join("graph_notification_callrecord_created.json")).unwrap())

@@ -11,6 +11,8 @@
 //! - `media_streams`: one row per media stream (SBC media CDRs, RFC 6035 reports, Graph
 //!   call-record streams — the latest record version of each) with the CQD classification
 //!   (historical thresholds) and the E-model MOS; joins to `sbc_legs` on `sip_call_id`.
+//! - `agent_state_time`: time per agent, state and day from `presence_changed` and
+//!   `agent_state_changed` events; `agent_occupancy`: busy / (busy + idle `Available`).
 //!
 //! Ratios with a zero denominator are NULL. Durations are integer ms summed, then divided.
 
@@ -19,8 +21,8 @@ use std::sync::Arc;
 use arrow::array::RecordBatch;
 use arrow::datatypes::SchemaRef;
 use ccstream_schemas::{
-    TABLES, TABLE_AGENT_LEGS, TABLE_EVENTS, TABLE_INTERVAL_PARTIALS, VIEW_AGENT_DAY_METRICS, VIEW_INTERVAL_METRICS,
-    VIEW_MEDIA_STREAMS, VIEW_SBC_LEGS,
+    TABLES, TABLE_AGENT_LEGS, TABLE_EVENTS, TABLE_INTERVAL_PARTIALS, VIEW_AGENT_DAY_METRICS, VIEW_AGENT_OCCUPANCY,
+    VIEW_AGENT_STATE_TIME, VIEW_INTERVAL_METRICS, VIEW_MEDIA_STREAMS, VIEW_SBC_LEGS,
 };
 use datafusion::dataframe::DataFrame;
 use datafusion::execution::context::SessionContext;
@@ -128,6 +130,37 @@ SELECT tenant_id, agent_id, day,
 FROM agent_legs
 GROUP BY tenant_id, agent_id, day";
 
+/// `agent_state_time`: closed presence / agent-state periods per agent, state and the UTC day
+/// each period began (a period ends at the agent's next change from the same source).
+pub const AGENT_STATE_TIME_SQL: &str = "
+SELECT tenant_id, agent_id, source, state, day,
+       count(*)                              AS periods,
+       CAST(sum(ms) AS DOUBLE) / 1000.0      AS seconds
+FROM (
+  SELECT tenant_id, agent_id, source, to_state AS state, CAST(occurred_at AS DATE) AS day,
+         CAST(lead(occurred_at) OVER (PARTITION BY tenant_id, agent_id, source ORDER BY occurred_at, event_id) AS BIGINT)
+           - CAST(occurred_at AS BIGINT) AS ms
+  FROM events
+  WHERE event_type IN ('presence_changed', 'agent_state_changed') AND agent_id IS NOT NULL AND to_state IS NOT NULL)
+WHERE ms IS NOT NULL
+GROUP BY tenant_id, agent_id, source, state, day";
+
+/// `agent_occupancy`: busy (talk + hold + after-call work of the agent's legs) over busy plus
+/// idle time in the Teams presence `Available` (presence is `Busy` during calls), per agent
+/// and UTC day.
+pub const AGENT_OCCUPANCY_SQL: &str = "
+SELECT coalesce(b.tenant_id, a.tenant_id) AS tenant_id, coalesce(b.agent_id, a.agent_id) AS agent_id,
+       coalesce(b.day, a.day) AS day,
+       coalesce(b.busy_s, 0) AS busy_s, coalesce(a.available_s, 0) AS available_s,
+       coalesce(b.busy_s, 0) / nullif(coalesce(b.busy_s, 0) + coalesce(a.available_s, 0), 0) AS occupancy
+FROM (SELECT tenant_id, agent_id, day, CAST(sum(coalesce(talk_ms, 0) + coalesce(hold_ms, 0) + coalesce(acw_ms, 0)) AS DOUBLE) / 1000.0 AS busy_s
+      FROM agent_legs GROUP BY tenant_id, agent_id, day) b
+FULL OUTER JOIN
+     (SELECT tenant_id, agent_id, day, sum(seconds) AS available_s
+      FROM agent_state_time WHERE source = 'graph.presence' AND lower(state) = 'available'
+      GROUP BY tenant_id, agent_id, day) a
+ON b.tenant_id = a.tenant_id AND b.agent_id = a.agent_id AND b.day = a.day";
+
 /// The tables and views of one data directory, in one DataFusion session.
 #[derive(Clone)]
 pub struct QueryEngine {
@@ -188,6 +221,10 @@ impl QueryEngine {
         if engine.has_table(TABLE_EVENTS) {
             engine.create_view(VIEW_SBC_LEGS, SBC_LEGS_SQL).await?;
             engine.create_view(VIEW_MEDIA_STREAMS, MEDIA_STREAMS_SQL).await?;
+            engine.create_view(VIEW_AGENT_STATE_TIME, AGENT_STATE_TIME_SQL).await?;
+            if engine.has_table(TABLE_AGENT_LEGS) {
+                engine.create_view(VIEW_AGENT_OCCUPANCY, AGENT_OCCUPANCY_SQL).await?;
+            }
         }
         Ok(engine)
     }

@@ -18,6 +18,8 @@ pub const VIEW_INTERVAL_METRICS: &str = "interval_metrics";
 pub const VIEW_AGENT_DAY_METRICS: &str = "agent_day_metrics";
 pub const VIEW_SBC_LEGS: &str = "sbc_legs";
 pub const VIEW_MEDIA_STREAMS: &str = "media_streams";
+pub const VIEW_AGENT_STATE_TIME: &str = "agent_state_time";
+pub const VIEW_AGENT_OCCUPANCY: &str = "agent_occupancy";
 
 /// Every table ccstream writes, in commit order (events first, dead letters last).
 pub const TABLES: [&str; 6] =

@@ -472,6 +472,24 @@ async fn keeper(link: Arc<GraphLink>, ctx: Arc<Context>, mut rx: mpsc::Receiver<
     }
 }
 
+/// The body of `POST /subscriptions` (the documented request's shape).
+pub fn subscription_request(
+    resource: &str,
+    notification_url: &str,
+    lifecycle_url: &str,
+    expiration: &str,
+    client_state: Option<&str>,
+) -> Value {
+    json!({
+        "changeType": "updated",
+        "notificationUrl": notification_url,
+        "lifecycleNotificationUrl": lifecycle_url,
+        "resource": resource,
+        "expirationDateTime": expiration,
+        "clientState": client_state,
+    })
+}
+
 #[derive(Debug)]
 struct Subscription {
     resource: String,
@@ -499,14 +517,13 @@ impl Subscription {
                 return Err(GraphError::Status { method: Method::PATCH, url, status, body });
             }
         }
-        let body = json!({
-            "changeType": "updated",
-            "notificationUrl": self.notification_url,
-            "lifecycleNotificationUrl": lifecycle_url,
-            "resource": self.resource,
-            "expirationDateTime": expiration,
-            "clientState": link.config.client_state,
-        });
+        let body = subscription_request(
+            &self.resource,
+            &self.notification_url,
+            lifecycle_url,
+            &expiration,
+            link.config.client_state.as_deref(),
+        );
         let url = link.url("/subscriptions");
         let (status, resp) = link.request(Method::POST, &url, Some(&body)).await?;
         if !status.is_success() {

@@ -116,6 +116,22 @@ pub struct Running {
     pub telemetry: Arc<Telemetry>,
 }
 
+/// Accepts connections for ever, a task each.
+async fn accept<F, Fut>(listener: tokio::net::TcpListener, ctx: Arc<Context>, name: &'static str, connection: F)
+where
+    F: Fn(tokio::net::TcpStream, SocketAddr, Arc<Context>) -> Fut,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    loop {
+        match listener.accept().await {
+            Ok((stream, peer)) => {
+                tokio::spawn(connection(stream, peer, Arc::clone(&ctx)));
+            }
+            Err(e) => eprintln!("{name} accept: {e}"),
+        }
+    }
+}
+
 /// Binds every configured listener and starts its loop on the current runtime.
 pub async fn start(config: SourcesConfig, log: Arc<dyn EventLog>, now_ms: fn() -> i64) -> crate::Result<Running> {
     let telemetry = Arc::new(Telemetry::new());
@@ -141,7 +157,7 @@ pub async fn start(config: SourcesConfig, log: Arc<dyn EventLog>, now_ms: fn() -
     if let Some(addr) = c.syslog_tcp {
         let l = tokio::net::TcpListener::bind(addr).await.map_err(bind("syslog_tcp", addr))?;
         addrs.push(("syslog_tcp", l.local_addr().map_err(bind("syslog_tcp", addr))?));
-        tokio::spawn(syslog::tcp(l, Arc::clone(&ctx)));
+        tokio::spawn(accept(l, Arc::clone(&ctx), "syslog tcp", syslog::connection));
     }
     if let Some(addr) = c.sip_udp {
         let sock = tokio::net::UdpSocket::bind(addr).await.map_err(bind("sip_udp", addr))?;
@@ -151,7 +167,7 @@ pub async fn start(config: SourcesConfig, log: Arc<dyn EventLog>, now_ms: fn() -
     if let Some(addr) = c.sip_tcp {
         let l = tokio::net::TcpListener::bind(addr).await.map_err(bind("sip_tcp", addr))?;
         addrs.push(("sip_tcp", l.local_addr().map_err(bind("sip_tcp", addr))?));
-        tokio::spawn(sip::tcp(l, Arc::clone(&ctx)));
+        tokio::spawn(accept(l, Arc::clone(&ctx), "sip tcp", sip::connection));
     }
     if let Some(addr) = c.http {
         let l = tokio::net::TcpListener::bind(addr).await.map_err(bind("http", addr))?;

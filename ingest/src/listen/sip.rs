@@ -9,7 +9,7 @@
 use std::sync::Arc;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream, UdpSocket};
+use tokio::net::{TcpStream, UdpSocket};
 
 use super::publish::Batch;
 use super::Context;
@@ -104,19 +104,8 @@ pub(super) async fn udp(sock: UdpSocket, ctx: Arc<Context>) {
     }
 }
 
-/// SIP over TCP: a task per connection, messages framed by `Content-Length`.
-pub(super) async fn tcp(listener: TcpListener, ctx: Arc<Context>) {
-    loop {
-        match listener.accept().await {
-            Ok((stream, peer)) => {
-                tokio::spawn(connection(stream, peer, Arc::clone(&ctx)));
-            }
-            Err(e) => eprintln!("sip tcp accept: {e}"),
-        }
-    }
-}
-
-async fn connection(mut stream: TcpStream, peer: std::net::SocketAddr, ctx: Arc<Context>) {
+/// One SIP connection over TCP: messages framed by `Content-Length`.
+pub(super) async fn connection(mut stream: TcpStream, peer: std::net::SocketAddr, ctx: Arc<Context>) {
     let max = ctx.config.max_message_bytes;
     let origin = format!("sip tcp {peer}");
     let sender = peer.ip().to_string();

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use tokio::io::AsyncReadExt;
-use tokio::net::{TcpListener, TcpStream, UdpSocket};
+use tokio::net::{TcpStream, UdpSocket};
 
 use super::publish::Batch;
 use super::Context;
@@ -112,19 +112,8 @@ pub(super) async fn udp(sock: UdpSocket, ctx: Arc<Context>) {
     }
 }
 
-/// Syslog over TCP: a task per connection.
-pub(super) async fn tcp(listener: TcpListener, ctx: Arc<Context>) {
-    loop {
-        match listener.accept().await {
-            Ok((stream, peer)) => {
-                tokio::spawn(connection(stream, peer, Arc::clone(&ctx)));
-            }
-            Err(e) => eprintln!("syslog tcp accept: {e}"),
-        }
-    }
-}
-
-async fn connection(mut stream: TcpStream, peer: std::net::SocketAddr, ctx: Arc<Context>) {
+/// One syslog connection over TCP.
+pub(super) async fn connection(mut stream: TcpStream, peer: std::net::SocketAddr, ctx: Arc<Context>) {
     let max = ctx.config.max_message_bytes;
     let sender = peer.ip().to_string();
     let origin = format!("syslog tcp {peer}");

@@ -489,10 +489,17 @@ impl CdrParser {
     pub fn parse<'a>(&mut self, sender: &str, line: &'a [u8]) -> Result<Line<'a>, CdrError> {
         let line = std::str::from_utf8(line).map_err(|_| CdrError::NotText)?;
         let (seq, body) = split_syslog(line);
-        if body.trim().is_empty() {
+        if body.trim_ascii().is_empty() {
             return Ok(Line::Blank);
         }
-        let mut values: Vec<&'a str> = body.split('|').map(str::trim).collect();
+        let mut values: Vec<&'a str> = Vec::with_capacity(48);
+        let mut start = 0;
+        // `|` is ASCII, so every split point is a char boundary.
+        for bar in memchr::memchr_iter(b'|', body.as_bytes()) {
+            values.push(body[start..bar].trim_ascii());
+            start = bar + 1;
+        }
+        values.push(body[start..].trim_ascii());
         let first = values[0];
         if first == "SBCReportType" || first == "MediaReportType" {
             let layout = Layout::from_titles(values.iter().copied().filter(|t| !t.is_empty()))?;
@@ -514,10 +521,10 @@ impl CdrParser {
         if values.len() < 2 {
             return Err(CdrError::NoFields);
         }
-        let kind = if SIGNALING_REPORTS.contains(&first) {
-            Kind::Signaling
-        } else if MEDIA_REPORTS.contains(&first) {
+        let kind = if first.starts_with("MEDIA_") && MEDIA_REPORTS.contains(&first) {
             Kind::Media
+        } else if SIGNALING_REPORTS.contains(&first) {
+            Kind::Signaling
         } else if first.ends_with("ReportType") {
             return Err(CdrError::UnknownTitle(first.to_string()));
         } else {
