@@ -19,6 +19,24 @@ use crate::replay::progress_bar;
 pub(crate) enum IngestCommand {
     /// Publish canonical events files (JSONL, .jsonl.gz, Parquet) to the log in file order
     File(IngestFileArgs),
+    /// Publish AudioCodes SBC CDR files (syslog captures or CDR lines, plain or .gz) to the log
+    Cdr(IngestCdrArgs),
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct IngestCdrArgs {
+    /// Event log URL: file://DIR (or a path) or kafka://HOST:PORT/TOPIC
+    #[arg(long, env = "CCSTREAM_LOG")]
+    pub(crate) log: String,
+    /// Partitions to create the log (Kafka topic) with if it is missing; if it exists, it must match
+    #[arg(long, env = "CCSTREAM_PARTITIONS")]
+    pub(crate) partitions: Option<u32>,
+    /// Pipeline config file (TOML): its [sources] default_tenant and sbc_tenants map CDRs to tenants
+    #[arg(long, env = "CCSTREAM_CONFIG")]
+    pub(crate) config: Option<PathBuf>,
+    /// CDR files (each file is one sender: its title rows map its columns)
+    #[arg(required = true, env = "CCSTREAM_CDR_INPUT", value_delimiter = ',')]
+    pub(crate) paths: Vec<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -65,7 +83,10 @@ pub(crate) async fn open_or_create(url: &str, partitions: Option<u32>) -> Result
 }
 
 pub(crate) async fn run(cmd: IngestCommand) -> Result<()> {
-    let IngestCommand::File(args) = cmd;
+    let args = match cmd {
+        IngestCommand::File(args) => args,
+        IngestCommand::Cdr(args) => return ingest_cdr(args).await,
+    };
     let log = open_or_create(&args.log, args.partitions).await?;
     let s = ingest_files(&*log, &args.paths, args.append_batch, &args.progress).await?;
     eprintln!(
@@ -123,6 +144,60 @@ pub(crate) async fn ingest_files(
     summary.dead_letters = records.dead_letters;
     summary.seconds = start.elapsed().as_secs_f64();
     Ok(summary)
+}
+
+/// `ccstream ingest cdr`: CDR files through the SBC mapping, in file order.
+async fn ingest_cdr(args: IngestCdrArgs) -> Result<()> {
+    use std::io::BufRead as _;
+    let start = Instant::now();
+    let config = crate::config::Config::load(args.config.as_deref())?;
+    let (tenant, rules) = match &config.sources {
+        Some(s) => (s.default_tenant.clone(), s.sbc_tenants.clone()),
+        None => ("default".to_string(), Vec::new()),
+    };
+    let mut mapper = ccstream_ingest::sbc::SbcMapper::new(tenant, rules);
+    let log = open_or_create(&args.log, args.partitions).await?;
+    let mut records = LogRecords::new(crate::replay::now_ms());
+    let mut summary = IngestSummary { files: args.paths.len(), ..IngestSummary::default() };
+    for path in &args.paths {
+        let file = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
+        let reader: Box<dyn std::io::Read> = if path.extension().is_some_and(|e| e == "gz") {
+            Box::new(flate2::read::MultiGzDecoder::new(file))
+        } else {
+            Box::new(file)
+        };
+        let mut reader = std::io::BufReader::with_capacity(1 << 20, reader);
+        let name = path.display().to_string();
+        let (mut line_no, mut chunk, mut first) = (0u64, Vec::with_capacity(1 << 20), 1u64);
+        loop {
+            let n = reader.read_until(b'\n', &mut chunk).with_context(|| format!("reading {name}"))?;
+            if n > 0 {
+                line_no += 1;
+            }
+            if (n == 0 || chunk.len() >= 1 << 20) && !chunk.is_empty() {
+                let data = chunk.strip_suffix(b"\n").unwrap_or(&chunk);
+                records.add_cdr_lines(&mut mapper, &name, first, data);
+                chunk.clear();
+                first = line_no + 1;
+                if records.len() >= 16_384 {
+                    flush(&*log, &mut records, &mut summary).await?;
+                }
+            }
+            if n == 0 {
+                break;
+            }
+        }
+    }
+    flush(&*log, &mut records, &mut summary).await?;
+    eprintln!(
+        "ingested {} CDR file(s) into {}: {} events, {} dead letters in {:.2} s",
+        summary.files,
+        log.url(),
+        records.events,
+        records.dead_letters,
+        start.elapsed().as_secs_f64()
+    );
+    Ok(())
 }
 
 async fn flush(log: &dyn EventLog, records: &mut LogRecords, summary: &mut IngestSummary) -> Result<()> {

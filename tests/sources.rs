@@ -691,3 +691,26 @@ presence_poll_s = 1
         .iter()
         .any(|s| s["resource"].as_str().unwrap().starts_with("/communications/presences?$filter=id in (")));
 }
+
+/// CDR files (the sample syslog capture and the invalid lines) through `ingest cdr` and a
+/// processor: legs in `sbc_legs`, rejected lines in `dead_letters` with file and line.
+#[test]
+fn cdr_files_through_ingest_cdr() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = format!("file://{}", dir.path().join("log").display());
+    let data = dir.path().join("data");
+    let capture = sample("audiocodes_cdr_syslog_odp.txt");
+    let invalid = sample("audiocodes_cdr_invalid_lines_odp.txt");
+    common::ccstream(&["ingest", "cdr", "--log", &log, capture.to_str().unwrap(), invalid.to_str().unwrap()]);
+    common::ccstream(&["process", "--log", &log, "--data", data.to_str().unwrap(), "--until-caught-up"]);
+    let legs =
+        sql_csv(&data, "SELECT session_id, leg_id, last_report, duration_s FROM sbc_legs ORDER BY session_id, leg_id");
+    assert_eq!(
+        legs.lines().skip(1).collect::<Vec<_>>(),
+        ["a31055:229:69538346,2,CALL_START,0", "c62532:22:625,1,CALL_CONNECT,0", "c62532:22:625,2,CALL_END,30"]
+    );
+    let dead = sql_csv(&data, "SELECT line, reason FROM dead_letters ORDER BY line");
+    let dead: Vec<&str> = dead.lines().skip(1).collect();
+    assert_eq!(dead.len(), 6, "{dead:?}");
+    assert!(dead[0].starts_with("1,\"unknown CDR report type"), "{dead:?}");
+}

@@ -106,6 +106,29 @@ impl LogRecords {
         }
     }
 
+    /// Adds the lines of an SBC CDR file (`path`, first line number `first_line`) mapped by
+    /// `mapper`: an event per CDR row, a dead letter per rejected line; title rows and blank
+    /// lines add nothing.
+    pub fn add_cdr_lines(&mut self, mapper: &mut crate::sbc::SbcMapper, path: &str, first_line: u64, data: &[u8]) {
+        for (i, raw) in data.split(|&b| b == b'\n').enumerate() {
+            let raw = raw.strip_suffix(b"\r").unwrap_or(raw);
+            match mapper.map_cdr_line(path, raw, self.timestamp_ms) {
+                Ok(Some(mut e)) => {
+                    e.ingested_at = Some(ccstream_schemas::format_rfc3339_ms(self.timestamp_ms).into());
+                    self.push(event_key(&e), e.to_json().as_bytes());
+                    self.events += 1;
+                }
+                Ok(None) => {}
+                Err(err) => {
+                    let line = (first_line + i as u64) as i64;
+                    let d = DeadLetterRecord::new(crate::sbc::SOURCE_CDR, path, Some(line), err.to_string(), raw);
+                    self.push(DEAD_LETTER_KEY, &d.to_json());
+                    self.dead_letters += 1;
+                }
+            }
+        }
+    }
+
     /// Adds the rows of a Parquet batch whose first row has 0-based index `first_row`
     /// (each row is written as its JSON form, then checked like a line).
     pub fn add_batch(&mut self, file: &InputFile, first_row: u64, batch: &RecordBatch) -> Result<(), Error> {

@@ -57,6 +57,10 @@ pub struct SourcesConfig {
     /// A webhook body, at most (bytes).
     #[serde(default = "default_max_body")]
     pub max_body_bytes: usize,
+    /// The kernel receive buffer asked for on the UDP sockets (bytes; the kernel caps it at
+    /// `net.core.rmem_max`): what absorbs a burst while the loop is busy.
+    #[serde(default = "default_udp_buffer")]
+    pub udp_receive_buffer_bytes: usize,
     #[serde(default)]
     pub sbc_tenants: Vec<sbc::TenantRule>,
     #[serde(default)]
@@ -76,6 +80,21 @@ fn default_max_message() -> usize {
 
 fn default_max_body() -> usize {
     4 << 20
+}
+
+fn default_udp_buffer() -> usize {
+    8 << 20
+}
+
+/// A UDP socket bound to `addr` with the receive buffer asked for.
+fn bind_udp(addr: SocketAddr, receive_buffer: usize) -> std::io::Result<tokio::net::UdpSocket> {
+    let sock =
+        socket2::Socket::new(socket2::Domain::for_address(addr), socket2::Type::DGRAM, Some(socket2::Protocol::UDP))?;
+    // Best effort: the kernel caps (or refuses) sizes over its maximum.
+    let _ = sock.set_recv_buffer_size(receive_buffer);
+    sock.set_nonblocking(true)?;
+    sock.bind(&addr.into())?;
+    tokio::net::UdpSocket::from_std(sock.into())
 }
 
 /// What every loop shares.
@@ -150,7 +169,7 @@ pub async fn start(config: SourcesConfig, log: Arc<dyn EventLog>, now_ms: fn() -
     let mut addrs = Vec::new();
     let c = &ctx.config;
     if let Some(addr) = c.syslog_udp {
-        let sock = tokio::net::UdpSocket::bind(addr).await.map_err(bind("syslog_udp", addr))?;
+        let sock = bind_udp(addr, c.udp_receive_buffer_bytes).map_err(bind("syslog_udp", addr))?;
         addrs.push(("syslog_udp", sock.local_addr().map_err(bind("syslog_udp", addr))?));
         tokio::spawn(syslog::udp(sock, Arc::clone(&ctx)));
     }
@@ -160,7 +179,7 @@ pub async fn start(config: SourcesConfig, log: Arc<dyn EventLog>, now_ms: fn() -
         tokio::spawn(accept(l, Arc::clone(&ctx), "syslog tcp", syslog::connection));
     }
     if let Some(addr) = c.sip_udp {
-        let sock = tokio::net::UdpSocket::bind(addr).await.map_err(bind("sip_udp", addr))?;
+        let sock = bind_udp(addr, c.udp_receive_buffer_bytes).map_err(bind("sip_udp", addr))?;
         addrs.push(("sip_udp", sock.local_addr().map_err(bind("sip_udp", addr))?));
         tokio::spawn(sip::udp(sock, Arc::clone(&ctx)));
     }
