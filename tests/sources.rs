@@ -714,3 +714,40 @@ fn cdr_files_through_ingest_cdr() {
     assert_eq!(dead.len(), 6, "{dead:?}");
     assert!(dead[0].starts_with("1,\"unknown CDR report type"), "{dead:?}");
 }
+
+/// The webhooks over HTTPS (`tls_cert`, `tls_key`), with curl as the client: the Event Grid
+/// handshake and canonical events arrive; plain HTTP to the TLS port gets no answer.
+#[test]
+fn webhooks_over_https() {
+    let tls = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tls");
+    let mut run = Run::start(&format!(
+        "[sources]\nhttp = \"127.0.0.1:0\"\nsecret = \"{SECRET}\"\ntls_cert = \"{}\"\ntls_key = \"{}\"\n",
+        tls.join("cert.pem").display(),
+        tls.join("key.pem").display()
+    ));
+    let addr = run.addr("http");
+    let curl = |path: &str, body: &str| -> String {
+        let out = Command::new("curl")
+            .args([
+                "-sS",
+                "--cacert",
+                tls.join("cert.pem").to_str().unwrap(),
+                "-H",
+                &format!("Authorization: Bearer {SECRET}"),
+            ])
+            .args(["--data-binary", body, &format!("https://localhost:{}{path}", addr.port())])
+            .output()
+            .expect("curl runs");
+        assert!(out.status.success(), "curl: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let validation = std::fs::read_to_string(sample("eventgrid_subscription_validation_event.json")).unwrap();
+    assert_eq!(curl("/acs/eventgrid", &validation), r#"{"validationResponse":"512d38b6-c7b8-40c8-89fe-f46f9e9622b6"}"#);
+    let event = r#"{"event_id":"tls-1","tenant_id":"t-tls","agent_id":"a1","event_type":"agent_state_changed","occurred_at":"2026-11-30T09:00:00Z","to_state":"available"}"#;
+    assert!(curl("/events", event).contains(r#""accepted":1"#));
+    // Plain HTTP on the TLS port: no HTTP answer.
+    let (status, _) = http(addr, "POST", "/events", &[], event.as_bytes());
+    assert_eq!(status, 0);
+    let data = run.data.clone();
+    wait_for_rows(&data, "SELECT event_id, source FROM events", "tls-1,http.events", &mut run.child);
+}

@@ -44,6 +44,10 @@ pub enum Error {
     },
     #[error("no input files found under {0}")]
     NoInput(String),
+    #[error(transparent)]
+    Tls(#[from] listen::tls::TlsError),
+    #[error("sources.tls_cert and sources.tls_key go together: set both or neither")]
+    TlsHalf,
     #[error("binding the {name} listener to {addr}: {source}")]
     Bind {
         name: &'static str,

@@ -37,7 +37,11 @@ use crate::telemetry::Reject;
 /// The `source` of canonical events posted to `/events`.
 pub const SOURCE_EVENTS: &str = "http.events";
 
-pub(super) async fn serve(listener: tokio::net::TcpListener, ctx: Arc<Context>) {
+pub(super) async fn serve<L>(listener: L, ctx: Arc<Context>)
+where
+    L: axum::serve::Listener,
+    L::Addr: std::fmt::Debug,
+{
     if let Err(e) = axum::serve(listener, router(ctx)).await {
         eprintln!("webhook server stopped: {e}");
     }

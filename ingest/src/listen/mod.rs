@@ -21,6 +21,7 @@ pub mod http;
 pub mod publish;
 pub mod sip;
 pub mod syslog;
+pub mod tls;
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -48,6 +49,10 @@ pub struct SourcesConfig {
     pub sip_tcp: Option<SocketAddr>,
     /// The webhook server.
     pub http: Option<SocketAddr>,
+    /// With `tls_key`: serve the webhooks over HTTPS with this PEM certificate chain.
+    pub tls_cert: Option<std::path::PathBuf>,
+    /// The PEM private key of `tls_cert`.
+    pub tls_key: Option<std::path::PathBuf>,
     /// When set, every webhook request must carry it (`Authorization: Bearer …`, the header
     /// `x-ccstream-secret`, or the query parameter `code`).
     pub secret: Option<String>,
@@ -191,7 +196,17 @@ pub async fn start(config: SourcesConfig, log: Arc<dyn EventLog>, now_ms: fn() -
     if let Some(addr) = c.http {
         let l = tokio::net::TcpListener::bind(addr).await.map_err(bind("http", addr))?;
         addrs.push(("http", l.local_addr().map_err(bind("http", addr))?));
-        tokio::spawn(http::serve(l, Arc::clone(&ctx)));
+        match (&c.tls_cert, &c.tls_key) {
+            (Some(cert), Some(key)) => {
+                let acceptor = tls::acceptor(cert, key)?;
+                let l = tls::TlsListener::new(l, acceptor).map_err(bind("http", addr))?;
+                tokio::spawn(http::serve(l, Arc::clone(&ctx)));
+            }
+            (None, None) => {
+                tokio::spawn(http::serve(l, Arc::clone(&ctx)));
+            }
+            _ => return Err(crate::Error::TlsHalf),
+        }
     }
     Ok(Running { addrs, telemetry })
 }
