@@ -471,12 +471,11 @@ mod fake_graph {
         if first_try {
             return (StatusCode::TOO_MANY_REQUESTS, [("retry-after", "1")], "throttled").into_response();
         }
-        let file = match id.as_str() {
-            ANSWERED => "graph/callrecord_call_queue_answered.json",
-            ABANDONED => "graph/callrecord_call_queue_abandoned.json",
+        let mut r = match id.as_str() {
+            ANSWERED => answered(&s),
+            ABANDONED => fixture("graph/callrecord_call_queue_abandoned.json"),
             _ => return json_response(StatusCode::NOT_FOUND, json!({"error": {"code": "NotFound"}})),
         };
-        let mut r = fixture(file);
         if id == ANSWERED {
             // Only the first session inline; the rest on the next page.
             let sessions = r["sessions"].as_array().unwrap().clone();
@@ -487,10 +486,21 @@ mod fake_graph {
         json_response(StatusCode::OK, r)
     }
 
+    /// The answered record: version 2 at first; from the third fetch on, version 3, in which
+    /// the client's late telemetry changed one stream's jitter.
+    fn answered(s: &Shared) -> Value {
+        let mut r = fixture("graph/callrecord_call_queue_answered.json");
+        if s.lock().unwrap().record_gets.iter().filter(|g| *g == ANSWERED).count() >= 3 {
+            r["version"] = json!(3);
+            r["sessions"][2]["segments"][0]["media"][0]["streams"][1]["averageJitter"] = json!("PT0.020S");
+        }
+        r
+    }
+
     async fn sessions(State(s): State<Shared>, UrlPath(id): UrlPath<String>, headers: HeaderMap) -> Response {
         assert!(authorized(&headers));
         s.lock().unwrap().session_pages += 1;
-        let r = fixture("graph/callrecord_call_queue_answered.json");
+        let r = answered(&s);
         assert_eq!(id, ANSWERED);
         let rest: Vec<Value> = r["sessions"].as_array().unwrap()[1..].to_vec();
         json_response(StatusCode::OK, json!({ "value": rest }))
@@ -661,17 +671,35 @@ presence_poll_s = 1
         streams.lines().skip(1).collect::<Vec<_>>(),
         ["b0000000-0000-4000-8000-00000000000b,12.0,false", "b0000000-0000-4000-8000-00000000000b,35.0,true"]
     );
+    let outcomes = sql_csv(&data, "SELECT queue_id, json_get(payload, 'outcome') AS outcome FROM events WHERE event_type = 'queue_result' ORDER BY outcome");
+    assert_eq!(outcomes.lines().skip(1).collect::<Vec<_>>(), ["cq-sales-ra,abandoned", "cq-sales-ra,answered"]);
+    // A newer version of the record re-emits: its streams replace the old ones in the view,
+    // the unchanged call events are duplicates. The same version again adds nothing.
+    for _ in 0..2 {
+        let r =
+            http(http_addr, "POST", &format!("/graph/notifications?code={SECRET}"), &[], note("state-42").as_bytes());
+        assert_eq!(r.0, 202, "{}", r.1);
+    }
+    wait_for_rows(
+        &data,
+        "SELECT agent_id, jitter_ms, poor, json_get(payload, 'version') FROM media_streams WHERE source = 'graph.callrecord' ORDER BY jitter_ms",
+        "b0000000-0000-4000-8000-00000000000b,12.0,false,3\nb0000000-0000-4000-8000-00000000000b,20.0,false,3",
+        &mut run.child,
+    );
+    let facts =
+        sql_csv(&data, &format!("SELECT wait_s, talk_s FROM call_facts WHERE call_id = '{}'", fake_graph::ANSWERED));
+    assert_eq!(facts.lines().nth(1), Some("52.0,338.0"), "the re-emitted call events changed nothing");
     let dead = sql_csv(&data, "SELECT source, reason FROM dead_letters");
     assert_eq!(dead.lines().skip(1).collect::<Vec<_>>(), ["graph.callrecord,wrong clientState"]);
 
     let seen = seen.lock().unwrap();
     assert_eq!(
         seen.record_gets.iter().filter(|g| *g == fake_graph::ANSWERED).count(),
-        2,
-        "the 429 was retried: {:?}",
+        4,
+        "the 429 was retried, then versions 2, 3 and 3 again were fetched: {:?}",
         seen.record_gets
     );
-    assert_eq!(seen.session_pages, 1, "the sessions nextLink was followed");
+    assert_eq!(seen.session_pages, 2, "the sessions nextLink was followed (versions 2 and 3; 3 again was skipped)");
     assert_eq!(seen.dr_pages, 2, "the Direct Routing $skip page was followed");
     assert_eq!(seen.dr_failures, 1, "after a 503, retried");
     assert!(seen.patches >= 1, "reauthorizationRequired renewed a subscription");
