@@ -402,6 +402,8 @@ mod fake_graph {
     pub(crate) const TOKEN: &str = "fake-graph-token";
     pub(crate) const ANSWERED: &str = "9f3d2a10-0000-4000-8000-00000000c001";
     pub(crate) const ABANDONED: &str = "9f3d2a10-0000-4000-8000-00000000c002";
+    /// A user whose presence only a change notification asks for (not polled).
+    pub(crate) const NOTIFIED: &str = "c0000000-0000-4000-8000-00000000000c";
 
     #[derive(Debug, Default)]
     pub(crate) struct Seen {
@@ -527,9 +529,11 @@ mod fake_graph {
     async fn presence(State(s): State<Shared>, headers: HeaderMap, body: String) -> Response {
         assert!(authorized(&headers));
         let v: Value = serde_json::from_str(&body).unwrap();
+        // Polls of the configured agent: Available the first time, Busy after.
+        let polled = v["ids"].as_array().unwrap().iter().any(|id| id.as_str() != Some(NOTIFIED));
         let polls = {
             let mut seen = s.lock().unwrap();
-            seen.presence_polls += 1;
+            seen.presence_polls += usize::from(polled);
             seen.presence_polls
         };
         let (availability, activity) = if polls == 1 { ("Available", "Available") } else { ("Busy", "InACall") };
@@ -537,7 +541,10 @@ mod fake_graph {
             .as_array()
             .unwrap()
             .iter()
-            .map(|id| json!({ "id": id, "availability": availability, "activity": activity }))
+            .map(|id| match id.as_str() {
+                Some(NOTIFIED) => json!({ "id": id, "availability": "DoNotDisturb", "activity": "Presenting" }),
+                _ => json!({ "id": id, "availability": availability, "activity": activity }),
+            })
             .collect();
         json_response(StatusCode::OK, json!({ "value": value }))
     }
@@ -633,6 +640,16 @@ presence_poll_s = 1
         let r = http(http_addr, "POST", &format!("/graph/lifecycle?code={SECRET}"), &[], lifecycle(event).as_bytes());
         assert_eq!(r.0, 202, "{}", r.1);
     }
+    // A presence notification (basic: the id only) makes ccstream fetch that presence.
+    let token_reply =
+        http(http_addr, "POST", &format!("/graph/presence?code={SECRET}&validationToken=abc%2B1"), &[], b"");
+    assert_eq!(token_reply, (200, "abc+1".to_string()));
+    let presence_note = format!(
+        r##"{{"value":[{{"subscriptionId":"sub-2","clientState":"state-42","changeType":"updated","resource":"communications/presences('{user}')","resourceData":{{"@odata.type":"#Microsoft.Graph.presence","@odata.id":"users/{user}/presence","id":"{user}"}},"tenantId":"{entra}"}}]}}"##,
+        user = fake_graph::NOTIFIED
+    );
+    let r = http(http_addr, "POST", &format!("/graph/presence?code={SECRET}"), &[], presence_note.as_bytes());
+    assert_eq!(r.0, 202, "{}", r.1);
     // Calling-bot notifications, forwarded by the bot service.
     for file in ["graph_comms_notification_incoming.json", "graph_comms_notification_established.json"] {
         let body = std::fs::read(sample(file)).unwrap();
@@ -659,8 +676,9 @@ presence_poll_s = 1
     );
     wait_for_rows(
         &data,
-        "SELECT agent_id, from_state, to_state, state_reason FROM events WHERE event_type = 'presence_changed' ORDER BY occurred_at",
-        "b0000000-0000-4000-8000-00000000000b,,Available,Available\nb0000000-0000-4000-8000-00000000000b,Available,Busy,InACall",
+        "SELECT agent_id, from_state, to_state, state_reason FROM events WHERE event_type = 'presence_changed' ORDER BY agent_id, occurred_at",
+        "b0000000-0000-4000-8000-00000000000b,,Available,Available\nb0000000-0000-4000-8000-00000000000b,Available,Busy,InACall\n\
+         c0000000-0000-4000-8000-00000000000c,,DoNotDisturb,Presenting",
         &mut run.child,
     );
     let streams = sql_csv(
