@@ -5,7 +5,9 @@
 //! - `graph`: Graph call records (the documented expanded record and the constructed
 //!   call-queue record), parsed, and parsed and mapped;
 //! - `vq`: RFC 6035 SIP PUBLISH messages, parsed and mapped;
-//! - `acs`: an Event Grid delivery of Job Router events, parsed and mapped.
+//! - `acs`: an Event Grid delivery of Job Router events, parsed and mapped;
+//! - `graph_misc`: a Direct Routing page, a calling-bot notification, 650 presences;
+//! - `events`: 1,000 canonical JSON lines (`POST /events`), parsed and validated.
 //!
 //!     cargo bench -p ccstream-ingest --bench parsers
 
@@ -13,6 +15,7 @@ use std::path::{Path, PathBuf};
 
 use ccstream_ingest::acs::{parse_delivery, AcsMapper, Delivery};
 use ccstream_ingest::graph::callrecord::{map_record, parse_record};
+use ccstream_ingest::graph::{bot, logs, presence};
 use ccstream_ingest::sbc::cdr::{CdrParser, Line};
 use ccstream_ingest::sbc::sip::parse_request;
 use ccstream_ingest::sbc::SbcMapper;
@@ -75,6 +78,46 @@ fn bench(c: &mut Criterion) {
             b.iter(|| map_record(&parse_record(raw.as_bytes()).unwrap(), &raw, "t").unwrap().len())
         });
     }
+    g.finish();
+
+    // The other Graph payloads: a Direct Routing page, a bot notification, a presence list.
+    let mut g = c.benchmark_group("graph_misc");
+    let dr = std::fs::read(fixtures().join("samples/graph_direct_routing_calls_v1_current.json")).unwrap();
+    g.throughput(Throughput::Bytes(dr.len() as u64));
+    g.bench_function("direct_routing_page", |b| {
+        b.iter(|| logs::map_page(logs::Log::DirectRouting, &dr, "t").unwrap().0.len())
+    });
+    let note = std::fs::read(fixtures().join("samples/graph_comms_notification_transfer_failed.json")).unwrap();
+    g.throughput(Throughput::Bytes(note.len() as u64));
+    g.bench_function("bot_notification", |b| b.iter(|| bot::map(&note, "t", 0).unwrap().len()));
+    let ids: Vec<String> = (0..650)
+        .map(|i| {
+            format!(
+                r#"{{"id":"{i:08}-0000-4000-8000-000000000000","availability":"Available","activity":"Available"}}"#
+            )
+        })
+        .collect();
+    let presences = format!(r#"{{"value":[{}]}}"#, ids.join(","));
+    g.throughput(Throughput::Bytes(presences.len() as u64));
+    g.bench_function("presence_650", |b| {
+        b.iter(|| {
+            let mut t = presence::Tracker::default();
+            t.observe(&presence::parse(presences.as_bytes()).unwrap(), "t", 0).len()
+        })
+    });
+    g.finish();
+
+    // Canonical JSON Lines (`POST /events`): parse and validate.
+    let lines: String = (0..1000)
+        .map(|i| format!("{{\"event_id\":\"e-{i}\",\"tenant_id\":\"t\",\"call_id\":\"c-{i}\",\"queue_id\":\"q\",\"event_type\":\"call_queued\",\"occurred_at\":\"2026-11-30T09:00:00.000Z\",\"priority\":1}}\n"))
+        .collect();
+    let mut g = c.benchmark_group("events");
+    g.throughput(Throughput::Bytes(lines.len() as u64));
+    g.bench_function("jsonl_1000", |b| {
+        b.iter(|| {
+            lines.lines().filter(|l| ccstream_schemas::Event::from_json(l).is_ok_and(|e| e.validate().is_ok())).count()
+        })
+    });
     g.finish();
 
     let publish = std::fs::read(fixtures().join("samples/vq_rtcpxr_snom821_publish.txt")).unwrap();
