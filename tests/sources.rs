@@ -227,8 +227,21 @@ resource = "fabrikam-acs"
     let n = sip_tcp.read(&mut buf).unwrap();
     assert!(buf[..n].starts_with(b"SIP/2.0 200 OK\r\n"), "{}", String::from_utf8_lossy(&buf[..n]));
 
-    // --- ACS Event Grid: the handshake, then a Job Router life cycle and an abandon.
+    // --- ACS Event Grid: the handshakes, then a Job Router life cycle and an abandon.
     let http_addr = addr("http");
+    let mut s = TcpStream::connect(http_addr).unwrap();
+    s.write_all(
+        format!(
+            "OPTIONS /acs/callautomation?code={SECRET} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\
+             WebHook-Request-Origin: eventgrid.azure.net\r\n\r\n"
+        )
+        .as_bytes(),
+    )
+    .unwrap();
+    let mut reply = String::new();
+    s.read_to_string(&mut reply).unwrap();
+    assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
+    assert!(reply.to_ascii_lowercase().contains("webhook-allowed-origin: eventgrid.azure.net\r\n"), "{reply}");
     let validation = std::fs::read_to_string(sample("eventgrid_subscription_validation_event.json")).unwrap();
     let (status, body) = post(http_addr, "/acs/eventgrid", &validation);
     assert_eq!((status, body.as_str()), (200, r#"{"validationResponse":"512d38b6-c7b8-40c8-89fe-f46f9e9622b6"}"#));

@@ -10,6 +10,9 @@
 //! which none does is refused with `403`; each one that does not is dead-lettered. Valid
 //! ones are acknowledged with `202` before the record is fetched.
 //!
+//! `OPTIONS` on the ACS routes answers the CloudEvents webhook handshake
+//! (`WebHook-Request-Origin` → `WebHook-Allowed-Origin`).
+//!
 //! Status codes: `200` once every event is durable (rejected parts are dead-lettered and
 //! counted in the reply); `400` when nothing in the body is usable; `401` without the secret,
 //! `403` with a wrong one; `413` over the body limit; `503` when the log cannot take the
@@ -51,8 +54,8 @@ where
 pub fn router(ctx: Arc<Context>) -> Router {
     Router::new()
         .route("/events", post(events))
-        .route("/acs/eventgrid", post(eventgrid))
-        .route("/acs/callautomation", post(callautomation))
+        .route("/acs/eventgrid", post(eventgrid).options(abuse_protection))
+        .route("/acs/callautomation", post(callautomation).options(abuse_protection))
         .route("/graph/notifications", post(graph_notifications))
         .route("/graph/lifecycle", post(graph_lifecycle))
         .route("/graph/presence", post(graph_presence))
@@ -196,6 +199,30 @@ async fn events(State(ctx): State<Arc<Context>>, req: Request<Body>) -> Response
     let accepted = batch.events;
     let status = if accepted == 0 && !rejected.is_empty() { StatusCode::BAD_REQUEST } else { StatusCode::OK };
     commit(&ctx, batch, reply(status, json!({ "accepted": accepted, "rejected": rejected }))).await
+}
+
+/// The CloudEvents webhook handshake (CloudEvents "HTTP 1.1 Web Hooks" §4, used by Event Grid
+/// subscriptions in the CloudEvents schema): `OPTIONS` with `WebHook-Request-Origin` is
+/// answered `200` with `WebHook-Allowed-Origin` set to that origin (any rate). It needs the
+/// secret like every other request.
+async fn abuse_protection(State(ctx): State<Arc<Context>>, headers: HeaderMap, uri: Uri) -> Response {
+    if let Some(expected) = &ctx.config.secret {
+        match presented(&headers, &uri) {
+            None => return reply(StatusCode::UNAUTHORIZED, json!({ "error": "no webhook secret" })),
+            Some(s) if !same(s.as_bytes(), expected.as_bytes()) => {
+                return reply(StatusCode::FORBIDDEN, json!({ "error": "wrong webhook secret" }))
+            }
+            Some(_) => {}
+        }
+    }
+    let Some(origin) = headers.get("webhook-request-origin").cloned() else {
+        return reply(StatusCode::BAD_REQUEST, json!({ "error": "no WebHook-Request-Origin header" }));
+    };
+    (
+        StatusCode::OK,
+        [("webhook-allowed-origin", origin), ("webhook-allowed-rate", header::HeaderValue::from_static("*"))],
+    )
+        .into_response()
 }
 
 fn validation_token(uri: &Uri) -> Option<String> {
