@@ -4,6 +4,7 @@
 //! tables with `/metrics`, until Ctrl-C (or the end of the log with `--until-caught-up`).
 
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use anyhow::{Context, Result};
 use clap::Args;
@@ -37,17 +38,19 @@ pub(crate) async fn run(args: RunArgs) -> Result<()> {
         eprintln!("ingested {} records ({} dead letters) from {} file(s)", s.records, s.dead_letters, s.files);
     }
     let mut sources_telemetry = None;
+    let mut running = None;
     if let Some(sources) = config.sources.clone() {
-        let running = ccstream_ingest::listen::start(sources, log, crate::replay::now_ms).await?;
+        let started = ccstream_ingest::listen::start(sources, log, crate::replay::now_ms).await?;
         let mut lines = String::new();
-        for (name, addr) in &running.addrs {
+        for (name, addr) in &started.addrs {
             eprintln!("{name} listening on {addr}");
             lines.push_str(&format!("{name} {addr}\n"));
         }
         if let Some(path) = &args.sources_listen_file {
             std::fs::write(path, lines).with_context(|| format!("writing {}", path.display()))?;
         }
-        sources_telemetry = Some(running.telemetry);
+        sources_telemetry = Some(Arc::clone(&started.telemetry));
+        running = Some(started);
     } else {
         drop(log);
     }
@@ -65,6 +68,15 @@ pub(crate) async fn run(args: RunArgs) -> Result<()> {
         time: crate::process::StreamTime::DEFAULT,
         sources_telemetry,
     })
-    .await
-    .map(|_| ())
+    .await?;
+    if let Some(running) = running {
+        // What the listeners received but nobody was told is durable (syslog) goes to the
+        // log before the process ends; the next run processes it.
+        match tokio::time::timeout(std::time::Duration::from_secs(10), running.flush()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => eprintln!("sources: {e}"),
+            Err(_) => eprintln!("sources: the log did not take the last input within 10 s"),
+        }
+    }
+    Ok(())
 }

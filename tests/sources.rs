@@ -818,3 +818,49 @@ fn webhooks_over_https() {
     let data = run.data.clone();
     wait_for_rows(&data, "SELECT event_id, source FROM events", "tls-1,http.events", &mut run.child);
 }
+
+/// A clean stop (Ctrl-C) of `ccstream run` loses no datagram the listeners received: what
+/// was not yet on the log is flushed before the process ends, and the next processor run
+/// folds it.
+#[test]
+fn a_clean_stop_keeps_what_was_received() {
+    let mut run = Run::start("metrics_listen = \"127.0.0.1:0\"\n[sources]\nsyslog_udp = \"127.0.0.1:0\"\n");
+    let udp = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let rows: Vec<String> = std::fs::read_to_string(sample("audiocodes_cdr_sbc_signaling_odp.txt"))
+        .unwrap()
+        .lines()
+        .skip(1)
+        .map(String::from)
+        .collect();
+    let n = 2000;
+    for i in 0..n {
+        let row =
+            rows[i % rows.len()].replace(":22:625", &format!(":22:{i}")).replace(":229:69538346", &format!(":229:{i}"));
+        udp.send_to(format!("<134>[S={i}] |{row}").as_bytes(), run.addr("syslog_udp")).unwrap();
+    }
+    // Stop once every datagram was received by the loop (not necessarily appended).
+    let metrics = run.metrics.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let (_, text) = http(metrics, "GET", "/metrics", &[], b"");
+        let received = text
+            .lines()
+            .find(|l| l.starts_with("ccstream_ingest_received_total{source=\"sbc.audiocodes\"}"))
+            .and_then(|l| l.rsplit(' ').next()?.parse::<usize>().ok())
+            .unwrap_or(0);
+        if received >= n {
+            break;
+        }
+        assert!(Instant::now() < deadline, "only {received} of {n} datagrams received");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let status = Command::new("kill").args(["-INT", &run.child.0.id().to_string()]).status().unwrap();
+    assert!(status.success());
+    let exit = run.child.0.wait().unwrap();
+    assert!(exit.success(), "ccstream run exited with {exit}");
+    let log = format!("file://{}", run.data.parent().unwrap().join("log").display());
+    let data = run.data.to_str().unwrap().to_string();
+    common::ccstream(&["process", "--log", &log, "--data", &data, "--until-caught-up"]);
+    let count = sql_csv(&run.data, "SELECT count(*) AS n FROM events WHERE source = 'sbc.audiocodes'");
+    assert_eq!(count.lines().nth(1), Some(n.to_string().as_str()));
+}

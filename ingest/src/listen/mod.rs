@@ -138,6 +138,15 @@ pub struct Running {
     /// `(listener name, bound address)`, e.g. `("syslog_udp", 127.0.0.1:5514)`.
     pub addrs: Vec<(&'static str, SocketAddr)>,
     pub telemetry: Arc<Telemetry>,
+    publisher: Publisher,
+}
+
+impl Running {
+    /// Waits until everything the loops handed to the writer so far is on the log (for a
+    /// clean stop: syslog batches are not acknowledged to anyone, so they are flushed here).
+    pub async fn flush(&self) -> Result<(), publish::PublishError> {
+        self.publisher.flush().await
+    }
 }
 
 /// Accepts connections for ever, a task each.
@@ -208,5 +217,5 @@ pub async fn start(config: SourcesConfig, log: Arc<dyn EventLog>, now_ms: fn() -
             _ => return Err(crate::Error::TlsHalf),
         }
     }
-    Ok(Running { addrs, telemetry })
+    Ok(Running { addrs, telemetry, publisher: ctx.publisher.clone() })
 }

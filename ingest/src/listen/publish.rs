@@ -83,7 +83,11 @@ impl Publisher {
                     .flat_map(|(b, _)| b.records.iter())
                     .map(|(k, v)| RecordRef { key: k, value: v, timestamp_ms: ts })
                     .collect();
-                let result = log.append(&refs).await.map(|_| ()).map_err(|e| PublishError(e.to_string()));
+                let result = if refs.is_empty() {
+                    Ok(()) // only flush markers
+                } else {
+                    log.append(&refs).await.map(|_| ()).map_err(|e| PublishError(e.to_string()))
+                };
                 drop(refs);
                 for (batch, ack) in group {
                     if let Err(e) = &result {
@@ -110,6 +114,14 @@ impl Publisher {
         }
         let (ack, done) = oneshot::channel();
         self.tx.send((batch, Some(ack))).await.map_err(|_| PublishError("the writer stopped".into()))?;
+        done.await.map_err(|_| PublishError("the writer stopped".into()))?
+    }
+
+    /// Waits until every batch queued before this call is appended (the writer takes batches
+    /// in order).
+    pub async fn flush(&self) -> Result<(), PublishError> {
+        let (ack, done) = oneshot::channel();
+        self.tx.send((Batch::new("flush"), Some(ack))).await.map_err(|_| PublishError("the writer stopped".into()))?;
         done.await.map_err(|_| PublishError("the writer stopped".into()))?
     }
 
