@@ -302,12 +302,14 @@ resource = "fabrikam-acs"
     let jsonl = concat!(
         r#"{"event_id":"posted-1","tenant_id":"t-post","agent_id":"agent-9","event_type":"agent_state_changed","occurred_at":"2026-11-30T09:00:00Z","to_state":"available"}"#,
         "\n",
+        r#"{"event_id":"posted-3","tenant_id":"t-post","agent_id":"agent-9","event_type":"agent_state_changed","occurred_at":"2026-11-30T09:30:00.250Z","to_state":"break"}"#,
+        "\n",
         r#"{"event_id":"posted-2","tenant_id":"t-post","event_type":"call_queued","occurred_at":"2026-11-30T09:00:00Z"}"#,
         "\n"
     );
     let (status, body) = post(http_addr, "/events", jsonl);
     assert_eq!(status, 200, "{body}");
-    assert!(body.contains(r#""accepted":1"#) && body.contains("needs a call_id"), "{body}");
+    assert!(body.contains(r#""accepted":2"#) && body.contains("needs a call_id"), "{body}");
 
     // --- Security: none of these reach the tables.
     let evil = router_event(
@@ -361,10 +363,16 @@ resource = "fabrikam-acs"
     wait_for_rows(
         &data,
         "SELECT source, to_state, count(*) FROM events WHERE event_type IN ('call_state', 'agent_state_changed') \
-         GROUP BY source, to_state ORDER BY source",
-        "acs.callautomation,CallConnected,1\nhttp.events,available,1",
+         GROUP BY source, to_state ORDER BY source, to_state",
+        "acs.callautomation,CallConnected,1\nhttp.events,available,1\nhttp.events,break,1",
         &mut run.child,
     );
+    // Time in state: available from 09:00:00 to 09:30:00.250 (the break is still open).
+    let time = sql_csv(
+        &data,
+        "SELECT agent_id, state, day, periods, seconds FROM agent_state_time WHERE source = 'http.events'",
+    );
+    assert_eq!(time.lines().skip(1).collect::<Vec<_>>(), ["agent-9,available,2026-11-30,1,1800.25"]);
     // Rejected input is dead-lettered with its reason; none of it is an event.
     wait_for_rows(
         &data,

@@ -12,7 +12,8 @@
 //!   call-record streams — the latest record version of each) with the CQD classification
 //!   (historical thresholds) and the E-model MOS; joins to `sbc_legs` on `sip_call_id`.
 //! - `agent_state_time`: time per agent, state and day from `presence_changed` and
-//!   `agent_state_changed` events; `agent_occupancy`: busy / (busy + idle `Available`).
+//!   `agent_state_changed` events; `agent_occupancy`: busy over the time the agent could
+//!   take calls (presence `Available` idle time plus busy, else agent-state `available`).
 //!
 //! Ratios with a zero denominator are NULL. Durations are integer ms summed, then divided.
 
@@ -131,35 +132,44 @@ FROM agent_legs
 GROUP BY tenant_id, agent_id, day";
 
 /// `agent_state_time`: closed presence / agent-state periods per agent, state and the UTC day
-/// each period began (a period ends at the agent's next change from the same source).
+/// each period began (a period ends at the agent's next change from the same source). Times
+/// are cast to milliseconds first: Delta stores timestamps in microseconds.
 pub const AGENT_STATE_TIME_SQL: &str = "
 SELECT tenant_id, agent_id, source, state, day,
        count(*)                              AS periods,
        CAST(sum(ms) AS DOUBLE) / 1000.0      AS seconds
 FROM (
   SELECT tenant_id, agent_id, source, to_state AS state, CAST(occurred_at AS DATE) AS day,
-         CAST(lead(occurred_at) OVER (PARTITION BY tenant_id, agent_id, source ORDER BY occurred_at, event_id) AS BIGINT)
-           - CAST(occurred_at AS BIGINT) AS ms
+         CAST(arrow_cast(lead(occurred_at) OVER (PARTITION BY tenant_id, agent_id, source ORDER BY occurred_at, event_id),
+                         'Timestamp(Millisecond, None)') AS BIGINT)
+           - CAST(arrow_cast(occurred_at, 'Timestamp(Millisecond, None)') AS BIGINT) AS ms
   FROM events
   WHERE event_type IN ('presence_changed', 'agent_state_changed') AND agent_id IS NOT NULL AND to_state IS NOT NULL)
 WHERE ms IS NOT NULL
 GROUP BY tenant_id, agent_id, source, state, day";
 
-/// `agent_occupancy`: busy (talk + hold + after-call work of the agent's legs) over busy plus
-/// idle time in the Teams presence `Available` (presence is `Busy` during calls), per agent
-/// and UTC day.
+/// `agent_occupancy`: per agent and UTC day, busy (talk + hold + after-call work of the
+/// agent's legs) over the time the agent could take calls: busy plus idle time in the Teams
+/// presence `Available` (presence is `Busy` during calls) when there is presence, else the
+/// time in the agent state `available` (which includes the calls; capped at 1).
 pub const AGENT_OCCUPANCY_SQL: &str = "
-SELECT coalesce(b.tenant_id, a.tenant_id) AS tenant_id, coalesce(b.agent_id, a.agent_id) AS agent_id,
-       coalesce(b.day, a.day) AS day,
-       coalesce(b.busy_s, 0) AS busy_s, coalesce(a.available_s, 0) AS available_s,
-       coalesce(b.busy_s, 0) / nullif(coalesce(b.busy_s, 0) + coalesce(a.available_s, 0), 0) AS occupancy
-FROM (SELECT tenant_id, agent_id, day, CAST(sum(coalesce(talk_ms, 0) + coalesce(hold_ms, 0) + coalesce(acw_ms, 0)) AS DOUBLE) / 1000.0 AS busy_s
-      FROM agent_legs GROUP BY tenant_id, agent_id, day) b
-FULL OUTER JOIN
-     (SELECT tenant_id, agent_id, day, sum(seconds) AS available_s
-      FROM agent_state_time WHERE source = 'graph.presence' AND lower(state) = 'available'
-      GROUP BY tenant_id, agent_id, day) a
-ON b.tenant_id = a.tenant_id AND b.agent_id = a.agent_id AND b.day = a.day";
+SELECT tenant_id, agent_id, day, busy_s, available_s, staffed_s,
+       CASE WHEN available_s > 0 THEN busy_s / (busy_s + available_s)
+            WHEN staffed_s > 0 THEN least(busy_s / staffed_s, 1.0)
+       END AS occupancy
+FROM (
+  SELECT coalesce(b.tenant_id, a.tenant_id) AS tenant_id, coalesce(b.agent_id, a.agent_id) AS agent_id,
+         coalesce(b.day, a.day) AS day,
+         coalesce(b.busy_s, 0) AS busy_s, coalesce(a.available_s, 0) AS available_s, coalesce(a.staffed_s, 0) AS staffed_s
+  FROM (SELECT tenant_id, agent_id, day, CAST(sum(coalesce(talk_ms, 0) + coalesce(hold_ms, 0) + coalesce(acw_ms, 0)) AS DOUBLE) / 1000.0 AS busy_s
+        FROM agent_legs GROUP BY tenant_id, agent_id, day) b
+  FULL OUTER JOIN
+       (SELECT tenant_id, agent_id, day,
+               coalesce(sum(seconds) FILTER (WHERE source = 'graph.presence'), 0) AS available_s,
+               coalesce(sum(seconds) FILTER (WHERE source <> 'graph.presence'), 0) AS staffed_s
+        FROM agent_state_time WHERE lower(state) = 'available'
+        GROUP BY tenant_id, agent_id, day) a
+  ON b.tenant_id = a.tenant_id AND b.agent_id = a.agent_id AND b.day = a.day)";
 
 /// The tables and views of one data directory, in one DataFusion session.
 #[derive(Clone)]
