@@ -27,7 +27,7 @@
 //! fold is back where the tables are, it reads back the rows they hold (revisions, and the
 //! values a later commit must correct) before it commits again.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -448,6 +448,9 @@ impl Processor {
     /// files at the next commit (see [`CallFold::refold_ids`]).
     async fn refold(&mut self) -> Result<()> {
         let parts: Vec<Partition> = self.parts.keys().copied().collect();
+        // Events of re-folded calls that `events` already holds: copies that arrived after
+        // their call left memory looked like first copies; they must not be appended again.
+        let mut stored: HashSet<String> = HashSet::new();
         for p in parts {
             let ids = self.parts[&p].fold.refold_ids(&self.decoder.dicts);
             if ids.is_empty() {
@@ -455,6 +458,7 @@ impl Processor {
             }
             let list = sql_list(&ids);
             for b in self.store.read_where(TABLE_EVENTS, Some(&format!("call_id IN ({list})")), false).await? {
+                stored.extend(string_column(&b, "event_id")?.iter().flatten().map(str::to_string));
                 self.decoder.decode(&b, &mut self.decoded)?;
                 self.parts.get_mut(&p).expect("listed").fold.update(&self.decoded, &self.decoder.dicts);
             }
@@ -492,6 +496,20 @@ impl Processor {
                 maxima.push(max);
             }
             state.fold.set_sealed_max(&maxima);
+        }
+        if !stored.is_empty() {
+            let mut dropped = 0usize;
+            for b in self.pending_events.iter_mut() {
+                let ids = string_column(b, "event_id")?;
+                let keep: BooleanArray = ids.iter().map(|id| Some(!id.is_some_and(|id| stored.contains(id)))).collect();
+                let n = keep.true_count();
+                if n < b.num_rows() {
+                    dropped += b.num_rows() - n;
+                    *b = filter_record_batch(b, &keep)?;
+                }
+            }
+            self.pending_event_rows -= dropped.min(self.pending_event_rows);
+            self.telemetry.duplicates.inc_by(dropped as u64);
         }
         Ok(())
     }
@@ -848,6 +866,9 @@ pub(crate) async fn run(args: ProcessArgs) -> Result<ProcessSummary> {
         }
         // While catching up, commits never take more than about a fifth of the time.
         if proc.pending_event_rows >= args.append_flush_rows.max(1) && proc.rebuilt() {
+            // Re-folds first: they drop pending copies of events the table already holds.
+            proc.restore().await?;
+            proc.refold().await?;
             proc.commit_appends().await?;
         }
         let due = last_commit.elapsed() >= interval.max(commit_cost * 5);
