@@ -23,14 +23,28 @@ pub(crate) enum IngestCommand {
     Cdr(IngestCdrArgs),
 }
 
+/// The log an ingest publishes to (the flags every `ingest` command shares).
 #[derive(Debug, Args)]
-pub(crate) struct IngestCdrArgs {
+pub(crate) struct LogTarget {
     /// Event log URL: file://DIR (or a path) or kafka://HOST:PORT/TOPIC
     #[arg(long, env = "CCSTREAM_LOG")]
     pub(crate) log: String,
     /// Partitions to create the log (Kafka topic) with if it is missing; if it exists, it must match
     #[arg(long, env = "CCSTREAM_PARTITIONS")]
     pub(crate) partitions: Option<u32>,
+}
+
+impl LogTarget {
+    /// Opens the log, creating it when missing.
+    pub(crate) async fn open(&self) -> Result<std::sync::Arc<dyn EventLog>> {
+        open_or_create(&self.log, self.partitions).await
+    }
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct IngestCdrArgs {
+    #[command(flatten)]
+    pub(crate) target: LogTarget,
     /// Pipeline config file (TOML): its [sources] default_tenant and sbc_tenants map CDRs to tenants
     #[arg(long, env = "CCSTREAM_CONFIG")]
     pub(crate) config: Option<PathBuf>,
@@ -41,12 +55,8 @@ pub(crate) struct IngestCdrArgs {
 
 #[derive(Debug, Args)]
 pub(crate) struct IngestFileArgs {
-    /// Event log URL: file://DIR (or a path) or kafka://HOST:PORT/TOPIC
-    #[arg(long, env = "CCSTREAM_LOG")]
-    pub(crate) log: String,
-    /// Partitions to create the log (Kafka topic) with if it is missing; if it exists, it must match
-    #[arg(long, env = "CCSTREAM_PARTITIONS")]
-    pub(crate) partitions: Option<u32>,
+    #[command(flatten)]
+    pub(crate) target: LogTarget,
     /// Records per append (one durable write each)
     #[arg(long, env = "CCSTREAM_APPEND_BATCH", default_value_t = 16_384)]
     pub(crate) append_batch: usize,
@@ -87,7 +97,7 @@ pub(crate) async fn run(cmd: IngestCommand) -> Result<()> {
         IngestCommand::File(args) => args,
         IngestCommand::Cdr(args) => return ingest_cdr(args).await,
     };
-    let log = open_or_create(&args.log, args.partitions).await?;
+    let log = args.target.open().await?;
     let s = ingest_files(&*log, &args.paths, args.append_batch, &args.progress).await?;
     eprintln!(
         "ingested {} file(s) into {}: {} records ({} events, {} dead letters) in {:.2} s ({:.0} records/s)",
@@ -156,7 +166,7 @@ async fn ingest_cdr(args: IngestCdrArgs) -> Result<()> {
         None => ("default".to_string(), Vec::new()),
     };
     let mut mapper = ccstream_ingest::sbc::SbcMapper::new(tenant, rules);
-    let log = open_or_create(&args.log, args.partitions).await?;
+    let log = args.target.open().await?;
     let mut records = LogRecords::new(crate::replay::now_ms());
     let mut summary = IngestSummary { files: args.paths.len(), ..IngestSummary::default() };
     for path in &args.paths {

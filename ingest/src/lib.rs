@@ -12,6 +12,13 @@
 //! - [`telemetry`]: the source loops' metrics.
 
 pub mod acs;
+
+/// Whether a presented secret (webhook secret, Graph `clientState`) equals the expected one,
+/// in time that does not depend on where they differ.
+pub fn secret_matches(presented: &[u8], expected: &[u8]) -> bool {
+    presented.len() == expected.len() && presented.iter().zip(expected).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
 pub mod file;
 pub mod graph;
 pub mod listen;

@@ -52,6 +52,16 @@ pub fn register(ctx: &SessionContext) {
     ctx.register_udtf("agent_day_metrics_at", Arc::new(SqlFunction::AgentDayMetricsAt));
 }
 
+/// A function's result `out` as a scalar when every argument was one (constant folding),
+/// else as the array.
+fn shaped_like(out: ArrayRef, args: &[ColumnarValue]) -> DfResult<ColumnarValue> {
+    if args.iter().all(|a| matches!(a, ColumnarValue::Scalar(_))) {
+        Ok(ColumnarValue::Scalar(ScalarValue::try_from_array(&out, 0)?))
+    } else {
+        Ok(ColumnarValue::Array(out))
+    }
+}
+
 fn tz_arg(v: &ColumnarValue, fname: &str) -> DfResult<Tz> {
     match v {
         ColumnarValue::Scalar(
@@ -140,10 +150,7 @@ impl ScalarUDFImpl for TimeBucket {
             })
             .collect();
         let out: ArrayRef = Arc::new(out.with_timezone("UTC"));
-        Ok(match &args.args[0] {
-            ColumnarValue::Scalar(_) => ColumnarValue::Scalar(ScalarValue::try_from_array(&out, 0)?),
-            ColumnarValue::Array(_) => ColumnarValue::Array(out),
-        })
+        shaped_like(out, &args.args)
     }
 }
 
@@ -176,10 +183,7 @@ impl ScalarUDFImpl for LocalTime {
         let ts = ts_millis(&args.args[0], args.number_rows)?;
         let out: TimestampMillisecondArray = ts.iter().map(|v| v.map(|utc| to_local(&tz, utc))).collect();
         let out: ArrayRef = Arc::new(out);
-        Ok(match &args.args[0] {
-            ColumnarValue::Scalar(_) => ColumnarValue::Scalar(ScalarValue::try_from_array(&out, 0)?),
-            ColumnarValue::Array(_) => ColumnarValue::Array(out),
-        })
+        shaped_like(out, &args.args)
     }
 }
 
@@ -242,10 +246,7 @@ impl ScalarUDFImpl for RoundExact {
         let x: &arrow::array::Float64Array = x.as_primitive();
         let out: arrow::array::Float64Array = x.unary(|v| round_exact(v, digits));
         let out: ArrayRef = Arc::new(out);
-        Ok(match &args.args[0] {
-            ColumnarValue::Scalar(_) => ColumnarValue::Scalar(ScalarValue::try_from_array(&out, 0)?),
-            ColumnarValue::Array(_) => ColumnarValue::Array(out),
-        })
+        shaped_like(out, &args.args)
     }
 }
 
@@ -305,10 +306,7 @@ impl ScalarUDFImpl for JsonGet {
         let text = text.as_string::<i32>();
         let out: arrow::array::StringArray = text.iter().map(|t| t.and_then(|t| json_at(t, &path))).collect();
         let out: ArrayRef = Arc::new(out);
-        Ok(match &args.args[0] {
-            ColumnarValue::Scalar(_) => ColumnarValue::Scalar(ScalarValue::try_from_array(&out, 0)?),
-            ColumnarValue::Array(_) => ColumnarValue::Array(out),
-        })
+        shaped_like(out, &args.args)
     }
 }
 
@@ -344,7 +342,6 @@ impl ScalarUDFImpl for EModelMos {
     }
 
     fn invoke_with_args(&self, args: ScalarFunctionArgs) -> DfResult<ColumnarValue> {
-        let all_scalar = args.args.iter().all(|a| matches!(a, ColumnarValue::Scalar(_)));
         let cols = args.args.iter().map(|a| a.to_array(args.number_rows)).collect::<DfResult<Vec<_>>>()?;
         let [rtt, jitter, loss] = [0, 1, 2].map(|i| cols[i].as_primitive::<arrow::datatypes::Float64Type>());
         let out: arrow::array::Float64Array = (0..args.number_rows)
@@ -358,11 +355,7 @@ impl ScalarUDFImpl for EModelMos {
             })
             .collect();
         let out: ArrayRef = Arc::new(out);
-        Ok(if all_scalar {
-            ColumnarValue::Scalar(ScalarValue::try_from_array(&out, 0)?)
-        } else {
-            ColumnarValue::Array(out)
-        })
+        shaped_like(out, &args.args)
     }
 }
 

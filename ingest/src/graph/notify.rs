@@ -54,8 +54,7 @@ pub fn parse(body: &[u8]) -> Result<Vec<Notification>, NotifyError> {
 impl Notification {
     /// Whether it carries the expected client state (constant time).
     pub fn client_state_is(&self, expected: &str) -> bool {
-        let got = self.client_state.as_deref().unwrap_or("").as_bytes();
-        got.len() == expected.len() && got.iter().zip(expected.as_bytes()).fold(0u8, |a, (x, y)| a | (x ^ y)) == 0
+        crate::secret_matches(self.client_state.as_deref().unwrap_or("").as_bytes(), expected.as_bytes())
     }
 
     /// The changed resource's id: `resourceData.id`, else the last segment of `resource`

@@ -67,11 +67,6 @@ fn reply(status: StatusCode, body: serde_json::Value) -> Response {
     (status, [(header::CONTENT_TYPE, "application/json")], body.to_string()).into_response()
 }
 
-/// Constant-time comparison (the secret must not leak through timing).
-fn same(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
-
 /// The secret a request carries: `Authorization: Bearer`, `x-ccstream-secret`, or `?code=`.
 fn presented(headers: &HeaderMap, uri: &Uri) -> Option<String> {
     if let Some(v) = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()) {
@@ -105,7 +100,7 @@ async fn admit(ctx: &Context, source: &'static str, req: Request) -> Result<(Str
                     refuse(StatusCode::UNAUTHORIZED, Reject::Unauthorized, "no webhook secret".into(), body).await
                 );
             }
-            Some(s) if !same(s.as_bytes(), expected.as_bytes()) => {
+            Some(s) if !crate::secret_matches(s.as_bytes(), expected.as_bytes()) => {
                 ctx.telemetry.seen(source, declared.unwrap_or(0), now);
                 let body = to_bytes(body, max).await.unwrap_or_default();
                 return Err(
@@ -183,15 +178,8 @@ async fn events(State(ctx): State<Arc<Context>>, req: Request<Body>) -> Response
                 batch.event(event, now);
             }
             Err(reason) => {
-                let d = ccstream_schemas::DeadLetterRecord::new(
-                    SOURCE_EVENTS,
-                    &origin,
-                    Some(i as i64 + 1),
-                    reason.clone(),
-                    line,
-                );
-                ctx.telemetry.reject(SOURCE_EVENTS, Reject::Invalid);
-                batch.dead_letter(&d);
+                let at = Some(i as i64 + 1);
+                ctx.reject_at(&mut batch, SOURCE_EVENTS, &origin, at, Reject::Invalid, reason.clone(), line);
                 rejected.push(json!({ "line": i + 1, "reason": reason }));
             }
         }
@@ -209,7 +197,7 @@ async fn abuse_protection(State(ctx): State<Arc<Context>>, headers: HeaderMap, u
     if let Some(expected) = &ctx.config.secret {
         match presented(&headers, &uri) {
             None => return reply(StatusCode::UNAUTHORIZED, json!({ "error": "no webhook secret" })),
-            Some(s) if !same(s.as_bytes(), expected.as_bytes()) => {
+            Some(s) if !crate::secret_matches(s.as_bytes(), expected.as_bytes()) => {
                 return reply(StatusCode::FORBIDDEN, json!({ "error": "wrong webhook secret" }))
             }
             Some(_) => {}

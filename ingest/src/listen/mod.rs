@@ -122,9 +122,24 @@ pub const DEAD_LETTER_RAW_BYTES: usize = 64 * 1024;
 impl Context {
     /// Counts a rejection and adds its dead letter to `batch`.
     pub fn reject(&self, batch: &mut Batch, source: &str, origin: &str, why: Reject, reason: String, raw: &[u8]) {
+        self.reject_at(batch, source, origin, None, why, reason, raw);
+    }
+
+    /// [`Context::reject`] for input with lines: the dead letter names the 1-based `line`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn reject_at(
+        &self,
+        batch: &mut Batch,
+        source: &str,
+        origin: &str,
+        line: Option<i64>,
+        why: Reject,
+        reason: String,
+        raw: &[u8],
+    ) {
         self.telemetry.reject(source, why);
         let raw = &raw[..raw.len().min(DEAD_LETTER_RAW_BYTES)];
-        batch.dead_letter(&DeadLetterRecord::new(source, origin, None, reason, raw));
+        batch.dead_letter(&DeadLetterRecord::new(source, origin, line, reason, raw));
     }
 
     fn sbc(&self) -> std::sync::MutexGuard<'_, SbcMapper> {
@@ -182,25 +197,27 @@ pub async fn start(config: SourcesConfig, log: Arc<dyn EventLog>, now_ms: fn() -
     let bind = |name: &'static str, addr: SocketAddr| move |source| crate::Error::Bind { name, addr, source };
     let mut addrs = Vec::new();
     let c = &ctx.config;
-    if let Some(addr) = c.syslog_udp {
-        let sock = bind_udp(addr, c.udp_receive_buffer_bytes).map_err(bind("syslog_udp", addr))?;
-        addrs.push(("syslog_udp", sock.local_addr().map_err(bind("syslog_udp", addr))?));
-        tokio::spawn(syslog::udp(sock, Arc::clone(&ctx)));
+    type SpawnUdp = fn(tokio::net::UdpSocket, Arc<Context>);
+    let udp: [(&'static str, Option<SocketAddr>, SpawnUdp); 2] = [
+        ("syslog_udp", c.syslog_udp, |s, ctx| drop(tokio::spawn(syslog::udp(s, ctx)))),
+        ("sip_udp", c.sip_udp, |s, ctx| drop(tokio::spawn(sip::udp(s, ctx)))),
+    ];
+    for (name, addr, spawn) in udp {
+        let Some(addr) = addr else { continue };
+        let sock = bind_udp(addr, c.udp_receive_buffer_bytes).map_err(bind(name, addr))?;
+        addrs.push((name, sock.local_addr().map_err(bind(name, addr))?));
+        spawn(sock, Arc::clone(&ctx));
     }
-    if let Some(addr) = c.syslog_tcp {
-        let l = tokio::net::TcpListener::bind(addr).await.map_err(bind("syslog_tcp", addr))?;
-        addrs.push(("syslog_tcp", l.local_addr().map_err(bind("syslog_tcp", addr))?));
-        tokio::spawn(accept(l, Arc::clone(&ctx), "syslog tcp", syslog::connection));
-    }
-    if let Some(addr) = c.sip_udp {
-        let sock = bind_udp(addr, c.udp_receive_buffer_bytes).map_err(bind("sip_udp", addr))?;
-        addrs.push(("sip_udp", sock.local_addr().map_err(bind("sip_udp", addr))?));
-        tokio::spawn(sip::udp(sock, Arc::clone(&ctx)));
-    }
-    if let Some(addr) = c.sip_tcp {
-        let l = tokio::net::TcpListener::bind(addr).await.map_err(bind("sip_tcp", addr))?;
-        addrs.push(("sip_tcp", l.local_addr().map_err(bind("sip_tcp", addr))?));
-        tokio::spawn(accept(l, Arc::clone(&ctx), "sip tcp", sip::connection));
+    type SpawnTcp = fn(tokio::net::TcpListener, Arc<Context>);
+    let tcp: [(&'static str, Option<SocketAddr>, SpawnTcp); 2] = [
+        ("syslog_tcp", c.syslog_tcp, |l, ctx| drop(tokio::spawn(accept(l, ctx, "syslog tcp", syslog::connection)))),
+        ("sip_tcp", c.sip_tcp, |l, ctx| drop(tokio::spawn(accept(l, ctx, "sip tcp", sip::connection)))),
+    ];
+    for (name, addr, spawn) in tcp {
+        let Some(addr) = addr else { continue };
+        let l = tokio::net::TcpListener::bind(addr).await.map_err(bind(name, addr))?;
+        addrs.push((name, l.local_addr().map_err(bind(name, addr))?));
+        spawn(l, Arc::clone(&ctx));
     }
     if let Some(addr) = c.http {
         let l = tokio::net::TcpListener::bind(addr).await.map_err(bind("http", addr))?;

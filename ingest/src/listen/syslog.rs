@@ -68,8 +68,9 @@ fn classify(e: &CdrError) -> Reject {
     }
 }
 
-/// Parses the lines of one message from `sender` into `batch`.
-fn lines(ctx: &Context, batch: &mut Batch, sender: &str, origin: &str, data: &[u8]) {
+/// Parses the lines of one message from `sender` into `batch`; `origin` names the peer in a
+/// dead letter (built only for one).
+fn lines(ctx: &Context, batch: &mut Batch, sender: &str, origin: impl Fn() -> String, data: &[u8]) {
     let now = (ctx.now_ms)();
     ctx.telemetry.seen(SOURCE_CDR, data.len(), now);
     let mut mapper = ctx.sbc();
@@ -81,7 +82,7 @@ fn lines(ctx: &Context, batch: &mut Batch, sender: &str, origin: &str, data: &[u
         match mapper.map_cdr_line(sender, line, now) {
             Ok(Some(event)) => batch.event(event, now),
             Ok(None) => {}
-            Err(e) => ctx.reject(batch, SOURCE_CDR, origin, classify(&e), e.to_string(), line),
+            Err(e) => ctx.reject(batch, SOURCE_CDR, &origin(), classify(&e), e.to_string(), line),
         }
     }
 }
@@ -109,14 +110,13 @@ pub(super) async fn udp(sock: UdpSocket, ctx: Arc<Context>) {
                     break;
                 }
             };
-            let sender = peer.ip().to_string();
-            let origin = format!("syslog udp {peer}");
+            let origin = || format!("syslog udp {peer}");
             if n > max {
                 ctx.telemetry.seen(SOURCE_CDR, n, (ctx.now_ms)());
                 let reason = format!("datagram exceeds {max} bytes");
-                ctx.reject(&mut batch, SOURCE_CDR, &origin, Reject::TooLarge, reason, &buf[..n]);
+                ctx.reject(&mut batch, SOURCE_CDR, &origin(), Reject::TooLarge, reason, &buf[..n]);
             } else {
-                lines(&ctx, &mut batch, &sender, &origin, &buf[..n]);
+                lines(&ctx, &mut batch, &peer.ip().to_string(), origin, &buf[..n]);
             }
         }
         let _ = ctx.publisher.send(batch).await;
@@ -158,7 +158,7 @@ pub(super) async fn connection(mut stream: TcpStream, peer: std::net::SocketAddr
             match frame(&buf[at..], max) {
                 Frame::Incomplete => break,
                 Frame::Message { consumed, start, end } => {
-                    lines(&ctx, &mut batch, &sender, &origin, &buf[at + start..at + end]);
+                    lines(&ctx, &mut batch, &sender, || origin.clone(), &buf[at + start..at + end]);
                     at += consumed;
                 }
                 Frame::TooLarge { consumed, len, then } => {
@@ -175,7 +175,7 @@ pub(super) async fn connection(mut stream: TcpStream, peer: std::net::SocketAddr
         if eof && !buf.is_empty() && skip == Skip::Nothing {
             // The last message of a stream may lack its LF.
             let rest = std::mem::take(&mut buf);
-            lines(&ctx, &mut batch, &sender, &origin, &rest);
+            lines(&ctx, &mut batch, &sender, || origin.clone(), &rest);
         }
         let _ = ctx.publisher.send(batch).await;
         if eof {
