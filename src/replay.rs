@@ -366,6 +366,7 @@ pub(crate) async fn run(args: ReplayArgs) -> Result<Summary> {
     // Each table is built in slices on this thread and encoded as it is built by its own
     // task (in parallel when there are cores for it): no table-sized arrays, ever.
     const SLICE_ROWS: usize = 64 * 1024;
+    const FILE_ROWS: usize = 256 * 1024;
     let mut output_time = Duration::ZERO;
     let t = Instant::now();
     // The end of time: every call is written, as revision 1.
@@ -373,9 +374,9 @@ pub(crate) async fn run(args: ReplayArgs) -> Result<Summary> {
     output_time += t.elapsed();
     let dicts = &decoder.dicts;
     let (facts_tx, facts_done) =
-        spawn_sink(store.overwrite_streaming(TABLE_CALL_FACTS, call_facts_schema(), usize::MAX).await?);
+        spawn_sink(store.overwrite_streaming(TABLE_CALL_FACTS, call_facts_schema(), FILE_ROWS).await?);
     let (legs_tx, legs_done) =
-        spawn_sink(store.overwrite_streaming(TABLE_AGENT_LEGS, agent_legs_schema(), usize::MAX).await?);
+        spawn_sink(store.overwrite_streaming(TABLE_AGENT_LEGS, agent_legs_schema(), FILE_ROWS).await?);
     let mut facts = fold.call_facts_slices(dicts, &params, SLICE_ROWS);
     let mut legs = fold.agent_legs_slices(dicts, &params, SLICE_ROWS);
     loop {

@@ -16,7 +16,9 @@ use common::{sql_csv, KillOnDrop};
 const SECRET: &str = "s3cret-webhook";
 
 fn sample(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("ingest/tests/fixtures/samples").join(name)
+    Path::new(&std::env::var_os("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"))
+        .join("ingest/tests/fixtures/samples")
+        .join(name)
 }
 
 /// Waits for `path` to hold complete lines, then returns them.
@@ -443,7 +445,9 @@ mod fake_graph {
     type Shared = Arc<Mutex<Seen>>;
 
     fn fixture(name: &str) -> Value {
-        let p = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("ingest/tests/fixtures").join(name);
+        let p = std::path::Path::new(&std::env::var_os("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"))
+            .join("ingest/tests/fixtures")
+            .join(name);
         serde_json::from_str(&std::fs::read_to_string(p).unwrap()).unwrap()
     }
 
@@ -794,7 +798,8 @@ fn cdr_files_through_ingest_cdr() {
 /// handshake and canonical events arrive; plain HTTP to the TLS port gets no answer.
 #[test]
 fn webhooks_over_https() {
-    let tls = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tls");
+    let tls = Path::new(&std::env::var_os("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/tls");
     let mut run = Run::start(&format!(
         "[sources]\nhttp = \"127.0.0.1:0\"\nsecret = \"{SECRET}\"\ntls_cert = \"{}\"\ntls_key = \"{}\"\n",
         tls.join("cert.pem").display(),

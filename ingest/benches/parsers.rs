@@ -22,7 +22,7 @@ use ccstream_ingest::sbc::SbcMapper;
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 
 fn fixtures() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
+    Path::new(&std::env::var_os("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR")).join("tests/fixtures")
 }
 
 /// 10,000 syslog lines: the sample titles once, then the sample rows over and over with

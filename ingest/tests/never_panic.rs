@@ -12,7 +12,12 @@ use ccstream_ingest::sbc::{vq, SbcMapper};
 use proptest::prelude::*;
 
 fn sample(name: &str) -> Vec<u8> {
-    std::fs::read(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(name)).unwrap()
+    std::fs::read(
+        Path::new(&std::env::var_os("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"))
+            .join("tests/fixtures")
+            .join(name),
+    )
+    .unwrap()
 }
 
 /// A sample with some bytes replaced, a cut, and a splice.

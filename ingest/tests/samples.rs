@@ -14,7 +14,8 @@ use ccstream_ingest::sbc::{SbcMapper, TenantRule};
 const RECEIVED_MS: i64 = 1_767_571_200_000;
 
 fn samples() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/samples")
+    Path::new(&std::env::var_os("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/samples")
 }
 
 fn sample_files(prefix: &str) -> Vec<PathBuf> {
@@ -278,7 +279,8 @@ mod graph {
     /// The constructed call-queue records (`tests/fixtures/graph/README.md`).
     #[test]
     fn call_queue_records_become_contact_center_events() {
-        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/graph");
+        let dir = Path::new(&std::env::var_os("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"))
+            .join("tests/fixtures/graph");
         for file in ["callrecord_call_queue_answered.json", "callrecord_call_queue_abandoned.json"] {
             let events = record_events(&dir.join(file));
             insta::assert_snapshot!(file, lines(&events));

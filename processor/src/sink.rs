@@ -16,19 +16,25 @@
 use deltalake::kernel::transaction::CommitBuilder;
 use deltalake::kernel::Action;
 use deltalake::parquet::basic::{Compression, Encoding, ZstdLevel};
-use deltalake::parquet::file::properties::WriterProperties;
+use deltalake::parquet::file::properties::{EnabledStatistics, WriterProperties};
 use deltalake::parquet::schema::types::ColumnPath;
 use deltalake::protocol::DeltaOperation;
 use deltalake::protocol::SaveMode;
-use deltalake::writer::{DeltaWriter, RecordBatchWriter};
+use deltalake::writer::{DeltaWriter, RecordBatchWriter, WriteMode};
 use deltalake::DeltaTable;
 use url::Url;
 
-use arrow::array::RecordBatch;
-use arrow::datatypes::{DataType, SchemaRef};
+use arrow::array::{Array, AsArray, RecordBatch};
+use arrow::datatypes::Int32Type;
+use arrow::datatypes::{DataType, SchemaRef, TimeUnit};
 use ccstream_schemas::{is_low_cardinality, partition_columns, table_schema, PARTITION_COLUMN, SEALED_COLUMN};
+use delta_kernel::expressions::Scalar;
+use indexmap::IndexMap;
 
 use crate::{Error, Result};
+
+/// Columns whose min/max statistics are not kept: random UUIDs and JSON text.
+const UNPRUNABLE: &[&str] = &["event_id", "call_id", "payload"];
 
 /// Parquet settings of table `name`'s files.
 fn writer_properties(name: &str) -> WriterProperties {
@@ -37,6 +43,11 @@ fn writer_properties(name: &str) -> WriterProperties {
     let mut props = WriterProperties::builder()
         .set_compression(Compression::ZSTD(ZstdLevel::try_new(1).expect("level 1 is valid")))
         .set_dictionary_enabled(false);
+    // No min/max for random ids and opaque text: they prune nothing, and comparing every
+    // value costs (the other columns keep page statistics for file and page pruning).
+    for name in UNPRUNABLE {
+        props = props.set_column_statistics_enabled(ColumnPath::from(*name), EnabledStatistics::None);
+    }
     // Integers and timestamps as deltas (call rows come roughly in time order), floats
     // split by byte: both shrink the files, and writing them is what costs.
     if let Some(schema) = table_schema(name) {
@@ -245,6 +256,31 @@ impl TableStore {
     }
 }
 
+/// `batch` with its millisecond timestamps as microseconds, Delta's unit (the generic
+/// write path converts them itself; a pre-split write does not).
+fn to_delta_units(batch: &RecordBatch) -> std::result::Result<RecordBatch, arrow::error::ArrowError> {
+    let schema = batch.schema();
+    if !schema.fields().iter().any(|f| matches!(f.data_type(), DataType::Timestamp(TimeUnit::Millisecond, _))) {
+        return Ok(batch.clone());
+    }
+    let mut fields = Vec::with_capacity(schema.fields().len());
+    let mut columns = Vec::with_capacity(schema.fields().len());
+    for (field, column) in schema.fields().iter().zip(batch.columns()) {
+        match field.data_type() {
+            DataType::Timestamp(TimeUnit::Millisecond, tz) => {
+                let to = DataType::Timestamp(TimeUnit::Microsecond, tz.clone());
+                columns.push(arrow::compute::cast(column, &to)?);
+                fields.push(field.as_ref().clone().with_data_type(to));
+            }
+            _ => {
+                columns.push(column.clone());
+                fields.push(field.as_ref().clone());
+            }
+        }
+    }
+    RecordBatch::try_new(std::sync::Arc::new(arrow::datatypes::Schema::new(fields)), columns)
+}
+
 /// A table replacement in progress (see [`TableStore::overwrite_streaming`]).
 pub struct Overwrite {
     name: String,
@@ -322,7 +358,16 @@ impl Overwrite {
         if n == 0 {
             return Ok(());
         }
-        if let Err(e) = self.writer.write(batch).await {
+        // A batch of one partition (every batch of a replay, most of a processor's) goes
+        // straight to its file, without the writer's generic split (a sort and a copy).
+        let written = match self.single_partition(&batch) {
+            Some(values) => match to_delta_units(&batch) {
+                Ok(batch) => self.writer.write_partition(batch, &values, WriteMode::Default).await.map(|_| ()),
+                Err(e) => Err(e.into()),
+            },
+            None => self.writer.write(batch).await,
+        };
+        if let Err(e) = written {
             return Err(self.wrap(e));
         }
         self.buffered += n;
@@ -331,6 +376,36 @@ impl Overwrite {
             self.flush().await?;
         }
         Ok(())
+    }
+
+    /// The partition values of `batch` when every row has the same ones (and the table is
+    /// partitioned by integer and boolean columns only, as the derived tables are).
+    fn single_partition(&self, batch: &RecordBatch) -> Option<IndexMap<String, Scalar>> {
+        if self.partition_by.is_empty() {
+            return None;
+        }
+        let mut values = IndexMap::with_capacity(self.partition_by.len());
+        for name in &self.partition_by {
+            let column = batch.column_by_name(name)?;
+            if column.null_count() > 0 {
+                return None;
+            }
+            let value = match column.data_type() {
+                DataType::Int32 => {
+                    let a = column.as_primitive::<Int32Type>().values();
+                    let first = *a.first()?;
+                    a.iter().all(|&v| v == first).then_some(Scalar::Integer(first))?
+                }
+                DataType::Boolean => {
+                    let a = column.as_boolean();
+                    let trues = a.true_count();
+                    (trues == 0 || trues == a.len()).then_some(Scalar::Boolean(trues > 0))?
+                }
+                _ => return None,
+            };
+            values.insert(name.clone(), value);
+        }
+        Some(values)
     }
 
     async fn flush(&mut self) -> Result<()> {

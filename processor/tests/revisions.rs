@@ -13,7 +13,8 @@ use ccstream_processor::kpi::{CallFold, Correction, Horizon, Params};
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 
 fn fixture_events() -> RecordBatch {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/oracle/events.parquet");
+    let path = Path::new(&std::env::var_os("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"))
+        .join("../tests/fixtures/oracle/events.parquet");
     let reader = ParquetRecordBatchReaderBuilder::try_new(File::open(path).unwrap()).unwrap().build().unwrap();
     let batches: Vec<RecordBatch> = reader.map(Result::unwrap).collect();
     concat_batches(&batches[0].schema(), &batches).unwrap()

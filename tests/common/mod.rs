@@ -8,7 +8,9 @@ use std::process::{Command, Output};
 use ccstream_schemas::parse_rfc3339_ms;
 
 pub fn fixture(rel: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(rel)
+    Path::new(&std::env::var_os("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(rel)
 }
 
 /// Runs `ccstream args…`; panics with its stderr if it fails.
