@@ -9,7 +9,7 @@ use std::time::Instant;
 
 use anyhow::{Context, Result};
 use ccstream_eventlog::{open, EventLog, OpenOptions};
-use ccstream_ingest::file::records::LogRecords;
+use ccstream_ingest::file::records::{LogRecords, ValueForm};
 use ccstream_ingest::file::{discover, Chunk, FileReader, ReadOptions};
 use clap::{Args, Subcommand};
 
@@ -32,12 +32,21 @@ pub(crate) struct LogTarget {
     /// Partitions to create the log (Kafka topic) with if it is missing; if it exists, it must match
     #[arg(long, env = "CCSTREAM_PARTITIONS")]
     pub(crate) partitions: Option<u32>,
+    /// Form of event values: binary (compact, fastest to process) or json (for other consumers of the topic)
+    #[arg(long, env = "CCSTREAM_VALUE_FORMAT", default_value = "binary", value_parser = ["binary", "json"])]
+    pub(crate) value_format: String,
 }
 
 impl LogTarget {
     /// Opens the log, creating it when missing.
     pub(crate) async fn open(&self) -> Result<std::sync::Arc<dyn EventLog>> {
         open_or_create(&self.log, self.partitions).await
+    }
+
+    /// Empty records in the chosen value form, stamped now.
+    pub(crate) fn records(&self) -> LogRecords {
+        let form = if self.value_format == "json" { ValueForm::Json } else { ValueForm::Binary };
+        LogRecords::new(crate::replay::now_ms()).with_value_form(form)
     }
 }
 
@@ -98,7 +107,7 @@ pub(crate) async fn run(cmd: IngestCommand) -> Result<()> {
         IngestCommand::Cdr(args) => return ingest_cdr(args).await,
     };
     let log = args.target.open().await?;
-    let s = ingest_files(&*log, &args.paths, args.append_batch, &args.progress).await?;
+    let s = ingest_files(&*log, &args.paths, args.append_batch, &args.progress, args.target.records()).await?;
     eprintln!(
         "ingested {} file(s) into {}: {} records ({} events, {} dead letters) in {:.2} s ({:.0} records/s)",
         s.files,
@@ -118,12 +127,12 @@ pub(crate) async fn ingest_files(
     paths: &[PathBuf],
     append_batch: usize,
     progress: &str,
+    mut records: LogRecords,
 ) -> Result<IngestSummary> {
     let start = Instant::now();
     let files = discover(paths)?;
     let total: u64 = files.iter().map(|f| f.bytes).sum();
     let bar = progress_bar(progress, total, "ingest");
-    let mut records = LogRecords::new(crate::replay::now_ms());
     let mut summary = IngestSummary { files: files.len(), ..IngestSummary::default() };
     let opts = ReadOptions { batch_rows: 8192, ..ReadOptions::default() };
     for file in &files {
@@ -167,7 +176,7 @@ async fn ingest_cdr(args: IngestCdrArgs) -> Result<()> {
     };
     let mut mapper = ccstream_ingest::sbc::SbcMapper::new(tenant, rules);
     let log = args.target.open().await?;
-    let mut records = LogRecords::new(crate::replay::now_ms());
+    let mut records = args.target.records();
     let mut summary = IngestSummary { files: args.paths.len(), ..IngestSummary::default() };
     for path in &args.paths {
         let file = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;

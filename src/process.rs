@@ -278,8 +278,8 @@ impl Processor {
             state.last_records = Instant::now();
             self.summary.records += recs.len() as u64;
             self.telemetry.records.inc_by(recs.len() as u64);
-            let mut lines: Vec<&str> = Vec::with_capacity(recs.len());
-            let mut line_offsets: Vec<u64> = Vec::with_capacity(recs.len());
+            let mut values: Vec<&[u8]> = Vec::with_capacity(recs.len());
+            let mut value_offsets: Vec<u64> = Vec::with_capacity(recs.len());
             for r in &recs {
                 let keep_dead = r.offset >= state.dead_committed;
                 if r.key == DEAD_LETTER_KEY {
@@ -300,23 +300,14 @@ impl Processor {
                     }
                     continue;
                 }
-                match std::str::from_utf8(&r.value) {
-                    Ok(text) => {
-                        lines.push(text);
-                        line_offsets.push(r.offset);
-                    }
-                    Err(e) => {
-                        if keep_dead {
-                            self.pending_dead.push(log_dead(&url, p, r.offset, format!("not UTF-8: {e}"), &r.value));
-                        }
-                    }
-                }
+                values.push(&r.value);
+                value_offsets.push(r.offset);
             }
-            let (batch, rows, rejected) = self.json.decode(&lines)?;
+            let (batch, rows, rejected) = self.json.decode_values(&values)?;
             for rej in rejected {
-                let offset = line_offsets[rej.line];
+                let offset = value_offsets[rej.line];
                 if offset >= state.dead_committed {
-                    self.pending_dead.push(log_dead(&url, p, offset, rej.reason, lines[rej.line].as_bytes()));
+                    self.pending_dead.push(log_dead(&url, p, offset, rej.reason, values[rej.line]));
                 }
             }
             self.dirty = true;
@@ -342,8 +333,8 @@ impl Processor {
             self.telemetry.events.inc_by(after.rows.saturating_sub(before.rows));
             for (row, reason) in self.decoded.invalid.drain(..) {
                 let line = rows[row] as usize;
-                if line_offsets[line] >= state.dead_committed {
-                    self.pending_dead.push(log_dead(&url, p, line_offsets[line], reason, lines[line].as_bytes()));
+                if value_offsets[line] >= state.dead_committed {
+                    self.pending_dead.push(log_dead(&url, p, value_offsets[line], reason, values[line]));
                 }
             }
             // First copies of events this table does not hold yet.
@@ -352,7 +343,7 @@ impl Processor {
                 .first_copy()
                 .iter()
                 .zip(&rows)
-                .map(|(first, row)| *first && line_offsets[*row as usize] >= state.events_committed)
+                .map(|(first, row)| *first && value_offsets[*row as usize] >= state.events_committed)
                 .collect();
             if keep.iter().any(|k| *k) {
                 let kept = filter_record_batch(&batch, &BooleanArray::from(keep))?;

@@ -34,7 +34,14 @@ pub(crate) async fn run(args: RunArgs) -> Result<()> {
         .with_context(|| format!("{} has no [pipeline] section (log, data, ...)", args.config.display()))?;
     let log = crate::ingest::open_or_create(&p.log, p.partitions).await?;
     if !p.inputs.is_empty() {
-        let s = crate::ingest::ingest_files(&*log, &p.inputs, 16_384, "auto").await?;
+        let s = crate::ingest::ingest_files(
+            &*log,
+            &p.inputs,
+            16_384,
+            "auto",
+            ccstream_ingest::file::records::LogRecords::new(crate::replay::now_ms()),
+        )
+        .await?;
         eprintln!("ingested {} records ({} dead letters) from {} file(s)", s.records, s.dead_letters, s.files);
     }
     let mut sources_telemetry = None;

@@ -59,6 +59,49 @@ fn file_log_equals_oracle_and_reprocessing_changes_nothing() {
     assert_eq!(dump(&data), first);
 }
 
+/// Whether any file under `dir` holds `needle`.
+fn log_holds(dir: &Path, needle: &[u8]) -> bool {
+    std::fs::read_dir(dir).unwrap().flatten().any(|e| {
+        let p = e.path();
+        if p.is_dir() {
+            return log_holds(&p, needle);
+        }
+        std::fs::read(&p).unwrap().windows(needle.len()).any(|w| w == needle)
+    })
+}
+
+#[test]
+fn json_values_from_other_producers_read_like_binary_ones() {
+    let dir = tempfile::tempdir().unwrap();
+    let log_dir = dir.path().join("log");
+    let log = log_dir.display().to_string();
+    let data = dir.path().join("data");
+    let input = fixture("oracle/events.jsonl.gz");
+    ccstream(&[
+        "ingest",
+        "file",
+        "--log",
+        &log,
+        "--partitions",
+        "4",
+        "--value-format",
+        "json",
+        input.to_str().unwrap(),
+    ]);
+    assert!(log_holds(&log_dir, b"{\"event_id\":\""), "the values are JSON text");
+    process_until_caught_up(&log, &data);
+    check_log_tables(&data);
+    let first = dump(&data);
+    // The same events in the binary form, after the JSON ones: every one is a duplicate.
+    ingest(&log, &fixture("oracle/events.parquet"), "4");
+    process_until_caught_up(&log, &data);
+    assert_eq!(dump(&data), first);
+    // And the binary form alone holds no JSON text.
+    let binary_dir = dir.path().join("binary-log");
+    ingest(&binary_dir.display().to_string(), &input, "4");
+    assert!(!log_holds(&binary_dir, b"{\"event_id\":\""), "the default form is binary");
+}
+
 #[test]
 fn kafka_log_equals_oracle() {
     let url = ccstream_eventlog::testing::kafka_url("e2e");

@@ -20,7 +20,10 @@ use arrow::array::{
 };
 use arrow::compute::cast;
 use arrow::datatypes::{DataType, Int32Type, SchemaRef, TimeUnit};
-use ccstream_schemas::{events_schema, parse_uuid, with_dictionaries, Event, EventType, IdKey, MS_PER_DAY, OTHER_TAG};
+use ccstream_schemas::{
+    events_schema, parse_uuid, read_event, with_dictionaries, Event, EventError, EventType, IdKey, Validated,
+    MS_PER_DAY, OTHER_TAG,
+};
 use foldhash::fast::FixedState;
 use hashbrown::HashMap;
 
@@ -350,7 +353,28 @@ impl JsonDecoder {
     /// is either a row of the batch or a [`Rejected`] entry. Returns the batch and, for each
     /// row, the index of its line.
     pub fn decode(&self, lines: &[&str]) -> Result<(RecordBatch, Vec<u32>, Vec<Rejected>)> {
-        let n = lines.len();
+        self.decode_with(lines.len(), |i| {
+            let line = lines[i].trim_end_matches('\r');
+            if line.trim().is_empty() {
+                return None;
+            }
+            Some(Event::from_json(line).and_then(|e| e.validate().map(|typed| (e, typed))))
+        })
+    }
+
+    /// Decodes log record values, each an event's JSON form or its binary form
+    /// (`ccstream_schemas::read_event`); like [`JsonDecoder::decode`] otherwise.
+    pub fn decode_values(&self, values: &[&[u8]]) -> Result<(RecordBatch, Vec<u32>, Vec<Rejected>)> {
+        self.decode_with(values.len(), |i| Some(read_event(values[i])))
+    }
+
+    /// Builds the batch from `n` inputs; `read(i)` gives input `i`'s event, checked, or
+    /// `None` to skip it.
+    fn decode_with<'a>(
+        &self,
+        n: usize,
+        mut read: impl FnMut(usize) -> Option<std::result::Result<(Event<'a>, Validated), EventError>>,
+    ) -> Result<(RecordBatch, Vec<u32>, Vec<Rejected>)> {
         let mut event_id = StringBuilder::with_capacity(n, n * 36);
         let mut tenant = Dict::new();
         let mut source = Dict::new();
@@ -374,21 +398,11 @@ impl JsonDecoder {
         let mut day = Date32Builder::with_capacity(n);
         let mut rows = Vec::with_capacity(n);
         let mut rejected = Vec::new();
-        for (i, line) in lines.iter().enumerate() {
-            let line = line.trim_end_matches('\r');
-            if line.trim().is_empty() {
-                continue;
-            }
-            let ev = match Event::from_json(line) {
-                Ok(e) => e,
-                Err(e) => {
-                    rejected.push(Rejected { line: i, reason: e.to_string() });
-                    continue;
-                }
-            };
-            let v = match ev.validate() {
-                Ok(v) => v,
-                Err(e) => {
+        for i in 0..n {
+            let (ev, v) = match read(i) {
+                None => continue,
+                Some(Ok(read)) => read,
+                Some(Err(e)) => {
                     rejected.push(Rejected { line: i, reason: e.to_string() });
                     continue;
                 }

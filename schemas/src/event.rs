@@ -130,6 +130,8 @@ pub enum EventError {
     NotFinite(&'static str),
     #[error("event_type {0} needs a call_id")]
     NoCall(&'static str),
+    #[error("not a valid binary event record: {0}")]
+    Binary(&'static str),
 }
 
 /// One canonical event in its JSON form, borrowing from the input where it can.
@@ -209,12 +211,7 @@ impl<'a> Event<'a> {
 
     /// Checks the required fields and returns the typed ones.
     pub fn validate(&self) -> Result<Validated, EventError> {
-        if self.event_id.as_deref().is_none_or(str::is_empty) {
-            return Err(EventError::Missing("event_id"));
-        }
-        if self.tenant_id.as_deref().is_none_or(str::is_empty) {
-            return Err(EventError::Missing("tenant_id"));
-        }
+        self.check_ids()?;
         let et = self.event_type.as_deref().ok_or(EventError::Missing("event_type"))?;
         let event_type = EventType::parse(et).ok_or_else(|| EventError::UnknownType(et.to_string()))?;
         let occurred_at_ms = parse_rfc3339_ms(self.occurred_at.as_deref().ok_or(EventError::Missing("occurred_at"))?)
@@ -225,6 +222,28 @@ impl<'a> Event<'a> {
             .map(parse_rfc3339_ms)
             .transpose()
             .map_err(|source| EventError::Time { field: "ingested_at", source })?;
+        self.check_typed(Validated { event_type, occurred_at_ms, ingested_at_ms })
+    }
+
+    /// Checks the rules that do not depend on the encoding (ids present, a call for call
+    /// events, finite measurements), given the already typed fields.
+    pub fn check(&self, typed: Validated) -> Result<Validated, EventError> {
+        self.check_ids()?;
+        self.check_typed(typed)
+    }
+
+    fn check_ids(&self) -> Result<(), EventError> {
+        if self.event_id.as_deref().is_none_or(str::is_empty) {
+            return Err(EventError::Missing("event_id"));
+        }
+        if self.tenant_id.as_deref().is_none_or(str::is_empty) {
+            return Err(EventError::Missing("tenant_id"));
+        }
+        Ok(())
+    }
+
+    fn check_typed(&self, typed: Validated) -> Result<Validated, EventError> {
+        let event_type = typed.event_type;
         if event_type.is_call_event() && self.call_id.as_deref().is_none_or(str::is_empty) {
             return Err(EventError::NoCall(event_type.as_str()));
         }
@@ -238,7 +257,7 @@ impl<'a> Event<'a> {
                 return Err(EventError::NotFinite(name));
             }
         }
-        Ok(Validated { event_type, occurred_at_ms, ingested_at_ms })
+        Ok(typed)
     }
 
     /// An event of `event_type` at `occurred_at_ms` with the given ids (for generators and

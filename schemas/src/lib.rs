@@ -20,7 +20,9 @@ mod time;
 pub use event::Validated;
 pub use event::{Event, EventError, EventType, CALL_EVENT_TYPES};
 pub use ids::{format_uuid, is_uuid_key, parse_uuid, IdKey, OTHER_TAG};
-pub use record::{event_key, DeadLetterRecord, DEAD_LETTER_KEY};
+pub use record::{
+    decode_event, encode_event, event_key, read_event, DeadLetterRecord, BINARY_MAGIC, BINARY_VERSION, DEAD_LETTER_KEY,
+};
 pub use tables::{
     agent_legs_schema, call_facts_schema, corrections_schema, dead_letters_schema, events_schema,
     interval_partials_schema, is_low_cardinality, partition_columns, table_schema, with_dictionaries, DERIVED_TABLES,

@@ -1,5 +1,5 @@
 //! Input files framed as event-log records (sans-IO): each valid event becomes one record
-//! (key = call key, value = its JSON form); each rejected line or row becomes a dead-letter
+//! (key = call key, value = its binary form); each rejected line or row becomes a dead-letter
 //! record with its file, line and reason. See `ccstream_schemas::event_key` and
 //! `DeadLetterRecord` for the record contract.
 
@@ -7,10 +7,21 @@ use std::ops::Range;
 
 use arrow::array::RecordBatch;
 use ccstream_eventlog::RecordRef;
-use ccstream_schemas::{event_key, DeadLetterRecord, Event, DEAD_LETTER_KEY};
+use ccstream_schemas::{encode_event, event_key, DeadLetterRecord, Event, Validated, DEAD_LETTER_KEY};
 
 use super::{Format, InputFile};
 use crate::Error;
+
+/// The form of event record values (both are part of the log contract; the processor
+/// reads either).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum ValueForm {
+    /// The binary form: half the bytes, no text parsing in the processor.
+    #[default]
+    Binary,
+    /// The JSON form, for other consumers of the same topic.
+    Json,
+}
 
 /// Log records built from a chunk, in input order, in one buffer.
 #[derive(Debug, Default)]
@@ -18,6 +29,7 @@ pub struct LogRecords {
     bytes: Vec<u8>,
     spans: Vec<(Range<usize>, Range<usize>)>,
     timestamp_ms: i64,
+    form: ValueForm,
     /// Valid events among the records.
     pub events: u64,
     /// Dead letters among the records.
@@ -28,6 +40,12 @@ impl LogRecords {
     /// Empty, stamping records with `timestamp_ms` (the ingestion time).
     pub fn new(timestamp_ms: i64) -> Self {
         LogRecords { timestamp_ms, ..LogRecords::default() }
+    }
+
+    /// Writes event values in `form` (binary unless told).
+    pub fn with_value_form(mut self, form: ValueForm) -> Self {
+        self.form = form;
+        self
     }
 
     pub fn len(&self) -> usize {
@@ -64,6 +82,20 @@ impl LogRecords {
         self.spans.push((k0..v0, v0..self.bytes.len()));
     }
 
+    /// Adds a checked event as a record; `text` is its JSON form as read, if it was.
+    fn push_event(&mut self, event: &Event<'_>, typed: &Validated, text: Option<&str>) {
+        let k0 = self.bytes.len();
+        self.bytes.extend_from_slice(event_key(event));
+        let v0 = self.bytes.len();
+        match (self.form, text) {
+            (ValueForm::Binary, _) => encode_event(event, typed, &mut self.bytes),
+            (ValueForm::Json, Some(text)) => self.bytes.extend_from_slice(text.trim().as_bytes()),
+            (ValueForm::Json, None) => self.bytes.extend_from_slice(event.to_json().as_bytes()),
+        }
+        self.spans.push((k0..v0, v0..self.bytes.len()));
+        self.events += 1;
+    }
+
     fn push_dead(&mut self, file: &InputFile, line: u64, reason: String, raw: &[u8]) {
         let d = DeadLetterRecord::new(
             source_name(file.format),
@@ -91,12 +123,10 @@ impl LogRecords {
             Ok(e) => e,
             Err(e) => return self.push_dead(file, line, e.to_string(), raw),
         };
-        if let Err(e) = event.validate() {
-            return self.push_dead(file, line, e.to_string(), raw);
+        match event.validate() {
+            Ok(typed) => self.push_event(&event, &typed, Some(text)),
+            Err(e) => self.push_dead(file, line, e.to_string(), raw),
         }
-        let key = event_key(&event).to_vec();
-        self.push(&key, text.trim().as_bytes());
-        self.events += 1;
     }
 
     /// Adds the lines of a JSON Lines chunk whose first line is number `first_line`.
@@ -112,16 +142,19 @@ impl LogRecords {
     pub fn add_cdr_lines(&mut self, mapper: &mut crate::sbc::SbcMapper, path: &str, first_line: u64, data: &[u8]) {
         for (i, raw) in data.split(|&b| b == b'\n').enumerate() {
             let raw = raw.strip_suffix(b"\r").unwrap_or(raw);
-            match mapper.map_cdr_line(path, raw, self.timestamp_ms) {
+            let mapped = match mapper.map_cdr_line(path, raw, self.timestamp_ms) {
+                Ok(None) => continue,
                 Ok(Some(mut e)) => {
                     e.ingested_at = Some(ccstream_schemas::format_rfc3339_ms(self.timestamp_ms).into());
-                    self.push(event_key(&e), e.to_json().as_bytes());
-                    self.events += 1;
+                    e.validate().map(|typed| (e, typed)).map_err(|err| err.to_string())
                 }
-                Ok(None) => {}
-                Err(err) => {
+                Err(err) => Err(err.to_string()),
+            };
+            match mapped {
+                Ok((e, typed)) => self.push_event(&e, &typed, None),
+                Err(reason) => {
                     let line = (first_line + i as u64) as i64;
-                    let d = DeadLetterRecord::new(crate::sbc::SOURCE_CDR, path, Some(line), err.to_string(), raw);
+                    let d = DeadLetterRecord::new(crate::sbc::SOURCE_CDR, path, Some(line), reason, raw);
                     self.push(DEAD_LETTER_KEY, &d.to_json());
                     self.dead_letters += 1;
                 }
@@ -178,7 +211,9 @@ mod tests {
         assert_eq!((r.events, r.dead_letters, r.len()), (1, 2, 3));
         let refs = r.refs();
         assert_eq!(refs[0].key, b"c9");
-        assert!(refs[0].value.starts_with(b"{\"event_id\":\"e1\""));
+        let (event, typed) = ccstream_schemas::decode_event(refs[0].value).unwrap();
+        assert_eq!((event.event_id.as_deref(), event.call_id.as_deref()), (Some("e1"), Some("c9")));
+        assert_eq!(typed.occurred_at_ms, 1_735_689_600_000);
         assert_eq!(refs[0].timestamp_ms, 5);
         assert_eq!(refs[1].key, DEAD_LETTER_KEY);
         let d = DeadLetterRecord::from_json(refs[1].value).unwrap();

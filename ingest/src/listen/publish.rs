@@ -7,7 +7,9 @@
 use std::sync::Arc;
 
 use ccstream_eventlog::{EventLog, RecordRef};
-use ccstream_schemas::{event_key, format_rfc3339_ms, DeadLetterRecord, Event, DEAD_LETTER_KEY};
+use ccstream_schemas::{
+    encode_event, event_key, format_rfc3339_ms, DeadLetterRecord, Event, Validated, DEAD_LETTER_KEY,
+};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::telemetry::Telemetry;
@@ -28,9 +30,21 @@ impl Batch {
     }
 
     /// Adds an event, stamped as ingested at `now_ms`.
+    /// A mapping always makes valid events; should one not be, it goes on the log as JSON
+    /// and the processor dead-letters it with the reason.
     pub fn event(&mut self, mut event: Event<'_>, now_ms: i64) {
-        event.ingested_at = Some(format_rfc3339_ms(now_ms).into());
-        self.records.push((event_key(&event).to_vec(), event.to_json().into_bytes()));
+        let value = match event.validate() {
+            Ok(typed) => {
+                let mut value = Vec::with_capacity(160);
+                encode_event(&event, &Validated { ingested_at_ms: Some(now_ms), ..typed }, &mut value);
+                value
+            }
+            Err(_) => {
+                event.ingested_at = Some(format_rfc3339_ms(now_ms).into());
+                event.to_json().into_bytes()
+            }
+        };
+        self.records.push((event_key(&event).to_vec(), value));
         self.events += 1;
     }
 
