@@ -319,10 +319,36 @@ impl Decoder {
     }
 }
 
-/// The Arrow schema the JSON decoder produces: [`events_schema`] with the low-cardinality
-/// string columns dictionary-encoded. Parquet readers ask for the same types.
+/// The columns [`JsonDecoder`] dictionary-encodes: the names the fold interns, so that
+/// [`Decoder`] interns each distinct value of a batch once. The other columns stay plain
+/// strings: they only go to the `events` table, and hashing them would cost for nothing.
+const DECODED_DICTIONARIES: [&str; 4] = ["tenant_id", "queue_id", "agent_id", "event_type"];
+
+/// The Arrow schema the JSON decoder produces: [`events_schema`] with the fold's name
+/// columns dictionary-encoded.
 pub fn decode_schema() -> SchemaRef {
-    with_dictionaries(&events_schema())
+    static SCHEMA: std::sync::LazyLock<SchemaRef> = std::sync::LazyLock::new(build_decode_schema);
+    SCHEMA.clone()
+}
+
+fn build_decode_schema() -> SchemaRef {
+    let dictionaries = with_dictionaries(&events_schema());
+    let events = events_schema();
+    let fields: Vec<_> = events
+        .fields()
+        .iter()
+        .zip(dictionaries.fields())
+        .map(
+            |(plain, dict)| {
+                if DECODED_DICTIONARIES.contains(&plain.name().as_str()) {
+                    dict.clone()
+                } else {
+                    plain.clone()
+                }
+            },
+        )
+        .collect();
+    Arc::new(arrow::datatypes::Schema::new(fields))
 }
 
 /// A line of input that is not a valid event.
@@ -377,7 +403,7 @@ impl JsonDecoder {
     ) -> Result<(RecordBatch, Vec<u32>, Vec<Rejected>)> {
         let mut event_id = StringBuilder::with_capacity(n, n * 36);
         let mut tenant = Dict::new();
-        let mut source = Dict::new();
+        let mut source = StringBuilder::new();
         let mut call = StringBuilder::with_capacity(n, n * 36);
         let mut queue = Dict::new();
         let mut agent = Dict::new();
@@ -385,14 +411,14 @@ impl JsonDecoder {
         let mut occurred = TimestampMillisecondBuilder::with_capacity(n).with_timezone("UTC");
         let mut ingested = TimestampMillisecondBuilder::with_capacity(n).with_timezone("UTC");
         let mut priority = Int8Builder::with_capacity(n);
-        let mut ovf = Dict::new();
-        let mut ttype = Dict::new();
-        let mut target = Dict::new();
-        let mut disc = Dict::new();
-        let mut wcode = Dict::new();
-        let mut from_s = Dict::new();
-        let mut to_s = Dict::new();
-        let mut reason = Dict::new();
+        let mut ovf = StringBuilder::new();
+        let mut ttype = StringBuilder::new();
+        let mut target = StringBuilder::new();
+        let mut disc = StringBuilder::new();
+        let mut wcode = StringBuilder::new();
+        let mut from_s = StringBuilder::new();
+        let mut to_s = StringBuilder::new();
+        let mut reason = StringBuilder::new();
         let mut media: [Float64Builder; 4] = std::array::from_fn(|_| Float64Builder::with_capacity(n));
         let mut payload = StringBuilder::new();
         let mut day = Date32Builder::with_capacity(n);
