@@ -6,7 +6,8 @@
 #
 # Needs: target/release/ccstream (cargo build --release), python3 with duckdb, and the
 # shared bench directory (SHARED_BENCH, default ../shared/bench). Prints one line per run:
-# engine, threads, wall seconds, peak RSS (MB), and ccstream's own split.
+# engine, threads, wall, user and system seconds (CPU time swings less than wall time on a
+# shared VM), peak RSS (MB), and ccstream's own split.
 set -euo pipefail
 file=$1; threads=${2:-1}; runs=${3:-3}
 here=$(cd "$(dirname "$0")/.." && pwd)
@@ -17,10 +18,10 @@ out=$(mktemp -d)
 trap 'rm -rf "$out"' EXIT
 measure() { # label, command...
   local label=$1; shift
-  /usr/bin/time -f "%e %M" -o "$out/time" "$@" > "$out/stdout" 2> "$out/stderr"
-  read -r wall rss < "$out/time"
-  printf '%-10s threads=%s wall=%6.2fs peak_rss=%5.0fMB %s\n' "$label" "$threads" "$wall" "$((rss / 1024))" \
-    "$(grep -o 'derived tables.*' "$out/stderr" || true)"
+  /usr/bin/time -f "%e %M %U %S" -o "$out/time" "$@" > "$out/stdout" 2> "$out/stderr"
+  read -r wall rss user sys < "$out/time"
+  printf '%-10s threads=%s wall=%6.2fs user=%6.2fs sys=%5.2fs peak_rss=%5.0fMB %s\n' "$label" "$threads" "$wall" \
+    "$user" "$sys" "$((rss / 1024))" "$(grep -o 'derived tables.*' "$out/stderr" || true)"
 }
 for i in $(seq "$runs"); do
   rm -rf "$out/cc" "$out/duck"
