@@ -103,6 +103,51 @@ fn json_values_from_other_producers_read_like_binary_ones() {
 }
 
 #[test]
+fn unreadable_values_become_dead_letters_and_the_rest_is_kept() {
+    use ccstream_eventlog::{OpenOptions, RecordRef};
+    use ccstream_schemas::{encode_event, Event};
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("log").display().to_string();
+    let data = dir.path().join("data");
+    let line = |id: &str| {
+        format!(
+            r#"{{"event_id":"{id}","tenant_id":"t","agent_id":"a1","event_type":"agent_state_changed","occurred_at":"2026-01-04T17:00:21.926Z","to_state":"available"}}"#
+        )
+    };
+    let binary = |id: &str| {
+        let text = line(id);
+        let e = Event::from_json(&text).unwrap();
+        let mut out = Vec::new();
+        encode_event(&e, &e.validate().unwrap(), &mut out);
+        out
+    };
+    let json = line("e-json");
+    let good = binary("e-binary");
+    let cut = binary("e-cut");
+    let mut future = binary("e-future");
+    future[1] = 9;
+    let values: [&[u8]; 4] = [json.as_bytes(), &good, &cut[..cut.len() - 3], &future];
+    tokio::runtime::Runtime::new().unwrap().block_on(async {
+        let options = OpenOptions { create_partitions: Some(2), ..OpenOptions::default() };
+        let l = ccstream_eventlog::open(&log, &options).await.unwrap();
+        let records: Vec<RecordRef<'_>> =
+            values.iter().map(|v| RecordRef { key: b"a1", value: v, timestamp_ms: 0 }).collect();
+        l.append(&records).await.unwrap();
+    });
+    process_until_caught_up(&log, &data);
+    assert_eq!(sql_csv(&data, "SELECT event_id FROM events ORDER BY event_id"), "event_id\ne-binary\ne-json\n");
+    // Each rejected value is kept whole, with the reason.
+    let dead = sql_csv(&data, "SELECT reason, encode(raw, 'hex') AS raw FROM dead_letters ORDER BY reason");
+    let hex = |b: &[u8]| b.iter().map(|b| format!("{b:02x}")).collect::<String>();
+    let want = format!(
+        "reason,raw\nnot a valid binary event record: truncated,{}\nnot a valid binary event record: unknown version,{}\n",
+        hex(&cut[..cut.len() - 3]),
+        hex(&future)
+    );
+    assert_eq!(dead, want);
+}
+
+#[test]
 fn kafka_log_equals_oracle() {
     let url = ccstream_eventlog::testing::kafka_url("e2e");
     let dir = tempfile::tempdir().unwrap();
