@@ -384,7 +384,7 @@ impl JsonDecoder {
             if line.trim().is_empty() {
                 return None;
             }
-            Some(Event::from_json(line).and_then(|e| e.validate().map(|typed| (e, typed))))
+            Some(Event::read_json(line))
         })
     }
 

@@ -209,6 +209,13 @@ impl<'a> Event<'a> {
         serde_json::from_str(line).map_err(|e| EventError::Json(e.to_string()))
     }
 
+    /// Parses one JSON object and checks it ([`Event::from_json`], then [`Event::validate`]).
+    pub fn read_json(line: &'a str) -> Result<(Event<'a>, Validated), EventError> {
+        let event = Event::from_json(line)?;
+        let typed = event.validate()?;
+        Ok((event, typed))
+    }
+
     /// Checks the required fields and returns the typed ones.
     pub fn validate(&self) -> Result<Validated, EventError> {
         self.check_ids()?;

@@ -168,6 +168,7 @@ pub fn decode_event(value: &[u8]) -> Result<(Event<'_>, Validated), EventError> 
     let mut typed = Validated { event_type, occurred_at_ms, ingested_at_ms: None };
     let mut e = Event { event_type: Some(Cow::Borrowed(event_type.as_str())), ..Event::default() };
     let mut texts: [Option<&str>; 21] = [None; 21];
+    let mut floats: [Option<f64>; 21] = [None; 21];
     for (i, slot) in SLOTS.iter().enumerate() {
         if bits & (1 << i) == 0 {
             continue;
@@ -176,15 +177,7 @@ pub fn decode_event(value: &[u8]) -> Result<(Event<'_>, Validated), EventError> 
             Slot::Text(_) => texts[i] = Some(r.text()?),
             Slot::Time => typed.ingested_at_ms = Some(i64::from_le_bytes(r.fixed::<8>()?)),
             Slot::Priority => e.priority = Some(r.fixed::<1>()?[0] as i8),
-            Slot::Float(_) => {
-                let f = f64::from_le_bytes(r.fixed::<8>()?);
-                match i {
-                    16 => e.jitter_ms = Some(f),
-                    17 => e.packet_loss_rate = Some(f),
-                    18 => e.round_trip_ms = Some(f),
-                    _ => e.audio_degradation = Some(f),
-                }
-            }
+            Slot::Float(_) => floats[i] = Some(f64::from_le_bytes(r.fixed::<8>()?)),
         }
     }
     if !r.rest.is_empty() {
@@ -192,6 +185,7 @@ pub fn decode_event(value: &[u8]) -> Result<(Event<'_>, Validated), EventError> 
     }
     let [event_id, tenant_id, source, call_id, queue_id, agent_id, _, _, overflow_from_queue_id, transfer_type, target_agent_id, disconnect_by, wrapup_code, from_state, to_state, state_reason, _, _, _, _, payload] =
         texts.map(|t| t.map(Cow::Borrowed));
+    let [.., jitter_ms, packet_loss_rate, round_trip_ms, audio_degradation, _] = floats;
     e = Event {
         event_id,
         tenant_id,
@@ -207,6 +201,10 @@ pub fn decode_event(value: &[u8]) -> Result<(Event<'_>, Validated), EventError> 
         from_state,
         to_state,
         state_reason,
+        jitter_ms,
+        packet_loss_rate,
+        round_trip_ms,
+        audio_degradation,
         payload,
         ..e
     };
@@ -220,9 +218,7 @@ pub fn read_event(value: &[u8]) -> Result<(Event<'_>, Validated), EventError> {
         return decode_event(value);
     }
     let text = std::str::from_utf8(value).map_err(|e| EventError::Json(format!("not UTF-8: {e}")))?;
-    let event = Event::from_json(text)?;
-    let typed = event.validate()?;
-    Ok((event, typed))
+    Event::read_json(text)
 }
 
 /// Rejected input on its way to the `dead_letters` table.

@@ -7,7 +7,9 @@ use std::ops::Range;
 
 use arrow::array::RecordBatch;
 use ccstream_eventlog::RecordRef;
-use ccstream_schemas::{encode_event, event_key, DeadLetterRecord, Event, Validated, DEAD_LETTER_KEY};
+use ccstream_schemas::{
+    encode_event, event_key, format_rfc3339_ms, DeadLetterRecord, Event, Validated, DEAD_LETTER_KEY,
+};
 
 use super::{Format, InputFile};
 use crate::Error;
@@ -90,7 +92,11 @@ impl LogRecords {
         match (self.form, text) {
             (ValueForm::Binary, _) => encode_event(event, typed, &mut self.bytes),
             (ValueForm::Json, Some(text)) => self.bytes.extend_from_slice(text.trim().as_bytes()),
-            (ValueForm::Json, None) => self.bytes.extend_from_slice(event.to_json().as_bytes()),
+            (ValueForm::Json, None) => {
+                let stamped =
+                    Event { ingested_at: typed.ingested_at_ms.map(|t| format_rfc3339_ms(t).into()), ..event.clone() };
+                self.bytes.extend_from_slice(stamped.to_json().as_bytes());
+            }
         }
         self.spans.push((k0..v0, v0..self.bytes.len()));
         self.events += 1;
@@ -119,12 +125,8 @@ impl LogRecords {
             Ok(t) => t,
             Err(e) => return self.push_dead(file, line, format!("not UTF-8: {e}"), raw),
         };
-        let event = match Event::from_json(text) {
-            Ok(e) => e,
-            Err(e) => return self.push_dead(file, line, e.to_string(), raw),
-        };
-        match event.validate() {
-            Ok(typed) => self.push_event(&event, &typed, Some(text)),
+        match Event::read_json(text) {
+            Ok((event, typed)) => self.push_event(&event, &typed, Some(text)),
             Err(e) => self.push_dead(file, line, e.to_string(), raw),
         }
     }
@@ -144,10 +146,10 @@ impl LogRecords {
             let raw = raw.strip_suffix(b"\r").unwrap_or(raw);
             let mapped = match mapper.map_cdr_line(path, raw, self.timestamp_ms) {
                 Ok(None) => continue,
-                Ok(Some(mut e)) => {
-                    e.ingested_at = Some(ccstream_schemas::format_rfc3339_ms(self.timestamp_ms).into());
-                    e.validate().map(|typed| (e, typed)).map_err(|err| err.to_string())
-                }
+                Ok(Some(e)) => e
+                    .validate()
+                    .map(|typed| (e, Validated { ingested_at_ms: Some(self.timestamp_ms), ..typed }))
+                    .map_err(|err| err.to_string()),
                 Err(err) => Err(err.to_string()),
             };
             match mapped {
