@@ -23,15 +23,19 @@ const MI_OPTION_ALLOW_LARGE_OS_PAGES: std::ffi::c_int = 6;
 
 /// - Freed memory goes back to the OS after 1 s instead of mimalloc's 10 ms: batch buffers
 ///   freed between polls are reused instead of being returned and faulted in (zeroed) again
-///   (`docs/performance.md`: a 1e6-call backfill spends 40 % less system time).
+///   (`docs/performance.md`: a 1e6-call backfill spends 40 % less system time). A `replay`
+///   keeps it until it exits: its phases (read and fold, then build and encode the tables)
+///   free and allocate hundreds of MB, and returning it between them only means faulting it
+///   in again.
 /// - Large (2 MiB) OS pages where the kernel offers them (transparent huge pages on
 ///   `madvise`): the fold's state and the encoders' buffers fault in 512 times less often.
 ///
 /// The environment variables `MIMALLOC_PURGE_DELAY` and `MIMALLOC_ALLOW_LARGE_OS_PAGES`,
 /// when set, win.
-fn tune_allocator() {
+fn tune_allocator(command: &Command) {
+    let purge_delay_ms = if matches!(command, Command::Replay(_)) { -1 } else { 1000 };
     for (var, option, value) in [
-        ("MIMALLOC_PURGE_DELAY", MI_OPTION_PURGE_DELAY, 1000),
+        ("MIMALLOC_PURGE_DELAY", MI_OPTION_PURGE_DELAY, purge_delay_ms),
         ("MIMALLOC_ALLOW_LARGE_OS_PAGES", MI_OPTION_ALLOW_LARGE_OS_PAGES, 1),
     ] {
         if std::env::var_os(var).is_none() {
@@ -80,8 +84,8 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    tune_allocator();
     let cli = Cli::parse();
+    tune_allocator(&cli.command);
     let runtime = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {

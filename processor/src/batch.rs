@@ -257,6 +257,19 @@ impl Decoder {
     }
 
     fn ids(&mut self, a: &ArrayRef, out: &mut Vec<IdKey>, n: usize) -> Result<()> {
+        if a.data_type() == &DataType::Utf8View {
+            let s = a.as_string_view();
+            out.reserve(n);
+            if s.null_count() == 0 {
+                out.extend(s.iter().flatten().map(|v| if v.is_empty() { NO_CALL } else { self.dicts.ids.key(v) }));
+            } else {
+                out.extend(s.iter().map(|v| match v {
+                    Some(v) if !v.is_empty() => self.dicts.ids.key(v),
+                    _ => NO_CALL,
+                }));
+            }
+            return Ok(());
+        }
         let a = match a.data_type() {
             DataType::Utf8 => a.clone(),
             _ => cast(a, &DataType::Utf8)?,

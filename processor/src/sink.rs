@@ -33,27 +33,29 @@ use indexmap::IndexMap;
 
 use crate::{Error, Result};
 
-/// Columns whose min/max statistics are not kept: random UUIDs and JSON text.
-const UNPRUNABLE: &[&str] = &["event_id", "call_id", "payload"];
-
 /// Parquet settings of table `name`'s files.
 fn writer_properties(name: &str) -> WriterProperties {
     // Dictionary pages only where values repeat (tenants, queues, agents, enums): for
-    // unique ids a dictionary is pure cost.
+    // unique ids a dictionary is pure cost. Min/max statistics (chunk and page) only where
+    // queries filter and rows are clustered: names and times. Ids are random, measures
+    // (waits, counts, media quality) spread over every page, and computing their min/max
+    // for every value is a sixth of the encoding work for nothing pruned.
     let mut props = WriterProperties::builder()
         .set_compression(Compression::ZSTD(ZstdLevel::try_new(1).expect("level 1 is valid")))
-        .set_dictionary_enabled(false);
-    // No min/max for random ids and opaque text: they prune nothing, and comparing every
-    // value costs (the other columns keep page statistics for file and page pruning).
-    for name in UNPRUNABLE {
-        props = props.set_column_statistics_enabled(ColumnPath::from(*name), EnabledStatistics::None);
-    }
+        .set_dictionary_enabled(false)
+        .set_statistics_enabled(EnabledStatistics::None);
     // Integers and timestamps as deltas (call rows come roughly in time order), floats
     // split by byte: both shrink the files, and writing them is what costs.
     if let Some(schema) = table_schema(name) {
         for field in schema.fields() {
+            let path = || ColumnPath::from(field.name().as_str());
             if is_low_cardinality(field.name()) {
-                props = props.set_column_dictionary_enabled(ColumnPath::from(field.name().as_str()), true);
+                props = props.set_column_dictionary_enabled(path(), true);
+            }
+            if is_low_cardinality(field.name())
+                || matches!(field.data_type(), DataType::Timestamp(_, _) | DataType::Date32)
+            {
+                props = props.set_column_statistics_enabled(path(), EnabledStatistics::Page);
             }
             let encoding = match field.data_type() {
                 DataType::Int32 | DataType::Int64 | DataType::Date32 | DataType::Timestamp(_, _) => {
@@ -62,7 +64,7 @@ fn writer_properties(name: &str) -> WriterProperties {
                 DataType::Float64 => Encoding::BYTE_STREAM_SPLIT,
                 _ => continue,
             };
-            props = props.set_column_encoding(ColumnPath::from(field.name().as_str()), encoding);
+            props = props.set_column_encoding(path(), encoding);
         }
     }
     props.build()

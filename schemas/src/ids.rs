@@ -9,29 +9,44 @@
 /// A 128-bit key for an id string (see the module doc).
 pub type IdKey = u128;
 
-const HEX: [u8; 256] = {
-    let mut t = [0xffu8; 256];
-    let mut i = 0;
-    while i < 10 {
-        t[b'0' as usize + i] = i as u8;
-        i += 1;
-    }
-    let mut i = 0;
-    while i < 6 {
-        t[b'a' as usize + i] = 10 + i as u8;
-        i += 1;
-    }
-    t
-};
-
 /// Variant bits (bits 62..64 of the low half) of keys that are not UUIDs.
 pub const OTHER_TAG: u128 = 0b11 << 62;
 
-/// Byte offsets of the 32 hex digits of a canonical UUID.
-const HEX_AT: [usize; 32] = [
-    0, 1, 2, 3, 4, 5, 6, 7, 9, 10, 11, 12, 14, 15, 16, 17, 19, 20, 21, 22, 24, 25, 26, 27, 28, 29, 30, 31, 32, 33, 34,
-    35,
-];
+const ONES: u64 = 0x0101_0101_0101_0101;
+const HIGH: u64 = 0x8080_8080_8080_8080;
+
+/// Eight lowercase hex digits (the first in the lowest byte) to their 32-bit value, all
+/// lanes at once (SWAR); `None` if any byte is not `0-9` or `a-f`.
+#[inline(always)]
+fn hex8(x: u64) -> Option<u32> {
+    // Each lane b < 0x80 (checked first), so adding up to 0x50 never carries out of a lane.
+    let ascii = x & HIGH == 0;
+    let ge_0 = x.wrapping_add(ONES * (0x80 - b'0' as u64)) & HIGH;
+    let gt_9 = x.wrapping_add(ONES * (0x7f - b'9' as u64)) & HIGH;
+    let ge_a = x.wrapping_add(ONES * (0x80 - b'a' as u64)) & HIGH;
+    let gt_f = x.wrapping_add(ONES * (0x7f - b'f' as u64)) & HIGH;
+    let digit = (ge_0 & !gt_9) | (ge_a & !gt_f);
+    if !ascii || digit != HIGH {
+        return None;
+    }
+    // '0'..'9' are 0x30..0x39, 'a'..'f' are 0x61..0x66: the low nibble, plus 9 for letters.
+    let v = (x & (ONES * 0x0f)) + ((x >> 6) & ONES) * 9;
+    // Pack pairs of lanes into bytes (first digit high), then bytes into a u32.
+    let v = ((v & 0x000f_000f_000f_000f) << 4) | ((v >> 8) & 0x000f_000f_000f_000f);
+    let v = (v | (v >> 8)) & 0x0000_ffff_0000_ffff;
+    let v = (v | (v >> 16)) & 0x0000_0000_ffff_ffff;
+    Some((v as u32).swap_bytes())
+}
+
+#[inline(always)]
+fn word(s: &[u8; 36], at: usize) -> u64 {
+    u64::from_le_bytes(s[at..at + 8].try_into().expect("8 bytes"))
+}
+
+#[inline(always)]
+fn half(s: &[u8; 36], at: usize) -> u64 {
+    u32::from_le_bytes(s[at..at + 4].try_into().expect("4 bytes")) as u64
+}
 
 /// Parses a lowercase canonical RFC 4122 UUID (variant `10`) into its 128 bits.
 /// Anything else returns `None` and must be interned.
@@ -41,34 +56,45 @@ pub fn parse_uuid(s: &[u8]) -> Option<IdKey> {
     if s[8] != b'-' || s[13] != b'-' || s[18] != b'-' || s[23] != b'-' {
         return None;
     }
-    // Two 64-bit halves, no branches per digit; invalid digits map to 0xff and are
-    // caught once at the end.
-    let mut hi: u64 = 0;
-    let mut lo: u64 = 0;
-    let mut bad = 0u8;
-    for &i in &HEX_AT[..16] {
-        let h = HEX[s[i] as usize];
-        bad |= h;
-        hi = (hi << 4) | (h & 0x0f) as u64;
-    }
-    for &i in &HEX_AT[16..] {
-        let h = HEX[s[i] as usize];
-        bad |= h;
-        lo = (lo << 4) | (h & 0x0f) as u64;
-    }
-    if bad & 0xf0 != 0 || lo >> 62 != 0b10 {
+    // Groups 8-4-4-4-12, read as four runs of eight digits.
+    let a = hex8(word(s, 0))?;
+    let b = hex8(half(s, 9) | (half(s, 14) << 32))?;
+    let c = hex8(half(s, 19) | (half(s, 24) << 32))?;
+    let d = hex8(word(s, 28))?;
+    let hi = ((a as u64) << 32) | b as u64;
+    let lo = ((c as u64) << 32) | d as u64;
+    if lo >> 62 != 0b10 {
         return None;
     }
     Some(((hi as u128) << 64) | lo as u128)
 }
 
+/// A 32-bit value as eight lowercase hex digits, most significant first (SWAR).
+#[inline(always)]
+fn hex8_text(v: u32) -> [u8; 8] {
+    // Spread the nibbles one per byte, least significant in the lowest byte …
+    let x = v as u64;
+    let x = (x | (x << 16)) & 0x0000_ffff_0000_ffff;
+    let x = (x | (x << 8)) & 0x00ff_00ff_00ff_00ff;
+    let x = (x | (x << 4)) & 0x0f0f_0f0f_0f0f_0f0f;
+    // … most significant first in memory, then to ASCII: '0' + d, plus 39 more for d ≥ 10.
+    let x = x.swap_bytes();
+    let letters = ((x + ONES * 6) >> 4) & ONES;
+    (x + ONES * b'0' as u64 + letters * (b'a' - b'0' - 10) as u64).to_le_bytes()
+}
+
 /// Formats a UUID key back to its canonical lowercase text.
 pub fn format_uuid(v: IdKey, out: &mut String) {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let (hi, lo) = ((v >> 64) as u64, v as u64);
+    let (a, b, c, d) =
+        (hex8_text((hi >> 32) as u32), hex8_text(hi as u32), hex8_text((lo >> 32) as u32), hex8_text(lo as u32));
     let mut buf = [b'-'; 36];
-    for (n, &i) in HEX_AT.iter().enumerate() {
-        buf[i] = DIGITS[((v >> (124 - 4 * n)) & 0xf) as usize];
-    }
+    buf[..8].copy_from_slice(&a);
+    buf[9..13].copy_from_slice(&b[..4]);
+    buf[14..18].copy_from_slice(&b[4..]);
+    buf[19..23].copy_from_slice(&c[..4]);
+    buf[24..28].copy_from_slice(&c[4..]);
+    buf[28..].copy_from_slice(&d);
     out.push_str(std::str::from_utf8(&buf).expect("hex digits and dashes are ASCII"));
 }
 
@@ -82,6 +108,12 @@ pub fn is_uuid_key(v: IdKey) -> bool {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    /// Byte offsets of the 32 hex digits of a canonical UUID.
+    const HEX_AT: [usize; 32] = [
+        0, 1, 2, 3, 4, 5, 6, 7, 9, 10, 11, 12, 14, 15, 16, 17, 19, 20, 21, 22, 24, 25, 26, 27, 28, 29, 30, 31, 32, 33,
+        34, 35,
+    ];
 
     #[test]
     fn uuid_round_trip() {
@@ -107,7 +139,62 @@ mod tests {
         }
     }
 
+    /// The digit-by-digit definition `parse_uuid` must agree with.
+    fn reference(s: &[u8]) -> Option<IdKey> {
+        if s.len() != 36 || [8, 13, 18, 23].iter().any(|&i| s[i] != b'-') {
+            return None;
+        }
+        let mut v: u128 = 0;
+        for &i in &HEX_AT {
+            let d = match s[i] {
+                c @ b'0'..=b'9' => c - b'0',
+                c @ b'a'..=b'f' => c - b'a' + 10,
+                _ => return None,
+            };
+            v = (v << 4) | d as u128;
+        }
+        is_uuid_key(v).then_some(v)
+    }
+
+    #[test]
+    fn formats_like_the_standard_formatter() {
+        for v in
+            [0u128, u128::MAX, 0x0123_4567_89ab_cdef_fedc_ba98_7654_3210, 0xa0a0_0909_f0f0_1a2b_8c3d_4e5f_6789_abcd]
+        {
+            let mut s = String::new();
+            format_uuid(v, &mut s);
+            let hex = format!("{v:032x}");
+            let want = format!("{}-{}-{}-{}-{}", &hex[..8], &hex[8..12], &hex[12..16], &hex[16..20], &hex[20..]);
+            assert_eq!(s, want);
+        }
+    }
+
+    #[test]
+    fn every_byte_in_every_digit_position() {
+        let base = *b"b5c9f8a9-8be3-49c0-9f09-e77f216495fe";
+        for &i in &HEX_AT {
+            for c in 0..=255u8 {
+                let mut s = base;
+                s[i] = c;
+                assert_eq!(parse_uuid(&s), reference(&s), "byte {c:#04x} at {i}");
+            }
+        }
+    }
+
     proptest! {
+        #[test]
+        fn agrees_with_the_reference(s in "[0-9a-fA-F-]{36}|[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-g]{4}-[0-9a-f]{12}") {
+            prop_assert_eq!(parse_uuid(s.as_bytes()), reference(s.as_bytes()));
+        }
+
+        #[test]
+        fn formats_any_value(v in any::<u128>()) {
+            let mut s = String::new();
+            format_uuid(v, &mut s);
+            let hex = format!("{v:032x}");
+            prop_assert_eq!(s, format!("{}-{}-{}-{}-{}", &hex[..8], &hex[8..12], &hex[12..16], &hex[16..20], &hex[20..]));
+        }
+
         #[test]
         fn formats_back(hi in any::<u64>(), lo in any::<u64>()) {
             let k = ((hi as u128) << 64) | (lo as u128 & !(0b11u128 << 62)) | (0b10u128 << 62);

@@ -10,8 +10,10 @@ pub mod records;
 use std::fs::File;
 use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use arrow::array::RecordBatch;
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use flate2::read::MultiGzDecoder;
 use parquet::arrow::arrow_reader::{ArrowReaderOptions, ParquetRecordBatchReader, ParquetRecordBatchReaderBuilder};
 use parquet::arrow::ProjectionMask;
@@ -100,6 +102,21 @@ fn walk(dir: &Path, out: &mut Vec<InputFile>) -> Result<()> {
     Ok(())
 }
 
+/// `schema` with its `Utf8` id columns (`event_id`, `call_id`) as `Utf8View`.
+fn id_views(schema: &Schema) -> SchemaRef {
+    let fields: Vec<Field> = schema
+        .fields()
+        .iter()
+        .map(|f| match f.name().as_str() {
+            "event_id" | "call_id" if f.data_type() == &DataType::Utf8 => {
+                f.as_ref().clone().with_data_type(DataType::Utf8View)
+            }
+            _ => f.as_ref().clone(),
+        })
+        .collect();
+    Arc::new(Schema::new_with_metadata(fields, schema.metadata().clone()))
+}
+
 /// A piece of an input file.
 #[derive(Debug)]
 pub enum Chunk {
@@ -118,8 +135,10 @@ pub struct ReadOptions {
     pub batch_rows: usize,
     /// Parquet columns to read (all when `None`); absent names are ignored.
     pub columns: Option<Vec<String>>,
-    /// Read low-cardinality Parquet string columns as `Dictionary(Int32, Utf8)` (kept
-    /// encoded: decoding interns each distinct value once per batch, not once per row).
+    /// Read Parquet string columns in the shapes the fold decodes fastest: low-cardinality
+    /// ones as `Dictionary(Int32, Utf8)` (kept encoded: decoding interns each distinct
+    /// value once per batch, not once per row), and the unique ids (`event_id`, `call_id`)
+    /// as `Utf8View` (views into the decompressed pages: no copy into a values buffer).
     pub dictionaries: bool,
 }
 
@@ -171,7 +190,7 @@ impl FileReader {
                 let builder = ParquetRecordBatchReaderBuilder::try_new(f).map_err(pq)?;
                 total_rows = Some(builder.metadata().file_metadata().num_rows().max(0) as u64);
                 let builder = if opts.dictionaries {
-                    let hinted = ccstream_schemas::with_dictionaries(builder.schema());
+                    let hinted = id_views(&ccstream_schemas::with_dictionaries(builder.schema()));
                     let f = File::open(&file.path).map_err(|source| Error::Read { path: path.clone(), source })?;
                     ParquetRecordBatchReaderBuilder::try_new_with_options(
                         f,

@@ -544,13 +544,12 @@ impl CallFold {
     /// Marks call `c` changed; a call already written keeps a copy of its written state.
     #[cold]
     fn mark_dirty(&mut self, c: usize) {
-        let acc = self.calls[c];
-        self.calls[c].dirty = true;
         self.dirty_calls.push(c as u32);
-        if acc.revision > 0 && !self.committed.contains_key(&(c as u32)) {
+        if self.calls[c].revision > 0 && !self.committed.contains_key(&(c as u32)) {
             let m = self.mos_of(c);
-            self.before.insert(c as u32, (acc, m));
+            self.before.insert(c as u32, (self.calls[c], m));
         }
+        self.calls[c].dirty = true;
     }
 
     /// Minimum MOS over call `c`'s answered legs (NaN when none has one).
