@@ -318,7 +318,7 @@ pub(crate) async fn run(args: ReplayArgs) -> Result<Summary> {
     // ---- pass 1: fold
     let opts = ReadOptions {
         columns: Some(FOLD_COLUMNS.iter().map(|c| c.to_string()).collect()),
-        dictionaries: true,
+        fold_hints: true,
         ..ReadOptions::default()
     };
     let bar = progress_bar(&args.progress, total_bytes, "fold");

@@ -55,6 +55,9 @@ proptest! {
         rt.block_on(async {
             let dir = tempfile::tempdir().unwrap();
             let mut log = FileLog::open(config(dir.path(), 2048), Some(partitions)).unwrap();
+            // A handle that never appends: it finds the ends by scanning the files, going on
+            // from where its last scan stopped, across rolls.
+            let watcher = FileLog::open(config(dir.path(), 2048), None).unwrap();
             let mut model: Vec<Vec<ModelRecord>> = vec![Vec::new(); partitions as usize];
             let mut stamp = 0i64;
             for op in ops {
@@ -94,6 +97,8 @@ proptest! {
                         assert_eq!(got, expect);
                     }
                 }
+                let ends: Vec<u64> = model.iter().map(|m| m.len() as u64).collect();
+                assert_eq!(watcher.end_offsets().await.unwrap(), ends);
             }
             let ends: Vec<u64> = model.iter().map(|m| m.len() as u64).collect();
             assert_eq!(log.end_offsets().await.unwrap(), ends);
@@ -140,7 +145,9 @@ async fn a_torn_tail_is_cut_when_the_writer_reopens() {
     std::fs::write(&seg, &bytes).unwrap();
     // Readers see only whole records.
     let log = FileLog::open(config(dir.path(), 1 << 20), None).unwrap();
+    let watcher = FileLog::open(config(dir.path(), 1 << 20), None).unwrap();
     assert_eq!(read_all(&log).await.unwrap().len(), 10);
+    assert_eq!(watcher.end_offsets().await.unwrap(), vec![10]);
     // The writer cuts the tail and appends after the last whole record.
     append_n(&log, 10, 5).await;
     assert!(std::fs::metadata(&seg).unwrap().len() > whole as u64);
@@ -148,6 +155,7 @@ async fn a_torn_tail_is_cut_when_the_writer_reopens() {
     let values: Vec<String> = all.iter().map(|d| String::from_utf8(d.value.clone()).unwrap()).collect();
     assert_eq!(values, (0..15).map(|i| format!("record {i}")).collect::<Vec<_>>());
     assert_eq!(all.iter().map(|d| d.offset).collect::<Vec<_>>(), (0..15).collect::<Vec<_>>());
+    assert_eq!(watcher.end_offsets().await.unwrap(), vec![15]);
 }
 
 #[tokio::test]

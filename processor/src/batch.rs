@@ -257,36 +257,16 @@ impl Decoder {
     }
 
     fn ids(&mut self, a: &ArrayRef, out: &mut Vec<IdKey>, n: usize) -> Result<()> {
-        if a.data_type() == &DataType::Utf8View {
-            let s = a.as_string_view();
-            out.reserve(n);
-            if s.null_count() == 0 {
-                out.extend(s.iter().flatten().map(|v| if v.is_empty() { NO_CALL } else { self.dicts.ids.key(v) }));
-            } else {
-                out.extend(s.iter().map(|v| match v {
-                    Some(v) if !v.is_empty() => self.dicts.ids.key(v),
-                    _ => NO_CALL,
-                }));
-            }
-            return Ok(());
-        }
-        let a = match a.data_type() {
-            DataType::Utf8 => a.clone(),
-            _ => cast(a, &DataType::Utf8)?,
+        let ids = &mut self.dicts.ids;
+        let key = |v: Option<&str>| match v {
+            Some(v) if !v.is_empty() => ids.key(v),
+            _ => NO_CALL,
         };
-        let s = a.as_string::<i32>();
         out.reserve(n);
-        if s.null_count() == 0 {
-            for v in s.iter().flatten() {
-                out.push(if v.is_empty() { NO_CALL } else { self.dicts.ids.key(v) });
-            }
-        } else {
-            for v in s.iter() {
-                out.push(match v {
-                    Some(v) if !v.is_empty() => self.dicts.ids.key(v),
-                    _ => NO_CALL,
-                });
-            }
+        match a.data_type() {
+            DataType::Utf8View => out.extend(a.as_string_view().iter().map(key)),
+            DataType::Utf8 => out.extend(a.as_string::<i32>().iter().map(key)),
+            _ => out.extend(cast(a, &DataType::Utf8)?.as_string::<i32>().iter().map(key)),
         }
         Ok(())
     }

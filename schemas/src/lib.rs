@@ -24,7 +24,7 @@ pub use record::{
     decode_event, encode_event, event_key, read_event, DeadLetterRecord, BINARY_MAGIC, BINARY_VERSION, DEAD_LETTER_KEY,
 };
 pub use tables::{
-    agent_legs_schema, call_facts_schema, corrections_schema, dead_letters_schema, events_schema,
+    agent_legs_schema, call_facts_schema, corrections_schema, dead_letters_schema, events_schema, fold_read_schema,
     interval_partials_schema, is_low_cardinality, partition_columns, table_schema, with_dictionaries, DERIVED_TABLES,
     PARTITION_COLUMN, SEALED_COLUMN, TABLES, TABLE_AGENT_LEGS, TABLE_CALL_FACTS, TABLE_CORRECTIONS, TABLE_DEAD_LETTERS,
     TABLE_EVENTS, TABLE_INTERVAL_PARTIALS, VIEW_AGENT_DAY_METRICS, VIEW_AGENT_OCCUPANCY, VIEW_AGENT_STATE_TIME,

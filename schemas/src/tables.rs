@@ -271,6 +271,24 @@ pub fn with_dictionaries(schema: &Schema) -> SchemaRef {
     Arc::new(Schema::new_with_metadata(fields, schema.metadata().clone()))
 }
 
+/// The schema the fold reads Parquet input in: [`with_dictionaries`], plus the unique ids
+/// (`event_id`, `call_id`) as `Utf8View` — views into the decompressed pages, with no copy
+/// into a values buffer.
+pub fn fold_read_schema(schema: &Schema) -> SchemaRef {
+    let dict = with_dictionaries(schema);
+    let fields: Vec<Field> = dict
+        .fields()
+        .iter()
+        .map(|f| match f.name().as_str() {
+            "event_id" | "call_id" if f.data_type() == &DataType::Utf8 => {
+                f.as_ref().clone().with_data_type(DataType::Utf8View)
+            }
+            _ => f.as_ref().clone(),
+        })
+        .collect();
+    Arc::new(Schema::new_with_metadata(fields, schema.metadata().clone()))
+}
+
 /// Delta partition columns of a table.
 pub fn partition_columns(name: &str) -> &'static [&'static str] {
     match name {

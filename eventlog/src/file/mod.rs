@@ -133,6 +133,9 @@ struct Inner {
     writer: Mutex<Option<Writer>>,
     /// Wakes this process's consumers after an append.
     appended: Notify,
+    /// Per partition, where `end_offsets` last stopped scanning the newest segment (in a
+    /// process that does not append), so that it reads only what was appended since.
+    tails: Mutex<Vec<Option<ScanMark>>>,
 }
 
 fn io_err<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> Error + 'a {
@@ -166,23 +169,46 @@ fn list_segments(dir: &Path, p: Partition) -> Result<Vec<Offset>> {
 /// Scans a segment: the byte length of its valid prefix and the offset after its last valid
 /// record. `Err` only for IO errors and for damage before the tail.
 fn scan_segment(path: &Path, base: Offset) -> Result<(u64, Offset)> {
-    let data = fs::read(path).map_err(io_err("read segment", path))?;
-    match segment::decode_header(&data) {
-        Ok(b) if b == base => {}
-        Ok(b) => {
-            return Err(Error::Corrupt {
-                path: path.display().to_string(),
-                position: 8,
-                reason: format!("header says base offset {b}, file name says {base}"),
-            })
+    scan_segment_from(path, base, ScanMark { base, len: 0, next: base })
+}
+
+/// Where a scan of a segment stopped: `len` bytes of segment `base` are whole records, the
+/// last of them offset `next - 1`. `len` 0 means the header is not checked yet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct ScanMark {
+    base: Offset,
+    len: u64,
+    next: Offset,
+}
+
+/// Goes on scanning segment `base` from `mark` (which must be a previous result for the same
+/// segment, or the start of it): only the bytes after `mark.len` are read and checked.
+fn scan_segment_from(path: &Path, base: Offset, mark: ScanMark) -> Result<(u64, Offset)> {
+    debug_assert_eq!(mark.base, base);
+    let file = File::open(path).map_err(io_err("open segment", path))?;
+    let size = file.metadata().map_err(io_err("stat segment", path))?.len();
+    let mut data = vec![0u8; size.saturating_sub(mark.len) as usize];
+    let got = read_at_most(&file, &mut data, mark.len).map_err(io_err("read segment", path))?;
+    data.truncate(got);
+    let mut at = 0;
+    if mark.len == 0 {
+        match segment::decode_header(&data) {
+            Ok(b) if b == base => {}
+            Ok(b) => {
+                return Err(Error::Corrupt {
+                    path: path.display().to_string(),
+                    position: 8,
+                    reason: format!("header says base offset {b}, file name says {base}"),
+                })
+            }
+            Err(FrameError::Incomplete { .. }) => return Ok((0, base)),
+            Err(FrameError::Corrupt(reason)) => {
+                return Err(Error::Corrupt { path: path.display().to_string(), position: 0, reason: reason.into() })
+            }
         }
-        Err(FrameError::Incomplete { .. }) => return Ok((0, base)),
-        Err(FrameError::Corrupt(reason)) => {
-            return Err(Error::Corrupt { path: path.display().to_string(), position: 0, reason: reason.into() })
-        }
+        at = segment::HEADER_LEN;
     }
-    let mut at = segment::HEADER_LEN;
-    let mut next = base;
+    let mut next = mark.next;
     loop {
         match segment::decode_record(&data[at..]) {
             Ok(f) if f.offset == next => {
@@ -192,12 +218,12 @@ fn scan_segment(path: &Path, base: Offset) -> Result<(u64, Offset)> {
             Ok(f) => {
                 return Err(Error::Corrupt {
                     path: path.display().to_string(),
-                    position: at as u64,
+                    position: mark.len + at as u64,
                     reason: format!("offset {} where {next} was expected", f.offset),
                 })
             }
             // A short or damaged record ends the valid prefix (a torn tail).
-            Err(_) => return Ok((at as u64, next)),
+            Err(_) => return Ok((mark.len + at as u64, next)),
         }
     }
 }
@@ -246,7 +272,14 @@ impl FileLog {
         };
         let url = format!("file://{}", config.dir.display());
         Ok(FileLog {
-            inner: Arc::new(Inner { config, url, partitions, writer: Mutex::new(None), appended: Notify::new() }),
+            inner: Arc::new(Inner {
+                config,
+                url,
+                partitions,
+                writer: Mutex::new(None),
+                appended: Notify::new(),
+                tails: Mutex::new(vec![None; partitions as usize]),
+            }),
         })
     }
 
@@ -483,10 +516,15 @@ impl EventLog for FileLog {
             }
         }
         let dir = &self.inner.config.dir;
+        let mut tails = self.inner.tails.lock().unwrap_or_else(|p| p.into_inner());
         (0..self.inner.partitions)
-            .map(|p| match list_segments(dir, p)?.last() {
-                Some(&base) => Ok(scan_segment(&segment_path(dir, p, base), base)?.1),
-                None => Ok(0),
+            .map(|p| {
+                let Some(&base) = list_segments(dir, p)?.last() else { return Ok(0) };
+                let tail = &mut tails[p as usize];
+                let mark = tail.filter(|m| m.base == base).unwrap_or(ScanMark { base, len: 0, next: base });
+                let (len, next) = scan_segment_from(&segment_path(dir, p, base), base, mark)?;
+                *tail = Some(ScanMark { base, len, next });
+                Ok(next)
             })
             .collect()
     }

@@ -10,10 +10,8 @@ pub mod records;
 use std::fs::File;
 use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 
 use arrow::array::RecordBatch;
-use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use flate2::read::MultiGzDecoder;
 use parquet::arrow::arrow_reader::{ArrowReaderOptions, ParquetRecordBatchReader, ParquetRecordBatchReaderBuilder};
 use parquet::arrow::ProjectionMask;
@@ -102,21 +100,6 @@ fn walk(dir: &Path, out: &mut Vec<InputFile>) -> Result<()> {
     Ok(())
 }
 
-/// `schema` with its `Utf8` id columns (`event_id`, `call_id`) as `Utf8View`.
-fn id_views(schema: &Schema) -> SchemaRef {
-    let fields: Vec<Field> = schema
-        .fields()
-        .iter()
-        .map(|f| match f.name().as_str() {
-            "event_id" | "call_id" if f.data_type() == &DataType::Utf8 => {
-                f.as_ref().clone().with_data_type(DataType::Utf8View)
-            }
-            _ => f.as_ref().clone(),
-        })
-        .collect();
-    Arc::new(Schema::new_with_metadata(fields, schema.metadata().clone()))
-}
-
 /// A piece of an input file.
 #[derive(Debug)]
 pub enum Chunk {
@@ -135,16 +118,16 @@ pub struct ReadOptions {
     pub batch_rows: usize,
     /// Parquet columns to read (all when `None`); absent names are ignored.
     pub columns: Option<Vec<String>>,
-    /// Read Parquet string columns in the shapes the fold decodes fastest: low-cardinality
-    /// ones as `Dictionary(Int32, Utf8)` (kept encoded: decoding interns each distinct
-    /// value once per batch, not once per row), and the unique ids (`event_id`, `call_id`)
-    /// as `Utf8View` (views into the decompressed pages: no copy into a values buffer).
-    pub dictionaries: bool,
+    /// Read Parquet string columns in the shapes the fold decodes fastest
+    /// ([`ccstream_schemas::fold_read_schema`]): low-cardinality ones as
+    /// `Dictionary(Int32, Utf8)` (kept encoded: decoding interns each distinct value once
+    /// per batch, not once per row), and the unique ids as `Utf8View`.
+    pub fold_hints: bool,
 }
 
 impl Default for ReadOptions {
     fn default() -> Self {
-        ReadOptions { chunk_bytes: 4 << 20, batch_rows: 64 * 1024, columns: None, dictionaries: false }
+        ReadOptions { chunk_bytes: 4 << 20, batch_rows: 64 * 1024, columns: None, fold_hints: false }
     }
 }
 
@@ -189,8 +172,8 @@ impl FileReader {
                 let pq = |source| Error::Parquet { path: path.clone(), source };
                 let builder = ParquetRecordBatchReaderBuilder::try_new(f).map_err(pq)?;
                 total_rows = Some(builder.metadata().file_metadata().num_rows().max(0) as u64);
-                let builder = if opts.dictionaries {
-                    let hinted = id_views(&ccstream_schemas::with_dictionaries(builder.schema()));
+                let builder = if opts.fold_hints {
+                    let hinted = ccstream_schemas::fold_read_schema(builder.schema());
                     let f = File::open(&file.path).map_err(|source| Error::Read { path: path.clone(), source })?;
                     ParquetRecordBatchReaderBuilder::try_new_with_options(
                         f,
