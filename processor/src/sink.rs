@@ -49,12 +49,11 @@ fn writer_properties(name: &str) -> WriterProperties {
     if let Some(schema) = table_schema(name) {
         for field in schema.fields() {
             let path = || ColumnPath::from(field.name().as_str());
-            if is_low_cardinality(field.name()) {
+            let low_cardinality = is_low_cardinality(field.name());
+            if low_cardinality {
                 props = props.set_column_dictionary_enabled(path(), true);
             }
-            if is_low_cardinality(field.name())
-                || matches!(field.data_type(), DataType::Timestamp(_, _) | DataType::Date32)
-            {
+            if low_cardinality || matches!(field.data_type(), DataType::Timestamp(_, _) | DataType::Date32) {
                 props = props.set_column_statistics_enabled(path(), EnabledStatistics::Page);
             }
             let encoding = match field.data_type() {

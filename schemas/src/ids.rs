@@ -139,6 +139,12 @@ mod tests {
         }
     }
 
+    /// `v` as 32 hex digits grouped 8-4-4-4-12, by the standard formatter.
+    fn canonical(v: IdKey) -> String {
+        let hex = format!("{v:032x}");
+        format!("{}-{}-{}-{}-{}", &hex[..8], &hex[8..12], &hex[12..16], &hex[16..20], &hex[20..])
+    }
+
     /// The digit-by-digit definition `parse_uuid` must agree with.
     fn reference(s: &[u8]) -> Option<IdKey> {
         if s.len() != 36 || [8, 13, 18, 23].iter().any(|&i| s[i] != b'-') {
@@ -163,9 +169,7 @@ mod tests {
         {
             let mut s = String::new();
             format_uuid(v, &mut s);
-            let hex = format!("{v:032x}");
-            let want = format!("{}-{}-{}-{}-{}", &hex[..8], &hex[8..12], &hex[12..16], &hex[16..20], &hex[20..]);
-            assert_eq!(s, want);
+            assert_eq!(s, canonical(v));
         }
     }
 
@@ -191,8 +195,7 @@ mod tests {
         fn formats_any_value(v in any::<u128>()) {
             let mut s = String::new();
             format_uuid(v, &mut s);
-            let hex = format!("{v:032x}");
-            prop_assert_eq!(s, format!("{}-{}-{}-{}-{}", &hex[..8], &hex[8..12], &hex[12..16], &hex[16..20], &hex[20..]));
+            prop_assert_eq!(s, canonical(v));
         }
 
         #[test]

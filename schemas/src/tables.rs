@@ -251,42 +251,31 @@ pub fn is_low_cardinality(name: &str) -> bool {
     )
 }
 
+/// `schema` with each field replaced by `f(field)`, metadata kept.
+fn map_fields(schema: &Schema, f: impl Fn(&Field) -> Field) -> SchemaRef {
+    let fields: Vec<Field> = schema.fields().iter().map(|field| f(field)).collect();
+    Arc::new(Schema::new_with_metadata(fields, schema.metadata().clone()))
+}
+
 /// `schema` with its low-cardinality `Utf8` columns as `Dictionary(Int32, Utf8)`.
 pub fn with_dictionaries(schema: &Schema) -> SchemaRef {
-    let fields: Vec<Field> = schema
-        .fields()
-        .iter()
-        .map(|f| {
-            if f.data_type() == &DataType::Utf8 && is_low_cardinality(f.name()) {
-                Field::new(
-                    f.name(),
-                    DataType::Dictionary(Box::new(DataType::Int32), Box::new(DataType::Utf8)),
-                    f.is_nullable(),
-                )
-            } else {
-                f.as_ref().clone()
-            }
-        })
-        .collect();
-    Arc::new(Schema::new_with_metadata(fields, schema.metadata().clone()))
+    map_fields(schema, |f| {
+        if f.data_type() == &DataType::Utf8 && is_low_cardinality(f.name()) {
+            f.clone().with_data_type(DataType::Dictionary(Box::new(DataType::Int32), Box::new(DataType::Utf8)))
+        } else {
+            f.clone()
+        }
+    })
 }
 
 /// The schema the fold reads Parquet input in: [`with_dictionaries`], plus the unique ids
 /// (`event_id`, `call_id`) as `Utf8View` — views into the decompressed pages, with no copy
 /// into a values buffer.
 pub fn fold_read_schema(schema: &Schema) -> SchemaRef {
-    let dict = with_dictionaries(schema);
-    let fields: Vec<Field> = dict
-        .fields()
-        .iter()
-        .map(|f| match f.name().as_str() {
-            "event_id" | "call_id" if f.data_type() == &DataType::Utf8 => {
-                f.as_ref().clone().with_data_type(DataType::Utf8View)
-            }
-            _ => f.as_ref().clone(),
-        })
-        .collect();
-    Arc::new(Schema::new_with_metadata(fields, schema.metadata().clone()))
+    map_fields(&with_dictionaries(schema), |f| match f.name().as_str() {
+        "event_id" | "call_id" if f.data_type() == &DataType::Utf8 => f.clone().with_data_type(DataType::Utf8View),
+        _ => f.clone(),
+    })
 }
 
 /// Delta partition columns of a table.

@@ -38,7 +38,7 @@ pub mod segment;
 
 use std::collections::BTreeMap;
 use std::fs::{self, File, OpenOptions as FsOpenOptions};
-use std::io::Write;
+use std::io::{Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -169,11 +169,12 @@ fn list_segments(dir: &Path, p: Partition) -> Result<Vec<Offset>> {
 /// Scans a segment: the byte length of its valid prefix and the offset after its last valid
 /// record. `Err` only for IO errors and for damage before the tail.
 fn scan_segment(path: &Path, base: Offset) -> Result<(u64, Offset)> {
-    scan_segment_from(path, base, ScanMark { base, len: 0, next: base })
+    let end = scan_segment_from(path, ScanMark::start(base))?;
+    Ok((end.len, end.next))
 }
 
-/// Where a scan of a segment stopped: `len` bytes of segment `base` are whole records, the
-/// last of them offset `next - 1`. `len` 0 means the header is not checked yet.
+/// Where a scan of a segment stopped: its first `len` bytes are whole records, the last of
+/// them offset `next - 1`. `len` 0 means the header is not checked yet.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct ScanMark {
     base: Offset,
@@ -181,15 +182,21 @@ struct ScanMark {
     next: Offset,
 }
 
-/// Goes on scanning segment `base` from `mark` (which must be a previous result for the same
-/// segment, or the start of it): only the bytes after `mark.len` are read and checked.
-fn scan_segment_from(path: &Path, base: Offset, mark: ScanMark) -> Result<(u64, Offset)> {
-    debug_assert_eq!(mark.base, base);
-    let file = File::open(path).map_err(io_err("open segment", path))?;
-    let size = file.metadata().map_err(io_err("stat segment", path))?.len();
-    let mut data = vec![0u8; size.saturating_sub(mark.len) as usize];
-    let got = read_at_most(&file, &mut data, mark.len).map_err(io_err("read segment", path))?;
-    data.truncate(got);
+impl ScanMark {
+    fn start(base: Offset) -> Self {
+        ScanMark { base, len: 0, next: base }
+    }
+}
+
+/// Goes on scanning segment `mark.base` from `mark` (a previous result for the same segment,
+/// or its start): only the bytes after `mark.len` are read and checked.
+fn scan_segment_from(path: &Path, mark: ScanMark) -> Result<ScanMark> {
+    let base = mark.base;
+    let mut file = File::open(path).map_err(io_err("open segment", path))?;
+    let mut data = Vec::new();
+    file.seek(SeekFrom::Start(mark.len))
+        .and_then(|_| file.read_to_end(&mut data))
+        .map_err(io_err("read segment", path))?;
     let mut at = 0;
     if mark.len == 0 {
         match segment::decode_header(&data) {
@@ -201,7 +208,7 @@ fn scan_segment_from(path: &Path, base: Offset, mark: ScanMark) -> Result<(u64, 
                     reason: format!("header says base offset {b}, file name says {base}"),
                 })
             }
-            Err(FrameError::Incomplete { .. }) => return Ok((0, base)),
+            Err(FrameError::Incomplete { .. }) => return Ok(mark),
             Err(FrameError::Corrupt(reason)) => {
                 return Err(Error::Corrupt { path: path.display().to_string(), position: 0, reason: reason.into() })
             }
@@ -223,7 +230,7 @@ fn scan_segment_from(path: &Path, base: Offset, mark: ScanMark) -> Result<(u64, 
                 })
             }
             // A short or damaged record ends the valid prefix (a torn tail).
-            Err(_) => return Ok((mark.len + at as u64, next)),
+            Err(_) => return Ok(ScanMark { base, len: mark.len + at as u64, next }),
         }
     }
 }
@@ -521,10 +528,10 @@ impl EventLog for FileLog {
             .map(|p| {
                 let Some(&base) = list_segments(dir, p)?.last() else { return Ok(0) };
                 let tail = &mut tails[p as usize];
-                let mark = tail.filter(|m| m.base == base).unwrap_or(ScanMark { base, len: 0, next: base });
-                let (len, next) = scan_segment_from(&segment_path(dir, p, base), base, mark)?;
-                *tail = Some(ScanMark { base, len, next });
-                Ok(next)
+                let mark = tail.filter(|m| m.base == base).unwrap_or(ScanMark::start(base));
+                let end = scan_segment_from(&segment_path(dir, p, base), mark)?;
+                *tail = Some(end);
+                Ok(end.next)
             })
             .collect()
     }
