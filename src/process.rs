@@ -34,15 +34,15 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use arrow::array::{BooleanArray, RecordBatch};
-use arrow::compute::filter_record_batch;
+use arrow::compute::{filter_record_batch, take_record_batch};
 use ccstream_eventlog::{open, Delivered, EventLog, LogConsumer, OpenOptions, Partition, Poll};
-use ccstream_processor::batch::{to_events_schema, DecodedBatch, Decoder, JsonDecoder};
+use ccstream_processor::batch::{group_rows, to_events_schema, DecodedBatch, Decoder, JsonDecoder};
 use ccstream_processor::kpi::{corrections_batch, CallFold, Horizon, LiveQueue, Params};
-use ccstream_processor::sink::{TableStore, FILE_COLUMN};
+use ccstream_processor::sink::{Overwrite, TableStore, FILE_COLUMN};
 use ccstream_processor::telemetry::Telemetry;
 use ccstream_schemas::{
     agent_legs_schema, call_facts_schema, corrections_schema, events_schema, interval_partials_schema,
-    DeadLetterRecord, DEAD_LETTER_KEY, PARTITION_COLUMN, SEALED_COLUMN, TABLE_AGENT_LEGS, TABLE_CALL_FACTS,
+    DeadLetterRecord, DEAD_LETTER_KEY, MS_PER_DAY, PARTITION_COLUMN, SEALED_COLUMN, TABLE_AGENT_LEGS, TABLE_CALL_FACTS,
     TABLE_CORRECTIONS, TABLE_DEAD_LETTERS, TABLE_EVENTS, TABLE_INTERVAL_PARTIALS,
 };
 use clap::Args;
@@ -197,7 +197,12 @@ struct Processor {
     json: JsonDecoder,
     decoded: DecodedBatch,
     parts: BTreeMap<Partition, PartitionState>,
-    pending_events: Vec<RecordBatch>,
+    /// The `events` append in progress: first copies are encoded as they are folded, split
+    /// by the table's partitions, and committed by the next `commit_appends`.
+    events_out: Option<Overwrite>,
+    /// First copies held back as batches instead (while their partition has calls waiting
+    /// to be re-folded: the re-fold drops those the table already holds).
+    held_events: Vec<RecordBatch>,
     pending_event_rows: usize,
     pending_dead: Vec<DeadLetter>,
     pending_corrections: Vec<RecordBatch>,
@@ -263,7 +268,7 @@ impl Processor {
     }
 
     /// Folds one poll's records (any partitions, in order within each).
-    fn fold(&mut self, records: Vec<Delivered>) -> Result<()> {
+    async fn fold(&mut self, records: Vec<Delivered>) -> Result<()> {
         let mut by_part: BTreeMap<Partition, Vec<Delivered>> = BTreeMap::new();
         for r in records {
             by_part.entry(r.partition).or_default().push(r);
@@ -337,19 +342,30 @@ impl Processor {
                     self.pending_dead.push(log_dead(&url, p, value_offsets[line], reason, values[line]));
                 }
             }
-            // First copies of events this table does not hold yet.
-            let keep: Vec<bool> = state
-                .fold
-                .first_copy()
-                .iter()
-                .zip(&rows)
-                .map(|(first, row)| *first && value_offsets[*row as usize] >= state.events_committed)
-                .collect();
-            if keep.iter().any(|k| *k) {
-                let kept = filter_record_batch(&batch, &BooleanArray::from(keep))?;
-                self.pending_event_rows += kept.num_rows();
-                self.pending_events.push(to_events_schema(&kept, "log", now_ms())?);
+            // First copies of events this table does not hold yet, grouped by the table's
+            // partitions (tenant and day) from the decoded columns.
+            let d = &self.decoded;
+            let keys = state.fold.first_copy().iter().zip(&rows).enumerate().map(|(r, (first, row))| {
+                (*first && value_offsets[*row as usize] >= state.events_committed)
+                    .then(|| (d.tenant[r], d.t_ms[r].div_euclid(MS_PER_DAY)))
+            });
+            let (indices, runs) = group_rows(keys);
+            if runs.is_empty() {
+                continue;
             }
+            let kept = to_events_schema(&take_record_batch(&batch, &indices)?, "log", now_ms())?;
+            self.pending_event_rows += kept.num_rows();
+            if state.fold.refolding() {
+                self.held_events.push(kept);
+                continue;
+            }
+            let out = match self.events_out.as_mut() {
+                Some(out) => out,
+                None => {
+                    self.events_out.insert(self.store.append_streaming(TABLE_EVENTS, events_schema(), 1 << 20).await?)
+                }
+            };
+            out.write_runs(kept, &runs).await?;
         }
         Ok(())
     }
@@ -394,6 +410,20 @@ impl Processor {
         if let Some(t) = latest {
             self.telemetry.event_time_lag.set((now_ms() - t) as f64 / 1000.0);
         }
+    }
+
+    /// Whether rows wait for the next commit of `events` or `dead_letters`.
+    fn has_pending(&self) -> bool {
+        self.events_out.is_some() || !self.held_events.is_empty() || !self.pending_dead.is_empty()
+    }
+
+    /// Forgets the rows waiting for the next commit of `events` and `dead_letters`
+    /// (the files already encoded are never committed).
+    fn drop_pending(&mut self) {
+        self.events_out = None;
+        self.held_events.clear();
+        self.pending_event_rows = 0;
+        self.pending_dead.clear();
     }
 
     /// Whether every partition's fold is back where the tables are (see `rebuild_until`).
@@ -490,7 +520,7 @@ impl Processor {
         }
         if !stored.is_empty() {
             let mut dropped = 0usize;
-            for b in self.pending_events.iter_mut() {
+            for b in self.held_events.iter_mut() {
                 let ids = string_column(b, "event_id")?;
                 let keep: BooleanArray = ids.iter().map(|id| Some(!id.is_some_and(|id| stored.contains(id)))).collect();
                 let n = keep.true_count();
@@ -653,8 +683,11 @@ impl Processor {
         debug_assert!(self.rebuilt());
         let now = now_ms();
         let offsets = self.offsets();
-        let mut w = self.store.append_streaming(TABLE_EVENTS, events_schema(), 1 << 20).await?;
-        for b in self.pending_events.drain(..) {
+        let mut w = match self.events_out.take() {
+            Some(w) => w,
+            None => self.store.append_streaming(TABLE_EVENTS, events_schema(), 1 << 20).await?,
+        };
+        for b in self.held_events.drain(..) {
             w.write(b).await?;
         }
         w.with_transactions(&offsets);
@@ -806,7 +839,8 @@ pub(crate) async fn run(args: ProcessArgs) -> Result<ProcessSummary> {
         json: JsonDecoder::new("log", now_ms()),
         decoded: DecodedBatch::default(),
         parts: BTreeMap::new(),
-        pending_events: Vec::new(),
+        events_out: None,
+        held_events: Vec::new(),
         pending_event_rows: 0,
         pending_dead: Vec::new(),
         pending_corrections: Vec::new(),
@@ -834,16 +868,26 @@ pub(crate) async fn run(args: ProcessArgs) -> Result<ProcessSummary> {
             Poll::Assigned(parts) => proc.assign(&mut *consumer, &parts).await?,
             Poll::Revoked(parts) => {
                 // Commit what this member folded before the partitions move on.
-                if proc.dirty && proc.rebuilt() {
+                let committed = proc.dirty && proc.rebuilt();
+                if committed {
                     proc.commit(false).await?;
                 }
-                for p in parts {
-                    proc.parts.remove(&p);
-                    proc.telemetry.forget_partition(p);
+                for p in &parts {
+                    proc.parts.remove(p);
+                    proc.telemetry.forget_partition(*p);
+                }
+                if !committed && proc.has_pending() {
+                    // Still rebuilding: what is pending mixes rows of the partitions that
+                    // leave with rows of those that stay. Drop it all, and rebuild the
+                    // partitions that stay from the start, like a restart would.
+                    proc.drop_pending();
+                    let stay: Vec<Partition> = proc.parts.keys().copied().collect();
+                    proc.parts.clear();
+                    proc.assign(&mut *consumer, &stay).await?;
                 }
             }
             Poll::Records(records) => {
-                proc.fold(records).context("folding records")?;
+                proc.fold(records).await.context("folding records")?;
                 proc.observe(false);
             }
             Poll::Idle => proc.observe(true),

@@ -17,6 +17,7 @@ use std::sync::Arc;
 use arrow::array::{
     Array, ArrayRef, AsArray, Date32Array, Date32Builder, Float64Builder, Int64Array, Int8Builder, RecordBatch,
     StringArray, StringBuilder, StringDictionaryBuilder, TimestampMillisecondArray, TimestampMillisecondBuilder,
+    UInt32Array,
 };
 use arrow::compute::cast;
 use arrow::datatypes::{DataType, Int32Type, SchemaRef, TimeUnit};
@@ -484,6 +485,43 @@ impl JsonDecoder {
     }
 }
 
+/// Groups rows by key: `keys` gives each row's key, or `None` for a row to leave out.
+/// Returns the indices of the rows kept, group by group (groups in order of first sight,
+/// rows in order within a group), and each group's length: what `take` and
+/// [`crate::sink::Overwrite::write_runs`] need to write each group as one run.
+pub fn group_rows<K: std::hash::Hash + Eq>(keys: impl Iterator<Item = Option<K>>) -> (UInt32Array, Vec<usize>) {
+    const OUT: u32 = u32::MAX;
+    let mut groups: HashMap<K, u32, FixedState> = HashMap::default();
+    let mut lens: Vec<usize> = Vec::new();
+    let group: Vec<u32> = keys
+        .map(|k| match k {
+            None => OUT,
+            Some(k) => {
+                let g = *groups.entry(k).or_insert_with(|| {
+                    lens.push(0);
+                    lens.len() as u32 - 1
+                });
+                lens[g as usize] += 1;
+                g
+            }
+        })
+        .collect();
+    let mut next: Vec<usize> = lens
+        .iter()
+        .scan(0, |at, &len| {
+            let start = *at;
+            *at += len;
+            Some(start)
+        })
+        .collect();
+    let mut indices = vec![0u32; lens.iter().sum()];
+    for (row, &g) in group.iter().enumerate().filter(|(_, &g)| g != OUT) {
+        indices[next[g as usize]] = row as u32;
+        next[g as usize] += 1;
+    }
+    (UInt32Array::from(indices), lens)
+}
+
 /// Casts a batch with canonical column names to the `events` table schema, filling the
 /// columns a file may lack (`source`, `ingested_at`, `payload`, `day`).
 pub fn to_events_schema(batch: &RecordBatch, default_source: &str, now: i64) -> Result<RecordBatch> {
@@ -544,6 +582,16 @@ mod tests {
             dec.dicts.ids.text(out.event_id[0], &mut text);
             prop_assert_eq!(&text, &id);
         }
+    }
+
+    #[test]
+    fn group_rows_orders_by_group_and_leaves_out() {
+        let keys = [Some(('a', 1)), None, Some(('b', 1)), Some(('a', 1)), Some(('a', 2)), None, Some(('b', 1))];
+        let (indices, lens) = group_rows(keys.iter().copied());
+        assert_eq!(indices.values().to_vec(), vec![0, 3, 2, 6, 4]);
+        assert_eq!(lens, vec![2, 2, 1]);
+        let (indices, lens) = group_rows(std::iter::repeat_n(None::<u8>, 3));
+        assert!(indices.is_empty() && lens.is_empty());
     }
 
     #[test]

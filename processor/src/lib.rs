@@ -30,6 +30,10 @@ pub enum Error {
     },
     #[error("reading a table back: {0}")]
     ReadTable(#[from] deltalake::datafusion::error::DataFusionError),
+    #[error("a write to {table} gave runs covering {covered} of its {rows} rows")]
+    Runs { table: String, rows: usize, covered: usize },
+    #[error("row {row} of a write to {table} has a NULL or unsupported partition value")]
+    PartitionValue { table: String, row: usize },
     #[error("table location {location:?} is not a valid URL or path: {reason}")]
     Location { location: String, reason: String },
 }

@@ -25,8 +25,8 @@ use deltalake::DeltaTable;
 use url::Url;
 
 use arrow::array::{Array, AsArray, RecordBatch};
-use arrow::datatypes::Int32Type;
 use arrow::datatypes::{DataType, SchemaRef, TimeUnit};
+use arrow::datatypes::{Date32Type, Int32Type};
 use ccstream_schemas::{is_low_cardinality, partition_columns, table_schema, PARTITION_COLUMN, SEALED_COLUMN};
 use delta_kernel::expressions::Scalar;
 use indexmap::IndexMap;
@@ -379,34 +379,83 @@ impl Overwrite {
         Ok(())
     }
 
-    /// The partition values of `batch` when every row has the same ones (and the table is
-    /// partitioned by integer and boolean columns only, as the derived tables are).
-    fn single_partition(&self, batch: &RecordBatch) -> Option<IndexMap<String, Scalar>> {
-        if self.partition_by.is_empty() {
-            return None;
+    /// Encodes `batch`, whose rows come in runs of one Delta partition each (`runs` are
+    /// the runs' lengths, in order): each run goes straight to its partition's file, without
+    /// the writer's generic split (a hash of every row's partition values and a copy).
+    /// The caller groups the rows, usually from columns it has already decoded.
+    pub async fn write_runs(&mut self, batch: RecordBatch, runs: &[usize]) -> Result<()> {
+        let n = batch.num_rows();
+        if runs.iter().sum::<usize>() != n {
+            return Err(Error::Runs { table: self.name.clone(), rows: n, covered: runs.iter().sum() });
         }
+        let batch = to_delta_units(&batch)?;
+        let mut at = 0;
+        for &len in runs.iter().filter(|&&len| len > 0) {
+            let Some(values) = self.partition_values(&batch, at) else {
+                return Err(Error::PartitionValue { table: self.name.clone(), row: at });
+            };
+            let run = batch.slice(at, len);
+            if let Err(e) = self.writer.write_partition(run, &values, WriteMode::Default).await {
+                return Err(self.wrap(e));
+            }
+            at += len;
+        }
+        self.buffered += n;
+        self.rows += n as u64;
+        if self.buffered >= self.flush_rows {
+            self.flush().await?;
+        }
+        Ok(())
+    }
+
+    /// The partition values of row `row` of `batch` (integer, boolean, text and date
+    /// partition columns, as ccstream's tables have), or `None` for a NULL or another type.
+    fn partition_values(&self, batch: &RecordBatch, row: usize) -> Option<IndexMap<String, Scalar>> {
         let mut values = IndexMap::with_capacity(self.partition_by.len());
         for name in &self.partition_by {
             let column = batch.column_by_name(name)?;
-            if column.null_count() > 0 {
+            if column.is_null(row) {
                 return None;
             }
             let value = match column.data_type() {
-                DataType::Int32 => {
-                    let a = column.as_primitive::<Int32Type>().values();
-                    let first = *a.first()?;
-                    a.iter().all(|&v| v == first).then_some(Scalar::Integer(first))?
-                }
-                DataType::Boolean => {
-                    let a = column.as_boolean();
-                    let trues = a.true_count();
-                    (trues == 0 || trues == a.len()).then_some(Scalar::Boolean(trues > 0))?
-                }
+                DataType::Int32 => Scalar::Integer(column.as_primitive::<Int32Type>().value(row)),
+                DataType::Boolean => Scalar::Boolean(column.as_boolean().value(row)),
+                DataType::Utf8 => Scalar::String(column.as_string::<i32>().value(row).to_string()),
+                DataType::Date32 => Scalar::Date(column.as_primitive::<Date32Type>().value(row)),
                 _ => return None,
             };
             values.insert(name.clone(), value);
         }
         Some(values)
+    }
+
+    /// The partition values of `batch` when every row has the same ones (and the table is
+    /// partitioned by integer and boolean columns only, as the derived tables are).
+    fn single_partition(&self, batch: &RecordBatch) -> Option<IndexMap<String, Scalar>> {
+        if self.partition_by.is_empty() || batch.num_rows() == 0 {
+            return None;
+        }
+        for name in &self.partition_by {
+            let column = batch.column_by_name(name)?;
+            if column.null_count() > 0 {
+                return None;
+            }
+            let same = match column.data_type() {
+                DataType::Int32 => {
+                    let a = column.as_primitive::<Int32Type>().values();
+                    a.iter().all(|&v| v == a[0])
+                }
+                DataType::Boolean => {
+                    let trues = column.as_boolean().true_count();
+                    trues == 0 || trues == column.len()
+                }
+                _ => false,
+            };
+            if !same {
+                return None;
+            }
+        }
+        self.partition_values(batch, 0)
     }
 
     async fn flush(&mut self) -> Result<()> {

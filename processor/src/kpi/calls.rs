@@ -582,6 +582,12 @@ impl CallFold {
         &self.first_copy
     }
 
+    /// Whether calls seen again after their eviction wait to be re-folded
+    /// ([`CallFold::refold_ids`]): their new events may already be in `events`.
+    pub fn refolding(&self) -> bool {
+        !self.refold.is_empty()
+    }
+
     /// Reserves room for about `events` more events (a hint from the input's row count):
     /// growing the state vectors by doubling copies them and faults in fresh pages twice.
     pub fn reserve_for_events(&mut self, events: usize) {

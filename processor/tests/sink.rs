@@ -1,0 +1,97 @@
+//! Writing `events` in pre-grouped runs: every row lands in the file of its own tenant and
+//! day, nothing is lost or doubled, and runs that do not match the batch are refused.
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::path::Path;
+
+use arrow::array::{Array, AsArray, RecordBatch};
+use arrow::compute::{concat_batches, take_record_batch};
+use arrow::datatypes::Date32Type;
+use ccstream_processor::batch::{group_rows, to_events_schema};
+use ccstream_processor::sink::{TableStore, FILE_COLUMN};
+use ccstream_processor::Error;
+use ccstream_schemas::{events_schema, TABLE_EVENTS};
+use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+
+fn fixture_events() -> RecordBatch {
+    let path = Path::new(&std::env::var_os("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"))
+        .join("../tests/fixtures/oracle/events.parquet");
+    let reader = ParquetRecordBatchReaderBuilder::try_new(File::open(path).unwrap()).unwrap().build().unwrap();
+    let batches: Vec<RecordBatch> = reader.map(Result::unwrap).collect();
+    let all = concat_batches(&batches[0].schema(), &batches).unwrap();
+    to_events_schema(&all, "test", 0).unwrap()
+}
+
+/// (event_id, tenant_id, day) of every row, as a multiset.
+fn rows(batches: &[RecordBatch]) -> BTreeMap<(String, String, i32), usize> {
+    let mut out = BTreeMap::new();
+    for b in batches {
+        let ids = b.column_by_name("event_id").unwrap().as_string::<i32>();
+        let tenants = b.column_by_name("tenant_id").unwrap().as_string::<i32>();
+        let days = b.column_by_name("day").unwrap().as_primitive::<Date32Type>();
+        for r in 0..b.num_rows() {
+            let key = (ids.value(r).to_string(), tenants.value(r).to_string(), days.value(r));
+            *out.entry(key).or_default() += 1;
+        }
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn runs_land_in_their_partitions() {
+    let events = fixture_events();
+    let dir = tempfile::tempdir().unwrap();
+    let store = TableStore::new(dir.path().to_str().unwrap()).unwrap();
+
+    // Every other row, in two batches, grouped by tenant and day.
+    let tenants = events.column_by_name("tenant_id").unwrap().as_string::<i32>().clone();
+    let days = events.column_by_name("day").unwrap().as_primitive::<Date32Type>().clone();
+    let half = events.num_rows() / 2;
+    let mut w = store.append_streaming(TABLE_EVENTS, events_schema(), usize::MAX).await.unwrap();
+    let mut expected = Vec::new();
+    for range in [0..half, half..events.num_rows()] {
+        let keys = (0..events.num_rows())
+            .map(|r| (range.contains(&r) && r % 2 == 0).then(|| (tenants.value(r).to_string(), days.value(r))));
+        let (indices, runs) = group_rows(keys);
+        assert!(runs.len() > 1, "the fixture spans several tenants and days");
+        let batch = take_record_batch(&events, &indices).unwrap();
+        expected.push(batch.clone());
+        w.write_runs(batch, &runs).await.unwrap();
+    }
+    w.commit().await.unwrap();
+
+    let back = store.read_where(TABLE_EVENTS, None, true).await.unwrap();
+    assert_eq!(rows(&back), rows(&expected));
+    for b in &back {
+        let tenants = b.column_by_name("tenant_id").unwrap().as_string::<i32>();
+        let days = b.column_by_name("day").unwrap().as_primitive::<Date32Type>();
+        let files = b.column_by_name(FILE_COLUMN).unwrap().as_string::<i32>();
+        for r in 0..b.num_rows() {
+            let day = chrono::DateTime::from_timestamp(days.value(r) as i64 * 86_400, 0).unwrap().date_naive();
+            let dir = format!("tenant_id={}/day={day}/", tenants.value(r));
+            assert!(files.value(r).contains(&dir), "{} is not under {dir}", files.value(r));
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn runs_that_do_not_cover_the_batch_are_refused() {
+    let events = fixture_events().slice(0, 10);
+    let dir = tempfile::tempdir().unwrap();
+    let store = TableStore::new(dir.path().to_str().unwrap()).unwrap();
+    let mut w = store.append_streaming(TABLE_EVENTS, events_schema(), usize::MAX).await.unwrap();
+    match w.write_runs(events.clone(), &[4, 5]).await {
+        Err(Error::Runs { rows: 10, covered: 9, .. }) => {}
+        other => panic!("expected a runs error, got {other:?}"),
+    }
+    let mut no_tenant = events.columns().to_vec();
+    no_tenant[1] = arrow::array::new_null_array(no_tenant[1].data_type(), 10);
+    let fields: Vec<_> = events.schema().fields().iter().map(|f| f.as_ref().clone().with_nullable(true)).collect();
+    let schema = std::sync::Arc::new(arrow::datatypes::Schema::new(fields));
+    let bad = RecordBatch::try_new(schema, no_tenant).unwrap();
+    match w.write_runs(bad, &[10]).await {
+        Err(Error::PartitionValue { row: 0, .. }) => {}
+        other => panic!("expected a partition value error, got {other:?}"),
+    }
+}
