@@ -15,12 +15,13 @@
 use std::sync::Arc;
 
 use arrow::array::{
-    Array, ArrayRef, AsArray, Date32Array, Date32Builder, Float64Builder, Int64Array, Int8Builder, RecordBatch,
-    StringArray, StringBuilder, StringDictionaryBuilder, TimestampMillisecondArray, TimestampMillisecondBuilder,
-    UInt32Array,
+    Array, ArrayRef, AsArray, BooleanBufferBuilder, Date32Array, Date32Builder, DictionaryArray, Int32Array,
+    Int64Array, PrimitiveArray, RecordBatch, StringArray, StringBuilder, StringDictionaryBuilder,
+    TimestampMillisecondArray, TimestampMillisecondBuilder, UInt32Array,
 };
+use arrow::buffer::{NullBuffer, OffsetBuffer};
 use arrow::compute::cast;
-use arrow::datatypes::{DataType, Int32Type, SchemaRef, TimeUnit};
+use arrow::datatypes::{ArrowPrimitiveType, DataType, Float64Type, Int32Type, Int8Type, SchemaRef, TimeUnit};
 use ccstream_schemas::{
     events_schema, parse_uuid, read_event, with_dictionaries, Event, EventError, EventType, IdKey, Validated,
     MS_PER_DAY, OTHER_TAG,
@@ -401,20 +402,21 @@ impl JsonDecoder {
         let mut call = StringBuilder::with_capacity(n, n * 36);
         let mut queue = Dict::new();
         let mut agent = Dict::new();
-        let mut etype = Dict::new();
+        let mut etype: Vec<i32> = Vec::with_capacity(n);
         let mut occurred = TimestampMillisecondBuilder::with_capacity(n).with_timezone("UTC");
         let mut ingested = TimestampMillisecondBuilder::with_capacity(n).with_timezone("UTC");
-        let mut priority = Int8Builder::with_capacity(n);
-        let mut ovf = StringBuilder::new();
-        let mut ttype = StringBuilder::new();
-        let mut target = StringBuilder::new();
-        let mut disc = StringBuilder::new();
-        let mut wcode = StringBuilder::new();
-        let mut from_s = StringBuilder::new();
-        let mut to_s = StringBuilder::new();
-        let mut reason = StringBuilder::new();
-        let mut media: [Float64Builder; 4] = std::array::from_fn(|_| Float64Builder::with_capacity(n));
-        let mut payload = StringBuilder::new();
+        // Columns NULL in most events: only a row with a value costs while reading.
+        let mut priority = Sparse::<i8>::default();
+        let mut ovf = SparseText::default();
+        let mut ttype = SparseText::default();
+        let mut target = SparseText::default();
+        let mut disc = SparseText::default();
+        let mut wcode = SparseText::default();
+        let mut from_s = SparseText::default();
+        let mut to_s = SparseText::default();
+        let mut reason = SparseText::default();
+        let mut media: [Sparse<f64>; 4] = Default::default();
+        let mut payload = SparseText::default();
         let mut day = Date32Builder::with_capacity(n);
         let mut rows = Vec::with_capacity(n);
         let mut rejected = Vec::new();
@@ -427,6 +429,7 @@ impl JsonDecoder {
                     continue;
                 }
             };
+            let row = rows.len();
             rows.push(i as u32);
             event_id.append_option(ev.event_id.as_deref());
             tenant.append_option(ev.tenant_id.as_deref());
@@ -434,26 +437,32 @@ impl JsonDecoder {
             call.append_option(ev.call_id.as_deref());
             queue.append_option(ev.queue_id.as_deref());
             agent.append_option(ev.agent_id.as_deref());
-            etype.append_value(v.event_type.as_str());
+            etype.push(v.event_type as i32);
             occurred.append_value(v.occurred_at_ms);
             ingested.append_value(v.ingested_at_ms.unwrap_or(self.ingested_at_ms));
-            priority.append_option(ev.priority);
-            ovf.append_option(ev.overflow_from_queue_id.as_deref());
-            ttype.append_option(ev.transfer_type.as_deref());
-            target.append_option(ev.target_agent_id.as_deref());
-            disc.append_option(ev.disconnect_by.as_deref());
-            wcode.append_option(ev.wrapup_code.as_deref());
-            from_s.append_option(ev.from_state.as_deref());
-            to_s.append_option(ev.to_state.as_deref());
-            reason.append_option(ev.state_reason.as_deref());
-            media[0].append_option(ev.jitter_ms);
-            media[1].append_option(ev.packet_loss_rate);
-            media[2].append_option(ev.round_trip_ms);
-            media[3].append_option(ev.audio_degradation);
-            payload.append_option(ev.payload.as_deref());
+            priority.set(row, ev.priority);
+            ovf.set(row, ev.overflow_from_queue_id.as_deref());
+            ttype.set(row, ev.transfer_type.as_deref());
+            target.set(row, ev.target_agent_id.as_deref());
+            disc.set(row, ev.disconnect_by.as_deref());
+            wcode.set(row, ev.wrapup_code.as_deref());
+            from_s.set(row, ev.from_state.as_deref());
+            to_s.set(row, ev.to_state.as_deref());
+            reason.set(row, ev.state_reason.as_deref());
+            media[0].set(row, ev.jitter_ms);
+            media[1].set(row, ev.packet_loss_rate);
+            media[2].set(row, ev.round_trip_ms);
+            media[3].set(row, ev.audio_degradation);
+            payload.set(row, ev.payload.as_deref());
             day.append_value(v.occurred_at_ms.div_euclid(MS_PER_DAY) as i32);
         }
-        let [m0, m1, m2, m3] = &mut media;
+        let n = rows.len();
+        let [m0, m1, m2, m3] = media;
+        // Event types are keys into the fixed list of names: no hashing per row.
+        static TYPE_NAMES: std::sync::LazyLock<ArrayRef> = std::sync::LazyLock::new(|| {
+            Arc::new(StringArray::from_iter_values(EventType::ALL.iter().map(|t| t.as_str())))
+        });
+        let etype = DictionaryArray::<Int32Type>::try_new(Int32Array::from(etype), TYPE_NAMES.clone())?;
         let columns: Vec<ArrayRef> = vec![
             Arc::new(event_id.finish()),
             Arc::new(tenant.finish()),
@@ -461,27 +470,107 @@ impl JsonDecoder {
             Arc::new(call.finish()),
             Arc::new(queue.finish()),
             Arc::new(agent.finish()),
-            Arc::new(etype.finish()),
+            Arc::new(etype),
             Arc::new(occurred.finish()),
             Arc::new(ingested.finish()),
-            Arc::new(priority.finish()),
-            Arc::new(ovf.finish()),
-            Arc::new(ttype.finish()),
-            Arc::new(target.finish()),
-            Arc::new(disc.finish()),
-            Arc::new(wcode.finish()),
-            Arc::new(from_s.finish()),
-            Arc::new(to_s.finish()),
-            Arc::new(reason.finish()),
-            Arc::new(m0.finish()),
-            Arc::new(m1.finish()),
-            Arc::new(m2.finish()),
-            Arc::new(m3.finish()),
-            Arc::new(payload.finish()),
+            Arc::new(priority.finish::<Int8Type>(n)),
+            Arc::new(ovf.finish(n)?),
+            Arc::new(ttype.finish(n)?),
+            Arc::new(target.finish(n)?),
+            Arc::new(disc.finish(n)?),
+            Arc::new(wcode.finish(n)?),
+            Arc::new(from_s.finish(n)?),
+            Arc::new(to_s.finish(n)?),
+            Arc::new(reason.finish(n)?),
+            Arc::new(m0.finish::<Float64Type>(n)),
+            Arc::new(m1.finish::<Float64Type>(n)),
+            Arc::new(m2.finish::<Float64Type>(n)),
+            Arc::new(m3.finish::<Float64Type>(n)),
+            Arc::new(payload.finish(n)?),
             Arc::new(day.finish()),
         ];
         let batch = RecordBatch::try_new(decode_schema(), columns)?;
         Ok((batch, rows, rejected))
+    }
+}
+
+/// A primitive column NULL in most rows, built from its values alone.
+#[derive(Debug)]
+struct Sparse<T> {
+    rows: Vec<u32>,
+    values: Vec<T>,
+}
+
+impl<T> Default for Sparse<T> {
+    fn default() -> Self {
+        Sparse { rows: Vec::new(), values: Vec::new() }
+    }
+}
+
+impl<T: arrow::datatypes::ArrowNativeType> Sparse<T> {
+    /// Sets row `row` (rows come in increasing order; a row not set is NULL).
+    #[inline]
+    fn set(&mut self, row: usize, value: Option<T>) {
+        if let Some(v) = value {
+            self.rows.push(row as u32);
+            self.values.push(v);
+        }
+    }
+
+    /// The column of `n` rows.
+    fn finish<P: ArrowPrimitiveType<Native = T>>(self, n: usize) -> PrimitiveArray<P> {
+        if self.rows.is_empty() {
+            return PrimitiveArray::new_null(n);
+        }
+        let mut values = vec![T::default(); n];
+        let mut valid = BooleanBufferBuilder::new(n);
+        valid.append_n(n, false);
+        for (&r, v) in self.rows.iter().zip(self.values) {
+            values[r as usize] = v;
+            valid.set_bit(r as usize, true);
+        }
+        PrimitiveArray::new(values.into(), Some(NullBuffer::new(valid.finish())))
+    }
+}
+
+/// A text column NULL in most rows, built from its values alone.
+#[derive(Debug, Default)]
+struct SparseText {
+    rows: Vec<u32>,
+    ends: Vec<i32>,
+    bytes: Vec<u8>,
+}
+
+impl SparseText {
+    /// Sets row `row` (rows come in increasing order; a row not set is NULL).
+    #[inline]
+    fn set(&mut self, row: usize, value: Option<&str>) {
+        if let Some(v) = value {
+            self.rows.push(row as u32);
+            self.bytes.extend_from_slice(v.as_bytes());
+            self.ends.push(self.bytes.len() as i32);
+        }
+    }
+
+    /// The column of `n` rows.
+    fn finish(self, n: usize) -> Result<StringArray> {
+        if self.rows.is_empty() {
+            return Ok(StringArray::new_null(n));
+        }
+        let mut offsets: Vec<i32> = Vec::with_capacity(n + 1);
+        let mut valid = BooleanBufferBuilder::new(n);
+        valid.append_n(n, false);
+        offsets.push(0);
+        let mut end = 0;
+        for (&r, &e) in self.rows.iter().zip(&self.ends) {
+            offsets.resize(r as usize + 1, end);
+            end = e;
+            offsets.push(end);
+            valid.set_bit(r as usize, true);
+        }
+        offsets.resize(n + 1, end);
+        let offsets = OffsetBuffer::new(offsets.into());
+        Ok(StringArray::try_new(offsets, self.bytes.into(), Some(NullBuffer::new(valid.finish())))?)
     }
 }
 
@@ -562,6 +651,23 @@ mod tests {
             prop_assert_eq!(rows.len(), batch.num_rows());
             let mut out = DecodedBatch::default();
             Decoder::new().decode(&batch, &mut out).unwrap();
+        }
+
+        /// Sparse columns equal the same values appended one by one.
+        #[test]
+        fn sparse_columns_match_builders(values in proptest::collection::vec(proptest::option::of("\\PC{0,6}"), 0..40),
+                                         numbers in proptest::collection::vec(proptest::option::of(-1e6f64..1e6), 0..40)) {
+            let mut text = SparseText::default();
+            for (row, v) in values.iter().enumerate() {
+                text.set(row, v.as_deref());
+            }
+            prop_assert_eq!(text.finish(values.len()).unwrap(), StringArray::from(values.clone()));
+            let mut sparse = Sparse::<f64>::default();
+            for (row, v) in numbers.iter().enumerate() {
+                sparse.set(row, *v);
+            }
+            let built = sparse.finish::<Float64Type>(numbers.len());
+            prop_assert_eq!(built, arrow::array::Float64Array::from(numbers.clone()));
         }
 
         /// Valid events with arbitrary ids and names survive decoding.
