@@ -18,6 +18,7 @@ use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use bytes::Bytes;
 use futures::FutureExt;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
@@ -401,8 +402,8 @@ impl KafkaConsumer {
             partition: m.partition() as Partition,
             offset: m.offset() as Offset,
             timestamp_ms: m.timestamp().to_millis().unwrap_or(0),
-            key: m.key().unwrap_or_default().to_vec(),
-            value: m.payload().unwrap_or_default().to_vec(),
+            key: Bytes::copy_from_slice(m.key().unwrap_or_default()),
+            value: Bytes::copy_from_slice(m.payload().unwrap_or_default()),
         }
     }
 }

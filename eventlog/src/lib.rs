@@ -32,6 +32,8 @@ use std::fmt::Debug;
 use std::sync::Arc;
 use std::time::Duration;
 
+pub use bytes::Bytes;
+
 pub mod file;
 pub mod kafka;
 #[cfg(feature = "testing")]
@@ -51,14 +53,15 @@ pub struct RecordRef<'a> {
     pub timestamp_ms: i64,
 }
 
-/// A record read from the log.
+/// A record read from the log. Its key and value are shared views of what the log read
+/// (FileLog: slices of the segment chunk, no copy per record).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Delivered {
     pub partition: Partition,
     pub offset: Offset,
     pub timestamp_ms: i64,
-    pub key: Vec<u8>,
-    pub value: Vec<u8>,
+    pub key: Bytes,
+    pub value: Bytes,
 }
 
 /// What one [`LogConsumer::poll`] returns.

@@ -122,7 +122,7 @@ async fn a_consumer_reads_everything_in_order(s: Subject) {
     }
     for d in &got {
         let (k, v, t) = expected[&(d.partition, d.offset)];
-        assert_eq!((&d.key, &d.value, d.timestamp_ms), (k, v, *t));
+        assert_eq!((&d.key[..], &d.value[..], d.timestamp_ms), (&k[..], &v[..], *t));
     }
 }
 

@@ -91,7 +91,7 @@ proptest! {
                             c.seek(q, at).await.unwrap();
                         }
                         let got = drain(&mut *c).await;
-                        let got: Vec<(u64, Vec<u8>, Vec<u8>, i64)> = got.into_iter().map(|d| (d.offset, d.key, d.value, d.timestamp_ms)).collect();
+                        let got: Vec<(u64, Vec<u8>, Vec<u8>, i64)> = got.into_iter().map(|d| (d.offset, d.key.to_vec(), d.value.to_vec(), d.timestamp_ms)).collect();
                         let expect: Vec<(u64, Vec<u8>, Vec<u8>, i64)> = want.iter().enumerate().skip(from as usize)
                             .map(|(i, (k, v, t))| (i as u64, k.clone(), v.clone(), *t)).collect();
                         assert_eq!(got, expect);
@@ -152,7 +152,7 @@ async fn a_torn_tail_is_cut_when_the_writer_reopens() {
     append_n(&log, 10, 5).await;
     assert!(std::fs::metadata(&seg).unwrap().len() > whole as u64);
     let all = read_all(&log).await.unwrap();
-    let values: Vec<String> = all.iter().map(|d| String::from_utf8(d.value.clone()).unwrap()).collect();
+    let values: Vec<String> = all.iter().map(|d| String::from_utf8(d.value.to_vec()).unwrap()).collect();
     assert_eq!(values, (0..15).map(|i| format!("record {i}")).collect::<Vec<_>>());
     assert_eq!(all.iter().map(|d| d.offset).collect::<Vec<_>>(), (0..15).collect::<Vec<_>>());
     assert_eq!(watcher.end_offsets().await.unwrap(), vec![15]);
@@ -232,7 +232,7 @@ async fn records_appended_by_another_log_handle_are_seen() {
     while got.len() < 3 {
         if let Poll::Records(r) = c.poll(10, Duration::from_secs(5)).await.unwrap() {
             for d in r {
-                got.insert(d.offset, d.value);
+                got.insert(d.offset, d.value.to_vec());
             }
         }
     }

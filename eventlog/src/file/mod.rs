@@ -44,6 +44,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
+use bytes::BytesMut;
 use tokio::sync::Notify;
 
 use crate::{Delivered, Error, EventLog, LogConsumer, Offset, Partition, Poll, RecordRef, Result};
@@ -563,7 +564,7 @@ impl EventLog for FileLog {
             assigned: false,
             readers,
             next_partition: 0,
-            buf: Vec::new(),
+            buf: BytesMut::new(),
         }))
     }
 }
@@ -577,7 +578,7 @@ struct FileConsumer {
     assigned: bool,
     readers: Vec<PartReader>,
     next_partition: usize,
-    buf: Vec<u8>,
+    buf: BytesMut,
 }
 
 /// Where a consumer is in one partition.
@@ -633,7 +634,7 @@ impl PartReader {
     }
 
     /// Reads up to `max` records into `out`; returns how many it added.
-    fn read(&mut self, max: usize, buf: &mut Vec<u8>, out: &mut Vec<Delivered>) -> Result<usize> {
+    fn read(&mut self, max: usize, buf: &mut BytesMut, out: &mut Vec<Delivered>) -> Result<usize> {
         if self.file.is_none() {
             let bases = list_segments(&self.dir, self.partition)?;
             match bases.first() {
@@ -655,14 +656,18 @@ impl PartReader {
             }
         }
         let mut added = 0;
+        let mut want = CHUNK_BYTES;
         while added < max {
             let base = self.file.as_ref().expect("opened above").0;
             let path = segment_path(&self.dir, self.partition, base);
-            if buf.len() < 1 << 20 {
-                buf.resize(1 << 20, 0);
-            }
+            // A fresh chunk (or the last one's memory, once none of its records is alive):
+            // the records delivered are slices of it.
+            buf.clear();
+            buf.resize(want, 0);
             let got = self.read_buf(buf).map_err(io_err("read segment", &path))?;
-            let data = &buf[..got];
+            buf.truncate(got);
+            let chunk = buf.split().freeze();
+            let data = &chunk[..];
             let mut at = 0;
             let mut stalled = None;
             while added < max {
@@ -680,8 +685,8 @@ impl PartReader {
                                 partition: self.partition,
                                 offset: f.offset,
                                 timestamp_ms: f.timestamp_ms,
-                                key: f.key.to_vec(),
-                                value: f.value.to_vec(),
+                                key: chunk.slice_ref(f.key),
+                                value: chunk.slice_ref(f.value),
                             });
                             added += 1;
                         }
@@ -698,10 +703,10 @@ impl PartReader {
             let Some(stop) = stalled else { continue };
             match stop {
                 // The buffer ended inside a record and the file goes on: read from there.
-                FrameError::Incomplete { .. } if got == buf.len() && at > 0 => continue,
+                FrameError::Incomplete { .. } if got == want && at > 0 => continue,
                 // One record larger than the buffer: grow it and read again.
-                FrameError::Incomplete { needed } if got == buf.len() => {
-                    buf.resize(needed, 0);
+                FrameError::Incomplete { needed } if got == want => {
+                    want = needed;
                     continue;
                 }
                 stop => {
@@ -712,7 +717,7 @@ impl PartReader {
                     let file_len = file_len.unwrap_or(0);
                     if let FrameError::Corrupt(reason) = stop {
                         // Damage followed by more data is corruption, not a write in progress.
-                        let end = segment::peek_len(&buf[at..got]).map(|l| self.pos + l as u64).unwrap_or(u64::MAX);
+                        let end = segment::peek_len(&data[at..]).map(|l| self.pos + l as u64).unwrap_or(u64::MAX);
                         if end < file_len || (self.next != base && next_seg.exists()) {
                             return Err(Error::Corrupt {
                                 path: path.display().to_string(),
@@ -740,6 +745,9 @@ impl PartReader {
         }
     }
 }
+
+/// Bytes a consumer reads from a segment at a time (more for a larger record).
+const CHUNK_BYTES: usize = 1 << 20;
 
 /// Reads from `pos` until `buf` is full or the file ends; returns the bytes read.
 fn read_at_most(file: &File, buf: &mut [u8], pos: u64) -> std::io::Result<usize> {
