@@ -204,6 +204,8 @@ struct Processor {
     /// to be re-folded: the re-fold drops those the table already holds).
     held_events: Vec<RecordBatch>,
     pending_event_rows: usize,
+    /// Rows per `events` file at most (`--append-flush-rows`).
+    append_flush_rows: usize,
     pending_dead: Vec<DeadLetter>,
     pending_corrections: Vec<RecordBatch>,
     time: StreamTime,
@@ -361,9 +363,9 @@ impl Processor {
             }
             let out = match self.events_out.as_mut() {
                 Some(out) => out,
-                None => {
-                    self.events_out.insert(self.store.append_streaming(TABLE_EVENTS, events_schema(), 1 << 20).await?)
-                }
+                None => self
+                    .events_out
+                    .insert(self.store.append_streaming(TABLE_EVENTS, events_schema(), self.append_flush_rows).await?),
             };
             out.write_runs(kept, &runs).await?;
         }
@@ -685,7 +687,7 @@ impl Processor {
         let offsets = self.offsets();
         let mut w = match self.events_out.take() {
             Some(w) => w,
-            None => self.store.append_streaming(TABLE_EVENTS, events_schema(), 1 << 20).await?,
+            None => self.store.append_streaming(TABLE_EVENTS, events_schema(), self.append_flush_rows).await?,
         };
         for b in self.held_events.drain(..) {
             w.write(b).await?;
@@ -842,6 +844,7 @@ pub(crate) async fn run(args: ProcessArgs) -> Result<ProcessSummary> {
         events_out: None,
         held_events: Vec::new(),
         pending_event_rows: 0,
+        append_flush_rows: args.append_flush_rows.max(1),
         pending_dead: Vec::new(),
         pending_corrections: Vec::new(),
         time: args.time.clone(),
@@ -865,7 +868,17 @@ pub(crate) async fn run(args: ProcessArgs) -> Result<ProcessSummary> {
             }
         };
         match polled {
-            Poll::Assigned(parts) => proc.assign(&mut *consumer, &parts).await?,
+            Poll::Assigned(parts) => {
+                proc.assign(&mut *consumer, &parts).await?;
+                // A backfill knows how many records each fold will take: room for them
+                // up front, instead of growing the state by doubling (a copy and fresh
+                // pages each time).
+                for (p, end) in targets.iter().flat_map(|t| parts.iter().map(move |p| (p, t.get(*p as usize)))) {
+                    if let (Some(s), Some(&end)) = (proc.parts.get_mut(p), end) {
+                        s.fold.reserve_for_events(end as usize);
+                    }
+                }
+            }
             Poll::Revoked(parts) => {
                 // Commit what this member folded before the partitions move on.
                 let committed = proc.dirty && proc.rebuilt();
@@ -900,7 +913,7 @@ pub(crate) async fn run(args: ProcessArgs) -> Result<ProcessSummary> {
             }
         }
         // While catching up, commits never take more than about a fifth of the time.
-        if proc.pending_event_rows >= args.append_flush_rows.max(1) && proc.rebuilt() {
+        if proc.pending_event_rows >= proc.append_flush_rows && proc.rebuilt() {
             // Re-folds first: they drop pending copies of events the table already holds.
             proc.restore().await?;
             proc.refold().await?;
