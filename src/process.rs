@@ -7,7 +7,9 @@
 //!
 //! - `events` and `dead_letters` are appended: a commit adds the first copies of the events
 //!   (and the rejected records) read since the previous commit. After a restart, records
-//!   below a table's committed offset are not appended again.
+//!   below a table's committed offset are not appended again. First copies are encoded
+//!   into the open append as they are folded, already grouped by the table's partitions
+//!   (tenant and day); nothing is visible until the commit.
 //! - `corrections` is appended, before the derived tables: the changed columns of the rows
 //!   the commit writes as new revisions.
 //! - `call_facts`, `agent_legs` and `interval_partials` hold one Delta partition per log
@@ -73,7 +75,8 @@ pub(crate) struct ProcessArgs {
     /// Most records taken from the log per poll
     #[arg(long, env = "CCSTREAM_POLL_RECORDS", default_value_t = 65_536)]
     pub(crate) poll_records: usize,
-    /// Between full commits, append `events` alone once this many rows are pending
+    /// Between full commits, append `events` alone once this many rows are pending (also
+    /// the most rows an `events` file holds)
     #[arg(long, env = "CCSTREAM_APPEND_FLUSH_ROWS", default_value_t = 1 << 20)]
     pub(crate) append_flush_rows: usize,
     /// Serve Prometheus metrics at http://ADDR/metrics (port 0: any free port)
