@@ -44,7 +44,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
-use bytes::BytesMut;
+use bytes::Bytes;
 use tokio::sync::Notify;
 
 use crate::{Delivered, Error, EventLog, LogConsumer, Offset, Partition, Poll, RecordRef, Result};
@@ -564,7 +564,6 @@ impl EventLog for FileLog {
             assigned: false,
             readers,
             next_partition: 0,
-            buf: BytesMut::new(),
         }))
     }
 }
@@ -578,7 +577,6 @@ struct FileConsumer {
     assigned: bool,
     readers: Vec<PartReader>,
     next_partition: usize,
-    buf: BytesMut,
 }
 
 /// Where a consumer is in one partition.
@@ -634,7 +632,7 @@ impl PartReader {
     }
 
     /// Reads up to `max` records into `out`; returns how many it added.
-    fn read(&mut self, max: usize, buf: &mut BytesMut, out: &mut Vec<Delivered>) -> Result<usize> {
+    fn read(&mut self, max: usize, out: &mut Vec<Delivered>) -> Result<usize> {
         if self.file.is_none() {
             let bases = list_segments(&self.dir, self.partition)?;
             match bases.first() {
@@ -660,13 +658,11 @@ impl PartReader {
         while added < max {
             let base = self.file.as_ref().expect("opened above").0;
             let path = segment_path(&self.dir, self.partition, base);
-            // A fresh chunk (or the last one's memory, once none of its records is alive):
-            // the records delivered are slices of it.
-            buf.clear();
-            buf.resize(want, 0);
-            let got = self.read_buf(buf).map_err(io_err("read segment", &path))?;
-            buf.truncate(got);
-            let chunk = buf.split().freeze();
+            // A fresh chunk, read without zero-filling it first: the records delivered are
+            // slices of it.
+            let mut chunk = Vec::with_capacity(want);
+            let got = self.read_chunk(want, &mut chunk).map_err(io_err("read segment", &path))?;
+            let chunk = Bytes::from(chunk);
             let data = &chunk[..];
             let mut at = 0;
             let mut stalled = None;
@@ -738,9 +734,14 @@ impl PartReader {
         Ok(added)
     }
 
-    fn read_buf(&self, buf: &mut [u8]) -> std::io::Result<usize> {
-        match &self.file {
-            Some((_, f)) => read_at_most(f, buf, self.pos),
+    /// Appends up to `want` bytes of the open segment, from the read position, to `into`.
+    fn read_chunk(&mut self, want: usize, into: &mut Vec<u8>) -> std::io::Result<usize> {
+        let pos = self.pos;
+        match &mut self.file {
+            Some((_, f)) => {
+                f.seek(SeekFrom::Start(pos))?;
+                Read::take(&*f, want as u64).read_to_end(into)
+            }
             None => Ok(0),
         }
     }
@@ -748,20 +749,6 @@ impl PartReader {
 
 /// Bytes a consumer reads from a segment at a time (more for a larger record).
 const CHUNK_BYTES: usize = 1 << 20;
-
-/// Reads from `pos` until `buf` is full or the file ends; returns the bytes read.
-fn read_at_most(file: &File, buf: &mut [u8], pos: u64) -> std::io::Result<usize> {
-    let mut got = 0;
-    while got < buf.len() {
-        match file.read_at(&mut buf[got..], pos + got as u64) {
-            Ok(0) => break,
-            Ok(n) => got += n,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(got)
-}
 
 impl FileConsumer {
     fn read_available(&mut self, max: usize) -> Result<Vec<Delivered>> {
@@ -775,7 +762,7 @@ impl FileConsumer {
             }
             let idx = (self.next_partition + i) % n;
             let want = share.min(max - out.len());
-            self.readers[idx].read(want, &mut self.buf, &mut out)?;
+            self.readers[idx].read(want, &mut out)?;
         }
         self.next_partition = (self.next_partition + 1) % n;
         Ok(out)
