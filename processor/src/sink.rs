@@ -27,7 +27,9 @@ use url::Url;
 use arrow::array::{Array, AsArray, RecordBatch};
 use arrow::datatypes::{DataType, SchemaRef, TimeUnit};
 use arrow::datatypes::{Date32Type, Int32Type};
-use ccstream_schemas::{is_low_cardinality, partition_columns, table_schema, PARTITION_COLUMN, SEALED_COLUMN};
+use ccstream_schemas::{
+    is_low_cardinality, partition_columns, table_schema, PARTITION_COLUMN, SEALED_COLUMN, TABLE_EVENTS,
+};
 use delta_kernel::expressions::Scalar;
 use indexmap::IndexMap;
 
@@ -46,6 +48,10 @@ fn writer_properties(name: &str) -> WriterProperties {
         .set_statistics_enabled(EnabledStatistics::None);
     // Integers and timestamps as deltas (call rows come roughly in time order), floats
     // split by byte: both shrink the files, and writing them is what costs.
+    // In `events` (log order within a tenant and day) every page holds most of a day's
+    // queues, agents and event types: min/max of names would prune nothing there, and
+    // comparing every value for them is a measurable share of the copy.
+    let name_stats = name != TABLE_EVENTS;
     if let Some(schema) = table_schema(name) {
         for field in schema.fields() {
             let path = || ColumnPath::from(field.name().as_str());
@@ -53,7 +59,8 @@ fn writer_properties(name: &str) -> WriterProperties {
             if low_cardinality {
                 props = props.set_column_dictionary_enabled(path(), true);
             }
-            if low_cardinality || matches!(field.data_type(), DataType::Timestamp(_, _) | DataType::Date32) {
+            let is_time = matches!(field.data_type(), DataType::Timestamp(_, _) | DataType::Date32);
+            if (low_cardinality && name_stats) || is_time {
                 props = props.set_column_statistics_enabled(path(), EnabledStatistics::Page);
             }
             let encoding = match field.data_type() {
