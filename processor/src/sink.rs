@@ -27,9 +27,7 @@ use url::Url;
 use arrow::array::{Array, AsArray, RecordBatch};
 use arrow::datatypes::{DataType, SchemaRef, TimeUnit};
 use arrow::datatypes::{Date32Type, Int32Type};
-use ccstream_schemas::{
-    is_low_cardinality, partition_columns, table_schema, PARTITION_COLUMN, SEALED_COLUMN, TABLE_EVENTS,
-};
+use ccstream_schemas::{is_low_cardinality, partition_columns, table_schema, PARTITION_COLUMN, SEALED_COLUMN};
 use delta_kernel::expressions::Scalar;
 use indexmap::IndexMap;
 
@@ -38,20 +36,17 @@ use crate::{Error, Result};
 /// Parquet settings of table `name`'s files.
 fn writer_properties(name: &str) -> WriterProperties {
     // Dictionary pages only where values repeat (tenants, queues, agents, enums): for
-    // unique ids a dictionary is pure cost. Min/max statistics (chunk and page) only where
-    // queries filter and rows are clustered: names and times. Ids are random, measures
-    // (waits, counts, media quality) spread over every page, and computing their min/max
-    // for every value is a sixth of the encoding work for nothing pruned.
+    // unique ids a dictionary is pure cost. Min/max statistics (chunk and page) only for
+    // times: rows come roughly in time order, so times prune. No table is clustered by
+    // anything else: every page holds most of a file's tenants, queues and agents, ids are
+    // random and measures (waits, counts, media quality) spread, so their min/max would
+    // prune nothing, and computing it compares every value.
     let mut props = WriterProperties::builder()
         .set_compression(Compression::ZSTD(ZstdLevel::try_new(1).expect("level 1 is valid")))
         .set_dictionary_enabled(false)
         .set_statistics_enabled(EnabledStatistics::None);
     // Integers and timestamps as deltas (call rows come roughly in time order), floats
     // split by byte: both shrink the files, and writing them is what costs.
-    // In `events` (log order within a tenant and day) every page holds most of a day's
-    // queues, agents and event types: min/max of names would prune nothing there, and
-    // comparing every value for them is a measurable share of the copy.
-    let name_stats = name != TABLE_EVENTS;
     if let Some(schema) = table_schema(name) {
         for field in schema.fields() {
             let path = || ColumnPath::from(field.name().as_str());
@@ -59,8 +54,7 @@ fn writer_properties(name: &str) -> WriterProperties {
             if low_cardinality {
                 props = props.set_column_dictionary_enabled(path(), true);
             }
-            let is_time = matches!(field.data_type(), DataType::Timestamp(_, _) | DataType::Date32);
-            if (low_cardinality && name_stats) || is_time {
+            if matches!(field.data_type(), DataType::Timestamp(_, _) | DataType::Date32) {
                 props = props.set_column_statistics_enabled(path(), EnabledStatistics::Page);
             }
             let encoding = match field.data_type() {
