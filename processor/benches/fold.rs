@@ -3,26 +3,15 @@
 //!
 //!     cargo bench -p ccstream-processor --bench fold
 
-use std::fs::File;
-use std::path::Path;
-
-use arrow::array::RecordBatch;
-use arrow::compute::concat_batches;
 use ccstream_processor::batch::{DecodedBatch, Decoder};
 use ccstream_processor::kpi::{CallFold, Params};
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 
-fn events() -> RecordBatch {
-    let path = Path::new(&std::env::var_os("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"))
-        .join("../tests/fixtures/oracle/events.parquet");
-    let reader = ParquetRecordBatchReaderBuilder::try_new(File::open(path).unwrap()).unwrap().build().unwrap();
-    let batches: Vec<RecordBatch> = reader.map(Result::unwrap).collect();
-    concat_batches(&batches[0].schema(), &batches).unwrap()
-}
+#[path = "../tests/common/mod.rs"]
+mod common;
 
 fn bench(c: &mut Criterion) {
-    let events = events();
+    let events = common::fixture_events();
     let mut g = c.benchmark_group("fold");
     g.throughput(Throughput::Elements(events.num_rows() as u64));
     g.bench_function("decode", |b| {

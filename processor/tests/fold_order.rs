@@ -1,25 +1,15 @@
 //! The fold's results do not depend on event order or batch boundaries: the fixture's
 //! events, shuffled and cut into batches of any size, give the same tables.
 
-use std::fs::File;
-use std::path::Path;
-
 use arrow::array::{Array, RecordBatch};
 use arrow::compute::{concat_batches, lexsort_to_indices, take_record_batch, SortColumn};
 use ccstream_processor::batch::{DecodedBatch, Decoder};
 use ccstream_processor::kpi::{CallFold, FoldOutput, Params};
-use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use proptest::prelude::*;
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
 
-fn fixture_events() -> RecordBatch {
-    let path = Path::new(&std::env::var_os("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"))
-        .join("../tests/fixtures/oracle/events.parquet");
-    let reader = ParquetRecordBatchReaderBuilder::try_new(File::open(path).unwrap()).unwrap().build().unwrap();
-    let batches: Vec<RecordBatch> = reader.map(Result::unwrap).collect();
-    concat_batches(&batches[0].schema(), &batches).unwrap()
-}
+mod common;
 
 fn fold(events: &RecordBatch, order: &[u32], batch_rows: usize) -> FoldOutput {
     let idx = arrow::array::UInt32Array::from(order.to_vec());
@@ -55,7 +45,7 @@ fn canonical(out: &FoldOutput) -> [RecordBatch; 3] {
 
 #[test]
 fn file_order_counts() {
-    let events = fixture_events();
+    let events = common::fixture_events();
     let order: Vec<u32> = (0..events.num_rows() as u32).collect();
     let out = fold(&events, &order, 64 * 1024);
     assert_eq!(out.call_facts.num_rows(), 1500);
@@ -69,7 +59,7 @@ proptest! {
 
     #[test]
     fn order_and_batching_do_not_matter(seed in any::<u64>(), batch_rows in 1usize..4000) {
-        let events = fixture_events();
+        let events = common::fixture_events();
         let order: Vec<u32> = (0..events.num_rows() as u32).collect();
         let reference = canonical(&fold(&events, &order, 64 * 1024));
         let mut shuffled = order.clone();
@@ -83,7 +73,7 @@ proptest! {
 
 #[test]
 fn slices_concatenate_to_the_whole_tables() {
-    let events = fixture_events();
+    let events = common::fixture_events();
     let mut decoder = Decoder::new();
     let mut decoded = DecodedBatch::default();
     decoder.decode(&events, &mut decoded).unwrap();

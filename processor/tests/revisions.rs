@@ -3,22 +3,13 @@
 //! revised rows carry revision 2, and the corrections name exactly what changed.
 
 use std::collections::BTreeSet;
-use std::fs::File;
-use std::path::Path;
 
 use arrow::array::{Array, BooleanArray, Int64Array, RecordBatch, StringArray};
 use arrow::compute::{concat_batches, filter_record_batch, lexsort_to_indices, take_record_batch, SortColumn};
 use ccstream_processor::batch::{DecodedBatch, Decoder};
 use ccstream_processor::kpi::{CallFold, Correction, Horizon, Params};
-use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 
-fn fixture_events() -> RecordBatch {
-    let path = Path::new(&std::env::var_os("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"))
-        .join("../tests/fixtures/oracle/events.parquet");
-    let reader = ParquetRecordBatchReaderBuilder::try_new(File::open(path).unwrap()).unwrap().build().unwrap();
-    let batches: Vec<RecordBatch> = reader.map(Result::unwrap).collect();
-    concat_batches(&batches[0].schema(), &batches).unwrap()
-}
+mod common;
 
 fn strings<'a>(b: &'a RecordBatch, name: &str) -> &'a StringArray {
     b.column_by_name(name).unwrap().as_any().downcast_ref::<StringArray>().unwrap()
@@ -69,7 +60,7 @@ fn feed(fold: &mut CallFold, decoder: &mut Decoder, events: &RecordBatch) {
 
 #[test]
 fn late_events_revise_written_rows_and_name_every_change() {
-    let events = fixture_events();
+    let events = common::fixture_events();
     let params = Params::default();
     let mut decoder = Decoder::new();
     let mut whole = CallFold::new(0);
@@ -136,7 +127,7 @@ fn late_events_revise_written_rows_and_name_every_change() {
 
 #[test]
 fn calls_wait_for_completion_or_the_watermark() {
-    let events = fixture_events();
+    let events = common::fixture_events();
     let params = Params::default();
     // 25 answered calls miss their wrap-ups: their legs are not complete.
     let (on_time, _, open_calls) = split(&events, "wrapup_ended", 25);

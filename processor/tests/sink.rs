@@ -2,25 +2,20 @@
 //! day, nothing is lost or doubled, and runs that do not match the batch are refused.
 
 use std::collections::BTreeMap;
-use std::fs::File;
-use std::path::Path;
 
 use arrow::array::{Array, AsArray, RecordBatch};
-use arrow::compute::{concat_batches, take_record_batch};
+use arrow::compute::take_record_batch;
 use arrow::datatypes::Date32Type;
 use ccstream_processor::batch::{group_rows, to_events_schema};
 use ccstream_processor::sink::{TableStore, FILE_COLUMN};
 use ccstream_processor::Error;
 use ccstream_schemas::{events_schema, TABLE_EVENTS};
-use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 
+mod common;
+
+/// The fixture's events in the `events` table's schema.
 fn fixture_events() -> RecordBatch {
-    let path = Path::new(&std::env::var_os("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"))
-        .join("../tests/fixtures/oracle/events.parquet");
-    let reader = ParquetRecordBatchReaderBuilder::try_new(File::open(path).unwrap()).unwrap().build().unwrap();
-    let batches: Vec<RecordBatch> = reader.map(Result::unwrap).collect();
-    let all = concat_batches(&batches[0].schema(), &batches).unwrap();
-    to_events_schema(&all, "test", 0).unwrap()
+    to_events_schema(&common::fixture_events(), "test", 0).unwrap()
 }
 
 /// (event_id, tenant_id, day) of every row, as a multiset.
