@@ -209,6 +209,8 @@ struct Processor {
     pending_event_rows: usize,
     /// Rows per `events` file at most (`--append-flush-rows`).
     append_flush_rows: usize,
+    /// With `--until-caught-up`: each partition's end offset when the run started.
+    until: Option<Vec<u64>>,
     pending_dead: Vec<DeadLetter>,
     pending_corrections: Vec<RecordBatch>,
     time: StreamTime,
@@ -251,10 +253,16 @@ impl Processor {
                 );
             }
             consumer.seek(p, 0).await?;
+            let mut fold = CallFold::new(p as i32);
+            // A backfill knows how many records the fold will take: room for them up front,
+            // instead of growing the state by doubling (a copy and fresh pages each time).
+            if let Some(end) = self.until.as_ref().and_then(|ends| ends.get(p as usize)) {
+                fold.reserve_for_events(*end as usize);
+            }
             self.parts.insert(
                 p,
                 PartitionState {
-                    fold: CallFold::new(p as i32),
+                    fold,
                     next: 0,
                     events_committed: events[i].unwrap_or(0).max(0) as u64,
                     dead_committed: dead[i].unwrap_or(0).max(0) as u64,
@@ -828,7 +836,7 @@ pub(crate) async fn run(args: ProcessArgs) -> Result<ProcessSummary> {
     let log = open(&args.log, &OpenOptions::default()).await?;
     let store = TableStore::new(&args.data)?;
     let mut consumer = log.subscribe(&args.group).await?;
-    let targets = if args.until_caught_up { Some(log.end_offsets().await?) } else { None };
+    let until = if args.until_caught_up { Some(log.end_offsets().await?) } else { None };
     let telemetry = Arc::new(Telemetry::new());
     if let Some(addr) = args.metrics_listen {
         let sources = args.sources_telemetry.clone();
@@ -848,6 +856,7 @@ pub(crate) async fn run(args: ProcessArgs) -> Result<ProcessSummary> {
         held_events: Vec::new(),
         pending_event_rows: 0,
         append_flush_rows: args.append_flush_rows.max(1),
+        until,
         pending_dead: Vec::new(),
         pending_corrections: Vec::new(),
         time: args.time.clone(),
@@ -871,17 +880,7 @@ pub(crate) async fn run(args: ProcessArgs) -> Result<ProcessSummary> {
             }
         };
         match polled {
-            Poll::Assigned(parts) => {
-                proc.assign(&mut *consumer, &parts).await?;
-                // A backfill knows how many records each fold will take: room for them
-                // up front, instead of growing the state by doubling (a copy and fresh
-                // pages each time).
-                for (p, end) in targets.iter().flat_map(|t| parts.iter().map(move |p| (p, t.get(*p as usize)))) {
-                    if let (Some(s), Some(&end)) = (proc.parts.get_mut(p), end) {
-                        s.fold.reserve_for_events(end as usize);
-                    }
-                }
-            }
+            Poll::Assigned(parts) => proc.assign(&mut *consumer, &parts).await?,
             Poll::Revoked(parts) => {
                 // Commit what this member folded before the partitions move on.
                 let committed = proc.dirty && proc.rebuilt();
@@ -908,7 +907,7 @@ pub(crate) async fn run(args: ProcessArgs) -> Result<ProcessSummary> {
             }
             Poll::Idle => proc.observe(true),
         }
-        if let Some(targets) = &targets {
+        if let Some(targets) = &proc.until {
             let caught_up = !proc.parts.is_empty()
                 && proc.parts.iter().all(|(p, s)| s.next >= targets.get(*p as usize).copied().unwrap_or(0));
             if caught_up {

@@ -50,8 +50,7 @@ fn writer_properties(name: &str) -> WriterProperties {
     if let Some(schema) = table_schema(name) {
         for field in schema.fields() {
             let path = || ColumnPath::from(field.name().as_str());
-            let low_cardinality = is_low_cardinality(field.name());
-            if low_cardinality {
+            if is_low_cardinality(field.name()) {
                 props = props.set_column_dictionary_enabled(path(), true);
             }
             if matches!(field.data_type(), DataType::Timestamp(_, _) | DataType::Date32) {
@@ -372,12 +371,7 @@ impl Overwrite {
         if let Err(e) = written {
             return Err(self.wrap(e));
         }
-        self.buffered += n;
-        self.rows += n as u64;
-        if self.buffered >= self.flush_rows {
-            self.flush().await?;
-        }
-        Ok(())
+        self.written(n).await
     }
 
     /// Encodes `batch`, whose rows come in runs of one Delta partition each (`runs` are
@@ -385,9 +379,9 @@ impl Overwrite {
     /// the writer's generic split (a hash of every row's partition values and a copy).
     /// The caller groups the rows, usually from columns it has already decoded.
     pub async fn write_runs(&mut self, batch: RecordBatch, runs: &[usize]) -> Result<()> {
-        let n = batch.num_rows();
-        if runs.iter().sum::<usize>() != n {
-            return Err(Error::Runs { table: self.name.clone(), rows: n, covered: runs.iter().sum() });
+        let (n, covered) = (batch.num_rows(), runs.iter().sum::<usize>());
+        if covered != n {
+            return Err(Error::Runs { table: self.name.clone(), rows: n, covered });
         }
         let batch = to_delta_units(&batch)?;
         let mut at = 0;
@@ -401,6 +395,11 @@ impl Overwrite {
             }
             at += len;
         }
+        self.written(n).await
+    }
+
+    /// Counts `n` rows written; finishes the files once `flush_rows` are buffered.
+    async fn written(&mut self, n: usize) -> Result<()> {
         self.buffered += n;
         self.rows += n as u64;
         if self.buffered >= self.flush_rows {
