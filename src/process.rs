@@ -36,9 +36,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use arrow::array::{BooleanArray, RecordBatch};
-use arrow::compute::{filter_record_batch, take_record_batch};
+use arrow::compute::filter_record_batch;
 use ccstream_eventlog::{open, Delivered, EventLog, LogConsumer, OpenOptions, Partition, Poll};
-use ccstream_processor::batch::{group_rows, to_events_schema, DecodedBatch, Decoder, JsonDecoder};
+use ccstream_processor::batch::{group_rows, DecodedBatch, Decoder, JsonDecoder};
 use ccstream_processor::kpi::{corrections_batch, CallFold, Horizon, LiveQueue, Params};
 use ccstream_processor::sink::{Overwrite, TableStore, FILE_COLUMN};
 use ccstream_processor::telemetry::Telemetry;
@@ -321,18 +321,19 @@ impl Processor {
                 values.push(&r.value);
                 value_offsets.push(r.offset);
             }
-            let (batch, rows, rejected) = self.json.decode_values(&values)?;
-            for rej in rejected {
+            let read = self.json.read_values(&values);
+            let rows = &read.rows;
+            for rej in read.rejected {
                 let offset = value_offsets[rej.line];
                 if offset >= state.dead_committed {
                     self.pending_dead.push(log_dead(&url, p, offset, rej.reason, values[rej.line]));
                 }
             }
             self.dirty = true;
-            if batch.num_rows() == 0 {
+            if read.events.is_empty() {
                 continue;
             }
-            self.decoder.decode(&batch, &mut self.decoded)?;
+            self.decoder.decode_events(&read.events, &mut self.decoded);
             let before = state.fold.stats();
             state.fold.update(&self.decoded, &self.decoder.dicts);
             let after = state.fold.stats();
@@ -358,7 +359,7 @@ impl Processor {
             // First copies of events this table does not hold yet, grouped by the table's
             // partitions (tenant and day) from the decoded columns.
             let d = &self.decoded;
-            let keys = state.fold.first_copy().iter().zip(&rows).enumerate().map(|(r, (first, row))| {
+            let keys = state.fold.first_copy().iter().zip(rows).enumerate().map(|(r, (first, row))| {
                 (*first && value_offsets[*row as usize] >= state.events_committed)
                     .then(|| (d.tenant[r], d.t_ms[r].div_euclid(MS_PER_DAY)))
             });
@@ -366,7 +367,7 @@ impl Processor {
             if runs.is_empty() {
                 continue;
             }
-            let kept = to_events_schema(&take_record_batch(&batch, &indices)?, "log", now_ms())?;
+            let kept = self.json.events_batch(&read.events, indices.values())?;
             self.pending_event_rows += kept.num_rows();
             if state.fold.refolding() {
                 self.held_events.push(kept);

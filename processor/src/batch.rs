@@ -9,6 +9,11 @@
 //!   16-byte keys, names interned to `u32`, times as `i64` ms. Dictionary columns are
 //!   interned once per dictionary value, not per row.
 //!
+//! Log records take a shorter way: [`JsonDecoder::read_values`] checks each value once,
+//! [`Decoder::decode_events`] fills the [`DecodedBatch`] from the events themselves, and
+//! [`JsonDecoder::events_batch`] builds `events` rows only for the events the fold keeps,
+//! already grouped by partition. No column is built for a duplicate, nor taken, nor cast.
+//!
 //! Row validity is decided here once: a row that is not a valid event gets
 //! `etype == INVALID` and a reason, and the fold skips it.
 
@@ -258,6 +263,31 @@ impl Decoder {
         Ok(())
     }
 
+    /// Decodes checked events ([`JsonDecoder::read_values`]) into `out` (cleared first):
+    /// the same columns [`Decoder::decode`] gives for their batch, names interned in the
+    /// same order (first sight). Checked events are valid: `out.invalid` stays empty.
+    pub fn decode_events(&mut self, events: &[(Event<'_>, Validated)], out: &mut DecodedBatch) {
+        out.clear();
+        let d = &mut self.dicts;
+        let id = |ids: &mut OtherIds, v: Option<&str>| match v {
+            Some(v) if !v.is_empty() => ids.key(v),
+            _ => NO_CALL,
+        };
+        for (ev, v) in events {
+            out.event_id.push(id(&mut d.ids, ev.event_id.as_deref()));
+            out.call.push(id(&mut d.ids, ev.call_id.as_deref()));
+            out.tenant.push(ev.tenant_id.as_deref().map_or(NONE, |s| d.tenants.intern(s)));
+            out.queue.push(ev.queue_id.as_deref().map_or(NONE, |s| d.queues.intern(s)));
+            out.agent.push(ev.agent_id.as_deref().map_or(NONE, |s| d.agents.intern(s)));
+            out.etype.push(v.event_type as u8);
+            out.t_ms.push(v.occurred_at_ms);
+            let media = [ev.jitter_ms, ev.packet_loss_rate, ev.round_trip_ms, ev.audio_degradation];
+            for (dst, m) in out.media.iter_mut().zip(media) {
+                dst.push(m.filter(|m| m.is_finite()).unwrap_or(f64::NAN));
+            }
+        }
+    }
+
     fn ids(&mut self, a: &ArrayRef, out: &mut Vec<IdKey>, n: usize) -> Result<()> {
         let ids = &mut self.dicts.ids;
         let key = |v: Option<&str>| match v {
@@ -383,10 +413,37 @@ impl JsonDecoder {
         })
     }
 
-    /// Decodes log record values, each an event's JSON form or its binary form
-    /// (`ccstream_schemas::read_event`); like [`JsonDecoder::decode`] otherwise.
-    pub fn decode_values(&self, values: &[&[u8]]) -> Result<(RecordBatch, Vec<u32>, Vec<Rejected>)> {
-        self.decode_with(values.len(), |i| Some(read_event(values[i])))
+    /// Reads log record values, each an event's JSON form or its binary form
+    /// (`ccstream_schemas::read_event`): the valid events, borrowing from the values, and
+    /// a [`Rejected`] entry for every other value. The fold's columns come from the events
+    /// ([`Decoder::decode_events`]), and `events` rows only for the events it keeps
+    /// ([`JsonDecoder::events_batch`]): no column is built for a duplicate.
+    pub fn read_values<'a>(&self, values: &[&'a [u8]]) -> ReadValues<'a> {
+        let mut out = ReadValues {
+            events: Vec::with_capacity(values.len()),
+            rows: Vec::with_capacity(values.len()),
+            rejected: Vec::new(),
+        };
+        for (i, v) in values.iter().enumerate() {
+            match read_event(v) {
+                Ok(read) => {
+                    out.events.push(read);
+                    out.rows.push(i as u32);
+                }
+                Err(e) => out.rejected.push(Rejected { line: i, reason: e.to_string() }),
+            }
+        }
+        out
+    }
+
+    /// The `events` table rows ([`events_schema`]) of `events[indices]`, in that order.
+    pub fn events_batch(&self, events: &[(Event<'_>, Validated)], indices: &[u32]) -> Result<RecordBatch> {
+        let mut columns = EventColumns::<StringBuilder>::with_capacity(indices.len());
+        for &i in indices {
+            let (ev, v) = &events[i as usize];
+            columns.push(self, ev, v);
+        }
+        columns.finish(events_schema())
     }
 
     /// Builds the batch from `n` inputs; `read(i)` gives input `i`'s event, checked, or
@@ -396,101 +453,195 @@ impl JsonDecoder {
         n: usize,
         mut read: impl FnMut(usize) -> Option<std::result::Result<(Event<'a>, Validated), EventError>>,
     ) -> Result<(RecordBatch, Vec<u32>, Vec<Rejected>)> {
-        let mut event_id = StringBuilder::with_capacity(n, n * 36);
-        let mut tenant = Dict::new();
-        let mut source = StringBuilder::new();
-        let mut call = StringBuilder::with_capacity(n, n * 36);
-        let mut queue = Dict::new();
-        let mut agent = Dict::new();
-        let mut etype: Vec<i32> = Vec::with_capacity(n);
-        let mut occurred = TimestampMillisecondBuilder::with_capacity(n).with_timezone("UTC");
-        let mut ingested = TimestampMillisecondBuilder::with_capacity(n).with_timezone("UTC");
-        // Columns NULL in most events: only a row with a value costs while reading.
-        let mut priority = Sparse::<i8>::default();
-        let mut ovf = SparseText::default();
-        let mut ttype = SparseText::default();
-        let mut target = SparseText::default();
-        let mut disc = SparseText::default();
-        let mut wcode = SparseText::default();
-        let mut from_s = SparseText::default();
-        let mut to_s = SparseText::default();
-        let mut reason = SparseText::default();
-        let mut media: [Sparse<f64>; 4] = Default::default();
-        let mut payload = SparseText::default();
-        let mut day = Date32Builder::with_capacity(n);
+        let mut columns = EventColumns::<Dict>::with_capacity(n);
         let mut rows = Vec::with_capacity(n);
         let mut rejected = Vec::new();
         for i in 0..n {
-            let (ev, v) = match read(i) {
-                None => continue,
-                Some(Ok(read)) => read,
-                Some(Err(e)) => {
-                    rejected.push(Rejected { line: i, reason: e.to_string() });
-                    continue;
+            match read(i) {
+                None => {}
+                Some(Ok((ev, v))) => {
+                    rows.push(i as u32);
+                    columns.push(self, &ev, &v);
                 }
-            };
-            let row = rows.len();
-            rows.push(i as u32);
-            event_id.append_option(ev.event_id.as_deref());
-            tenant.append_option(ev.tenant_id.as_deref());
-            source.append_value(ev.source.as_deref().unwrap_or(&self.default_source));
-            call.append_option(ev.call_id.as_deref());
-            queue.append_option(ev.queue_id.as_deref());
-            agent.append_option(ev.agent_id.as_deref());
-            etype.push(v.event_type as i32);
-            occurred.append_value(v.occurred_at_ms);
-            ingested.append_value(v.ingested_at_ms.unwrap_or(self.ingested_at_ms));
-            priority.set(row, ev.priority);
-            ovf.set(row, ev.overflow_from_queue_id.as_deref());
-            ttype.set(row, ev.transfer_type.as_deref());
-            target.set(row, ev.target_agent_id.as_deref());
-            disc.set(row, ev.disconnect_by.as_deref());
-            wcode.set(row, ev.wrapup_code.as_deref());
-            from_s.set(row, ev.from_state.as_deref());
-            to_s.set(row, ev.to_state.as_deref());
-            reason.set(row, ev.state_reason.as_deref());
-            media[0].set(row, ev.jitter_ms);
-            media[1].set(row, ev.packet_loss_rate);
-            media[2].set(row, ev.round_trip_ms);
-            media[3].set(row, ev.audio_degradation);
-            payload.set(row, ev.payload.as_deref());
-            day.append_value(v.occurred_at_ms.div_euclid(MS_PER_DAY) as i32);
+                Some(Err(e)) => rejected.push(Rejected { line: i, reason: e.to_string() }),
+            }
         }
-        let n = rows.len();
-        let [m0, m1, m2, m3] = media;
-        // Event types are keys into the fixed list of names: no hashing per row.
+        Ok((columns.finish(decode_schema())?, rows, rejected))
+    }
+}
+
+/// Log record values read by [`JsonDecoder::read_values`].
+#[derive(Debug, Default)]
+pub struct ReadValues<'a> {
+    /// The valid events, in input order, with their typed fields.
+    pub events: Vec<(Event<'a>, Validated)>,
+    /// For each event, the index of its value.
+    pub rows: Vec<u32>,
+    /// The values that are not valid events.
+    pub rejected: Vec<Rejected>,
+}
+
+/// A text column of the fold's names (tenant, queue, agent): dictionary-encoded for the
+/// decoder ([`decode_schema`]) or plain for the `events` table ([`events_schema`]).
+trait NameColumn {
+    fn with_capacity(n: usize) -> Self;
+    fn append(&mut self, v: Option<&str>);
+    fn finish_array(&mut self) -> ArrayRef;
+    /// The event type column from each row's type.
+    fn event_types(types: Vec<i32>) -> Result<ArrayRef>;
+}
+
+impl NameColumn for Dict {
+    fn with_capacity(_: usize) -> Self {
+        Dict::new()
+    }
+    #[inline]
+    fn append(&mut self, v: Option<&str>) {
+        self.append_option(v);
+    }
+    fn finish_array(&mut self) -> ArrayRef {
+        Arc::new(self.finish())
+    }
+    fn event_types(types: Vec<i32>) -> Result<ArrayRef> {
+        // Keys into the fixed list of names: no hashing per row.
         static TYPE_NAMES: std::sync::LazyLock<ArrayRef> = std::sync::LazyLock::new(|| {
             Arc::new(StringArray::from_iter_values(EventType::ALL.iter().map(|t| t.as_str())))
         });
-        let etype = DictionaryArray::<Int32Type>::try_new(Int32Array::from(etype), TYPE_NAMES.clone())?;
+        Ok(Arc::new(DictionaryArray::<Int32Type>::try_new(Int32Array::from(types), TYPE_NAMES.clone())?))
+    }
+}
+
+impl NameColumn for StringBuilder {
+    fn with_capacity(n: usize) -> Self {
+        StringBuilder::with_capacity(n, n * 8)
+    }
+    #[inline]
+    fn append(&mut self, v: Option<&str>) {
+        self.append_option(v);
+    }
+    fn finish_array(&mut self) -> ArrayRef {
+        Arc::new(self.finish())
+    }
+    fn event_types(types: Vec<i32>) -> Result<ArrayRef> {
+        Ok(Arc::new(StringArray::from_iter_values(types.iter().map(|&t| EventType::ALL[t as usize].as_str()))))
+    }
+}
+
+/// The columns of checked events, appended row by row.
+struct EventColumns<N> {
+    event_id: StringBuilder,
+    tenant: N,
+    source: StringBuilder,
+    call: StringBuilder,
+    queue: N,
+    agent: N,
+    etype: Vec<i32>,
+    occurred: TimestampMillisecondBuilder,
+    ingested: TimestampMillisecondBuilder,
+    // Columns NULL in most events: only a row with a value costs.
+    priority: Sparse<i8>,
+    ovf: SparseText,
+    ttype: SparseText,
+    target: SparseText,
+    disc: SparseText,
+    wcode: SparseText,
+    from_s: SparseText,
+    to_s: SparseText,
+    reason: SparseText,
+    media: [Sparse<f64>; 4],
+    payload: SparseText,
+    day: Date32Builder,
+    rows: usize,
+}
+
+impl<N: NameColumn> EventColumns<N> {
+    fn with_capacity(n: usize) -> Self {
+        EventColumns {
+            event_id: StringBuilder::with_capacity(n, n * 36),
+            tenant: N::with_capacity(n),
+            source: StringBuilder::with_capacity(n, n * 4),
+            call: StringBuilder::with_capacity(n, n * 36),
+            queue: N::with_capacity(n),
+            agent: N::with_capacity(n),
+            etype: Vec::with_capacity(n),
+            occurred: TimestampMillisecondBuilder::with_capacity(n).with_timezone("UTC"),
+            ingested: TimestampMillisecondBuilder::with_capacity(n).with_timezone("UTC"),
+            priority: Sparse::default(),
+            ovf: SparseText::default(),
+            ttype: SparseText::default(),
+            target: SparseText::default(),
+            disc: SparseText::default(),
+            wcode: SparseText::default(),
+            from_s: SparseText::default(),
+            to_s: SparseText::default(),
+            reason: SparseText::default(),
+            media: Default::default(),
+            payload: SparseText::default(),
+            day: Date32Builder::with_capacity(n),
+            rows: 0,
+        }
+    }
+
+    #[inline]
+    fn push(&mut self, d: &JsonDecoder, ev: &Event<'_>, v: &Validated) {
+        let row = self.rows;
+        self.rows += 1;
+        self.event_id.append_option(ev.event_id.as_deref());
+        self.tenant.append(ev.tenant_id.as_deref());
+        self.source.append_value(ev.source.as_deref().unwrap_or(&d.default_source));
+        self.call.append_option(ev.call_id.as_deref());
+        self.queue.append(ev.queue_id.as_deref());
+        self.agent.append(ev.agent_id.as_deref());
+        self.etype.push(v.event_type as i32);
+        self.occurred.append_value(v.occurred_at_ms);
+        self.ingested.append_value(v.ingested_at_ms.unwrap_or(d.ingested_at_ms));
+        self.priority.set(row, ev.priority);
+        self.ovf.set(row, ev.overflow_from_queue_id.as_deref());
+        self.ttype.set(row, ev.transfer_type.as_deref());
+        self.target.set(row, ev.target_agent_id.as_deref());
+        self.disc.set(row, ev.disconnect_by.as_deref());
+        self.wcode.set(row, ev.wrapup_code.as_deref());
+        self.from_s.set(row, ev.from_state.as_deref());
+        self.to_s.set(row, ev.to_state.as_deref());
+        self.reason.set(row, ev.state_reason.as_deref());
+        self.media[0].set(row, ev.jitter_ms);
+        self.media[1].set(row, ev.packet_loss_rate);
+        self.media[2].set(row, ev.round_trip_ms);
+        self.media[3].set(row, ev.audio_degradation);
+        self.payload.set(row, ev.payload.as_deref());
+        self.day.append_value(v.occurred_at_ms.div_euclid(MS_PER_DAY) as i32);
+    }
+
+    fn finish(mut self, schema: SchemaRef) -> Result<RecordBatch> {
+        let n = self.rows;
+        let [m0, m1, m2, m3] = self.media;
         let columns: Vec<ArrayRef> = vec![
-            Arc::new(event_id.finish()),
-            Arc::new(tenant.finish()),
-            Arc::new(source.finish()),
-            Arc::new(call.finish()),
-            Arc::new(queue.finish()),
-            Arc::new(agent.finish()),
-            Arc::new(etype),
-            Arc::new(occurred.finish()),
-            Arc::new(ingested.finish()),
-            Arc::new(priority.finish::<Int8Type>(n)),
-            Arc::new(ovf.finish(n)?),
-            Arc::new(ttype.finish(n)?),
-            Arc::new(target.finish(n)?),
-            Arc::new(disc.finish(n)?),
-            Arc::new(wcode.finish(n)?),
-            Arc::new(from_s.finish(n)?),
-            Arc::new(to_s.finish(n)?),
-            Arc::new(reason.finish(n)?),
+            Arc::new(self.event_id.finish()),
+            self.tenant.finish_array(),
+            Arc::new(self.source.finish()),
+            Arc::new(self.call.finish()),
+            self.queue.finish_array(),
+            self.agent.finish_array(),
+            N::event_types(self.etype)?,
+            Arc::new(self.occurred.finish()),
+            Arc::new(self.ingested.finish()),
+            Arc::new(self.priority.finish::<Int8Type>(n)),
+            Arc::new(self.ovf.finish(n)?),
+            Arc::new(self.ttype.finish(n)?),
+            Arc::new(self.target.finish(n)?),
+            Arc::new(self.disc.finish(n)?),
+            Arc::new(self.wcode.finish(n)?),
+            Arc::new(self.from_s.finish(n)?),
+            Arc::new(self.to_s.finish(n)?),
+            Arc::new(self.reason.finish(n)?),
             Arc::new(m0.finish::<Float64Type>(n)),
             Arc::new(m1.finish::<Float64Type>(n)),
             Arc::new(m2.finish::<Float64Type>(n)),
             Arc::new(m3.finish::<Float64Type>(n)),
-            Arc::new(payload.finish(n)?),
-            Arc::new(day.finish()),
+            Arc::new(self.payload.finish(n)?),
+            Arc::new(self.day.finish()),
         ];
-        let batch = RecordBatch::try_new(decode_schema(), columns)?;
-        Ok((batch, rows, rejected))
+        Ok(RecordBatch::try_new(schema, columns)?)
     }
 }
 
