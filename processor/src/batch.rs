@@ -20,8 +20,8 @@
 use std::sync::Arc;
 
 use arrow::array::{
-    Array, ArrayRef, AsArray, BooleanBufferBuilder, Date32Array, Date32Builder, DictionaryArray, Int32Array,
-    Int64Array, PrimitiveArray, RecordBatch, StringArray, StringBuilder, StringDictionaryBuilder,
+    Array, ArrayBuilder, ArrayRef, AsArray, BooleanBufferBuilder, Date32Array, Date32Builder, DictionaryArray,
+    Int32Array, Int64Array, PrimitiveArray, RecordBatch, StringArray, StringBuilder, StringDictionaryBuilder,
     TimestampMillisecondArray, TimestampMillisecondBuilder, UInt32Array,
 };
 use arrow::buffer::{NullBuffer, OffsetBuffer};
@@ -483,10 +483,9 @@ pub struct ReadValues<'a> {
 
 /// A text column of the fold's names (tenant, queue, agent): dictionary-encoded for the
 /// decoder ([`decode_schema`]) or plain for the `events` table ([`events_schema`]).
-trait NameColumn {
+trait NameColumn: ArrayBuilder {
     fn with_capacity(n: usize) -> Self;
     fn append(&mut self, v: Option<&str>);
-    fn finish_array(&mut self) -> ArrayRef;
     /// The event type column from each row's type.
     fn event_types(types: Vec<i32>) -> Result<ArrayRef>;
 }
@@ -499,9 +498,6 @@ impl NameColumn for Dict {
     fn append(&mut self, v: Option<&str>) {
         self.append_option(v);
     }
-    fn finish_array(&mut self) -> ArrayRef {
-        Arc::new(self.finish())
-    }
     fn event_types(types: Vec<i32>) -> Result<ArrayRef> {
         // Keys into the fixed list of names: no hashing per row.
         static TYPE_NAMES: std::sync::LazyLock<ArrayRef> = std::sync::LazyLock::new(|| {
@@ -513,14 +509,12 @@ impl NameColumn for Dict {
 
 impl NameColumn for StringBuilder {
     fn with_capacity(n: usize) -> Self {
-        StringBuilder::with_capacity(n, n * 8)
+        // Names run to about a dozen bytes (`t0001-a0123`).
+        StringBuilder::with_capacity(n, n * 12)
     }
     #[inline]
     fn append(&mut self, v: Option<&str>) {
         self.append_option(v);
-    }
-    fn finish_array(&mut self) -> ArrayRef {
-        Arc::new(self.finish())
     }
     fn event_types(types: Vec<i32>) -> Result<ArrayRef> {
         Ok(Arc::new(StringArray::from_iter_values(types.iter().map(|&t| EventType::ALL[t as usize].as_str()))))
@@ -617,11 +611,11 @@ impl<N: NameColumn> EventColumns<N> {
         let [m0, m1, m2, m3] = self.media;
         let columns: Vec<ArrayRef> = vec![
             Arc::new(self.event_id.finish()),
-            self.tenant.finish_array(),
+            ArrayBuilder::finish(&mut self.tenant),
             Arc::new(self.source.finish()),
             Arc::new(self.call.finish()),
-            self.queue.finish_array(),
-            self.agent.finish_array(),
+            ArrayBuilder::finish(&mut self.queue),
+            ArrayBuilder::finish(&mut self.agent),
             N::event_types(self.etype)?,
             Arc::new(self.occurred.finish()),
             Arc::new(self.ingested.finish()),
