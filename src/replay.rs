@@ -16,12 +16,13 @@ use std::time::{Duration, Instant};
 
 use anyhow::Result;
 use arrow::array::{
-    ArrayRef, BinaryArray, BooleanArray, Int64Array, RecordBatch, StringArray, TimestampMillisecondArray,
+    ArrayRef, AsArray, BinaryArray, BooleanArray, Int64Array, RecordBatch, StringArray, TimestampMillisecondArray,
 };
-use arrow::compute::filter_record_batch;
+use arrow::compute::take_record_batch;
+use arrow::datatypes::Date32Type;
 use ccstream_ingest::file::records::source_name;
 use ccstream_ingest::file::{discover, parquet_rows, Chunk, FileReader, Format, InputFile, ReadOptions};
-use ccstream_processor::batch::{to_events_schema, DecodedBatch, Decoder, JsonDecoder, FOLD_COLUMNS};
+use ccstream_processor::batch::{group_rows, to_events_schema, DecodedBatch, Decoder, JsonDecoder, FOLD_COLUMNS};
 use ccstream_processor::kpi::{CallFold, Horizon};
 use ccstream_processor::sink::{Overwrite, TableStore};
 use ccstream_schemas::{
@@ -456,11 +457,19 @@ async fn write_events(
             continue;
         }
         anyhow::ensure!(offset + n <= keep.len(), "input changed between the two passes");
-        let mask = BooleanArray::from(keep[offset..offset + n].to_vec());
+        let kept = &keep[offset..offset + n];
         offset += n;
-        let kept = filter_record_batch(&framed.batch, &mask)?;
-        if kept.num_rows() > 0 {
-            sink.write(to_events_schema(&kept, source_name(files[framed.file].format), now)?).await?;
+        // First copies only, grouped by the table's partitions (tenant and day): each
+        // group goes to its partition's file as one run, with no split per batch.
+        let batch = to_events_schema(&framed.batch, source_name(files[framed.file].format), now)?;
+        let tenants = batch.column_by_name("tenant_id").map(|c| c.as_string::<i32>());
+        let days = batch.column_by_name("day").map(|c| c.as_primitive::<Date32Type>());
+        let (Some(tenants), Some(days)) = (tenants, days) else {
+            anyhow::bail!("the events schema has tenant_id and day");
+        };
+        let (indices, runs) = group_rows((0..n).map(|r| kept[r].then(|| (tenants.value(r), days.value(r)))));
+        if !runs.is_empty() {
+            sink.write_runs(take_record_batch(&batch, &indices)?, &runs).await?;
         }
     }
     bar.finish_and_clear();
