@@ -468,6 +468,8 @@ pub struct CallFold {
     other_ids: hashbrown::HashSet<IdKey, FixedState>,
     /// For every row of the last batch: whether it was the first copy of a valid event.
     first_copy: Vec<bool>,
+    /// For every row of the batch being folded: its call's position (a reused buffer).
+    row_call: Vec<u32>,
     stats: FoldStats,
     /// Calls changed since they were last written (`CallAcc::dirty`).
     dirty_calls: Vec<u32>,
@@ -510,6 +512,7 @@ impl CallFold {
             eid_next: Vec::new(),
             other_ids: hashbrown::HashSet::with_hasher(FixedState::with_seed(0x007e_41d5)),
             first_copy: Vec::new(),
+            row_call: Vec::new(),
             stats: FoldStats::default(),
             dirty_calls: Vec::new(),
             before: HashMap::default(),
@@ -688,6 +691,19 @@ impl CallFold {
         self.stats.rows += n as u64;
         self.first_copy.clear();
         self.first_copy.resize(n, false);
+        // Every row's call is found (or added) first, in row order: the lookups do not
+        // depend on one another, so their cache misses overlap, where folded row by row
+        // each waited for the previous row's update.
+        let mut row_call = std::mem::take(&mut self.row_call);
+        row_call.clear();
+        row_call.extend((0..n).map(|r| {
+            let et = b.etype[r];
+            if et == INVALID || et > EventType::WrapupEnded as u8 {
+                return u32::MAX;
+            }
+            debug_assert_ne!(b.call[r], NO_CALL, "the decoder rejects call events without a call");
+            self.call_index(b.call[r], b.tenant[r]) as u32
+        }));
         for r in 0..n {
             let et = b.etype[r];
             if et == INVALID {
@@ -703,10 +719,8 @@ impl CallFold {
                 }
                 continue;
             }
-            let key = b.call[r];
-            debug_assert_ne!(key, NO_CALL, "the decoder rejects call events without a call");
             let tenant = b.tenant[r];
-            let c = self.call_index(key, tenant);
+            let c = row_call[r] as usize;
             if !self.remember(c, b.event_id[r]) {
                 self.stats.duplicates += 1;
                 continue;
@@ -827,6 +841,7 @@ impl CallFold {
                 _ => {}
             }
         }
+        self.row_call = row_call;
     }
 
     /// Every call written at the end of time, then the tables, stamped `computed_at_ms` (a
