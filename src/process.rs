@@ -375,9 +375,7 @@ impl Processor {
             }
             let out = match self.events_out.as_mut() {
                 Some(out) => out,
-                None => self
-                    .events_out
-                    .insert(self.store.append_streaming(TABLE_EVENTS, events_schema(), self.append_flush_rows).await?),
+                None => self.events_out.insert(self.open_events().await?),
             };
             out.write_runs(kept, &runs).await?;
         }
@@ -424,6 +422,11 @@ impl Processor {
         if let Some(t) = latest {
             self.telemetry.event_time_lag.set((now_ms() - t) as f64 / 1000.0);
         }
+    }
+
+    /// A new `events` append (files of at most `--append-flush-rows` rows).
+    async fn open_events(&self) -> Result<Overwrite> {
+        Ok(self.store.append_streaming(TABLE_EVENTS, events_schema(), self.append_flush_rows).await?)
     }
 
     /// Whether rows wait for the next commit of `events` or `dead_letters`.
@@ -699,7 +702,7 @@ impl Processor {
         let offsets = self.offsets();
         let mut w = match self.events_out.take() {
             Some(w) => w,
-            None => self.store.append_streaming(TABLE_EVENTS, events_schema(), self.append_flush_rows).await?,
+            None => self.open_events().await?,
         };
         for b in self.held_events.drain(..) {
             w.write(b).await?;

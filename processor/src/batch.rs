@@ -28,8 +28,7 @@ use arrow::buffer::{NullBuffer, OffsetBuffer};
 use arrow::compute::cast;
 use arrow::datatypes::{ArrowPrimitiveType, DataType, Float64Type, Int32Type, Int8Type, SchemaRef, TimeUnit};
 use ccstream_schemas::{
-    events_schema, parse_uuid, read_event, with_dictionaries, Event, EventError, EventType, IdKey, Validated,
-    MS_PER_DAY, OTHER_TAG,
+    events_schema, parse_uuid, read_event, with_dictionaries, Event, EventType, IdKey, Validated, MS_PER_DAY, OTHER_TAG,
 };
 use foldhash::fast::FixedState;
 use hashbrown::HashMap;
@@ -404,13 +403,23 @@ impl JsonDecoder {
     /// is either a row of the batch or a [`Rejected`] entry. Returns the batch and, for each
     /// row, the index of its line.
     pub fn decode(&self, lines: &[&str]) -> Result<(RecordBatch, Vec<u32>, Vec<Rejected>)> {
-        self.decode_with(lines.len(), |i| {
-            let line = lines[i].trim_end_matches('\r');
+        let mut columns = EventColumns::<Dict>::with_capacity(lines.len());
+        let mut rows = Vec::with_capacity(lines.len());
+        let mut rejected = Vec::new();
+        for (i, line) in lines.iter().enumerate() {
+            let line = line.trim_end_matches('\r');
             if line.trim().is_empty() {
-                return None;
+                continue;
             }
-            Some(Event::read_json(line))
-        })
+            match Event::read_json(line) {
+                Ok((ev, v)) => {
+                    rows.push(i as u32);
+                    columns.push(self, &ev, &v);
+                }
+                Err(e) => rejected.push(Rejected { line: i, reason: e.to_string() }),
+            }
+        }
+        Ok((columns.finish(decode_schema())?, rows, rejected))
     }
 
     /// Reads log record values, each an event's JSON form or its binary form
@@ -444,29 +453,6 @@ impl JsonDecoder {
             columns.push(self, ev, v);
         }
         columns.finish(events_schema())
-    }
-
-    /// Builds the batch from `n` inputs; `read(i)` gives input `i`'s event, checked, or
-    /// `None` to skip it.
-    fn decode_with<'a>(
-        &self,
-        n: usize,
-        mut read: impl FnMut(usize) -> Option<std::result::Result<(Event<'a>, Validated), EventError>>,
-    ) -> Result<(RecordBatch, Vec<u32>, Vec<Rejected>)> {
-        let mut columns = EventColumns::<Dict>::with_capacity(n);
-        let mut rows = Vec::with_capacity(n);
-        let mut rejected = Vec::new();
-        for i in 0..n {
-            match read(i) {
-                None => {}
-                Some(Ok((ev, v))) => {
-                    rows.push(i as u32);
-                    columns.push(self, &ev, &v);
-                }
-                Some(Err(e)) => rejected.push(Rejected { line: i, reason: e.to_string() }),
-            }
-        }
-        Ok((columns.finish(decode_schema())?, rows, rejected))
     }
 }
 
