@@ -165,12 +165,19 @@ impl LogRecords {
     }
 
     /// Adds the rows of a Parquet batch whose first row has 0-based index `first_row`
-    /// (each row is written as its JSON form, then checked like a line).
+    /// (each row is written as its JSON form, then checked like a line). A `day` column
+    /// (the `events` table's partition, derived from `occurred_at`: files of that table and
+    /// `ccstream generate --format parquet` carry it) is left out, not taken for an
+    /// unknown field.
     pub fn add_batch(&mut self, file: &InputFile, first_row: u64, batch: &RecordBatch) -> Result<(), Error> {
+        let mut batch = batch.clone();
+        if let Ok(day) = batch.schema().index_of("day") {
+            batch.remove_column(day);
+        }
         let mut buf = Vec::with_capacity(batch.num_rows() * 300);
         {
             let mut w = arrow::json::LineDelimitedWriter::new(&mut buf);
-            w.write(batch).map_err(|e| Error::Json { path: file.path.display().to_string(), source: e })?;
+            w.write(&batch).map_err(|e| Error::Json { path: file.path.display().to_string(), source: e })?;
             w.finish().map_err(|e| Error::Json { path: file.path.display().to_string(), source: e })?;
         }
         let mut row = first_row + 1;
@@ -223,5 +230,29 @@ mod tests {
         let d = DeadLetterRecord::from_json(refs[2].value).unwrap();
         assert_eq!(d.line, Some(13));
         assert!(d.reason.contains("call_id"), "{}", d.reason);
+    }
+
+    #[test]
+    fn parquet_rows_with_the_events_day_column_are_events() {
+        use arrow::array::{ArrayRef, Date32Array, StringArray};
+        use std::sync::Arc;
+        let text = |v: &str| Arc::new(StringArray::from(vec![v])) as ArrayRef;
+        let batch = RecordBatch::try_from_iter([
+            ("event_id", text("e1")),
+            ("tenant_id", text("t")),
+            ("call_id", text("c9")),
+            ("event_type", text("call_queued")),
+            ("occurred_at", text("2025-01-01T00:00:00.000Z")),
+            ("day", Arc::new(Date32Array::from(vec![20089])) as ArrayRef),
+        ])
+        .unwrap();
+        let parquet = InputFile { path: PathBuf::from("in.parquet"), format: Format::Parquet, bytes: 0 };
+        let mut r = LogRecords::new(5);
+        r.add_batch(&parquet, 0, &batch).unwrap();
+        assert_eq!((r.events, r.dead_letters), (1, 0));
+        // Any other unknown column is still a dead letter.
+        let other = RecordBatch::try_from_iter([("event_id", text("e2")), ("colour", text("red"))]).unwrap();
+        r.add_batch(&parquet, 1, &other).unwrap();
+        assert_eq!((r.events, r.dead_letters), (1, 1));
     }
 }
