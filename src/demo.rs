@@ -159,12 +159,16 @@ async fn live(args: &DemoArgs, events: &std::path::Path, data: &str) -> Result<(
         data
     );
     let bin = "cargo run --release --";
+    // Port 0 is chosen when the processor binds: it prints the address itself.
+    let metrics = match args.metrics_listen.port() {
+        0 => "the /metrics address printed below".to_string(),
+        _ => format!("http://{}/metrics", args.metrics_listen),
+    };
     eprintln!(
-        "look at: http://{}/metrics (ccstream_kpi_* per tenant and queue)\n  \
+        "look at: {metrics} (ccstream_kpi_* per tenant and queue)\n  \
          {bin} sql --data {data} \"SELECT * FROM interval_metrics ORDER BY interval_start DESC LIMIT 20\"\n  \
          {bin} sql --data {data} \"SELECT count(*) AS calls FROM call_facts\"\n\
-         Ctrl-C stops, committing what was read.",
-        args.metrics_listen
+         Ctrl-C stops, committing what was read."
     );
     let result = crate::process::run(crate::process::ProcessArgs {
         log: log_url,
