@@ -260,6 +260,7 @@ impl TableStore {
             scope,
             explicit: Vec::new(),
             transactions: Vec::new(),
+            pending: IndexMap::new(),
         })
     }
 }
@@ -305,7 +306,12 @@ pub struct Overwrite {
     /// Files removed by [`Overwrite::remove_files`] (kept across retries).
     explicit: Vec<String>,
     transactions: Vec<(String, i64)>,
+    /// Runs of [`Overwrite::write_runs`] waiting for the next flush, by partition.
+    pending: IndexMap<String, PendingRuns>,
 }
+
+/// One partition's rows waiting for [`Overwrite::flush`]: its values and its runs.
+type PendingRuns = (IndexMap<String, Scalar>, Vec<RecordBatch>);
 
 /// The column [`TableStore::read_where`] adds for the file that holds a row.
 pub const FILE_COLUMN: &str = "__ccstream_file";
@@ -381,10 +387,15 @@ impl Overwrite {
         self.written(n).await
     }
 
-    /// Encodes `batch`, whose rows come in runs of one Delta partition each (`runs` are
-    /// the runs' lengths, in order): each run goes straight to its partition's file, without
-    /// the writer's generic split (a hash of every row's partition values and a copy).
-    /// The caller groups the rows, usually from columns it has already decoded.
+    /// Takes `batch`, whose rows come in runs of one Delta partition each (`runs` are the
+    /// runs' lengths, in order): each run goes to its partition's file, without the writer's
+    /// generic split (a hash of every row's partition values and a copy). The caller groups
+    /// the rows, usually from columns it has already decoded.
+    ///
+    /// The runs wait (as slices of `batch`) for the next flush, which encodes them one
+    /// partition at a time, each file finished before the next starts. A file's writer
+    /// holds an encoder and a zstd context per column: written as they came, hundreds of
+    /// partitions would hold theirs at once, each faulting in fresh memory.
     pub async fn write_runs(&mut self, batch: RecordBatch, runs: &[usize]) -> Result<()> {
         let (n, covered) = (batch.num_rows(), runs.iter().sum::<usize>());
         if covered != n {
@@ -396,10 +407,8 @@ impl Overwrite {
             let Some(values) = self.partition_values(&batch, at) else {
                 return Err(Error::PartitionValue { table: self.name.clone(), row: at });
             };
-            let run = batch.slice(at, len);
-            if let Err(e) = self.writer.write_partition(run, &values, WriteMode::Default).await {
-                return Err(self.wrap(e));
-            }
+            let key = values.values().map(|v| v.to_string()).collect::<Vec<_>>().join("\u{1f}");
+            self.pending.entry(key).or_insert_with(|| (values, Vec::new())).1.push(batch.slice(at, len));
             at += len;
         }
         self.written(n).await
@@ -465,12 +474,30 @@ impl Overwrite {
         self.partition_values(batch, 0)
     }
 
+    /// Finishes the files: those of [`Overwrite::write`], then the waiting runs, one
+    /// partition at a time.
     async fn flush(&mut self) -> Result<()> {
+        self.finish_files().await?;
+        for (_, (values, runs)) in std::mem::take(&mut self.pending) {
+            let run = match runs.as_slice() {
+                [one] => one.clone(),
+                _ => arrow::compute::concat_batches(&runs[0].schema(), &runs)?,
+            };
+            drop(runs);
+            if let Err(e) = self.writer.write_partition(run, &values, WriteMode::Default).await {
+                return Err(self.wrap(e));
+            }
+            self.finish_files().await?;
+        }
+        self.buffered = 0;
+        Ok(())
+    }
+
+    async fn finish_files(&mut self) -> Result<()> {
         match self.writer.flush().await {
             Ok(adds) => self.adds.extend(adds.into_iter().map(Action::Add)),
             Err(e) => return Err(self.wrap(e)),
         }
-        self.buffered = 0;
         Ok(())
     }
 

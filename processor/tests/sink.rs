@@ -1,5 +1,6 @@
 //! Writing `events` in pre-grouped runs: every row lands in the file of its own tenant and
-//! day, nothing is lost or doubled, and runs that do not match the batch are refused.
+//! day, one file per partition and commit, nothing is lost or doubled, and runs that do not
+//! match the batch are refused.
 
 use std::collections::BTreeMap;
 
@@ -58,6 +59,18 @@ async fn runs_land_in_their_partitions() {
 
     let back = store.read_where(TABLE_EVENTS, None, true).await.unwrap();
     assert_eq!(rows(&back), rows(&expected));
+    // Runs of one partition from both batches share one file.
+    let mut files: BTreeMap<(String, i32), std::collections::BTreeSet<String>> = BTreeMap::new();
+    for b in &back {
+        let tenants = b.column_by_name("tenant_id").unwrap().as_string::<i32>();
+        let days = b.column_by_name("day").unwrap().as_primitive::<Date32Type>();
+        let file = b.column_by_name(FILE_COLUMN).unwrap().as_string::<i32>();
+        for r in 0..b.num_rows() {
+            files.entry((tenants.value(r).to_string(), days.value(r))).or_default().insert(file.value(r).to_string());
+        }
+    }
+    assert!(files.len() > 1);
+    assert!(files.values().all(|f| f.len() == 1), "{files:?}");
     for b in &back {
         let tenants = b.column_by_name("tenant_id").unwrap().as_string::<i32>();
         let days = b.column_by_name("day").unwrap().as_primitive::<Date32Type>();
