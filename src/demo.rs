@@ -178,6 +178,7 @@ async fn live(args: &DemoArgs, events: &std::path::Path, data: &str) -> Result<(
         commit_interval_ms: 1000,
         until_caught_up: false,
         poll_records: 65_536,
+        decode_chunk: 4096,
         append_flush_rows: 1 << 20,
         metrics_listen: Some(args.metrics_listen),
         listen_file: args.listen_file.clone(),

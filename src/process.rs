@@ -75,6 +75,10 @@ pub(crate) struct ProcessArgs {
     /// Most records taken from the log per poll
     #[arg(long, env = "CCSTREAM_POLL_RECORDS", default_value_t = 65_536)]
     pub(crate) poll_records: usize,
+    /// Records decoded, folded and copied to `events` at a time (a chunk's decoded events,
+    /// ~600 bytes each, stay in the core's cache from decoding to the `events` rows)
+    #[arg(long, env = "CCSTREAM_DECODE_CHUNK", default_value_t = 4096)]
+    pub(crate) decode_chunk: usize,
     /// Between full commits, append `events` alone once this many rows are pending (also
     /// the most rows an `events` file holds)
     #[arg(long, env = "CCSTREAM_APPEND_FLUSH_ROWS", default_value_t = 1 << 20)]
@@ -209,6 +213,7 @@ struct Processor {
     pending_event_rows: usize,
     /// Rows per `events` file at most (`--append-flush-rows`).
     append_flush_rows: usize,
+    decode_chunk: usize,
     /// With `--until-caught-up`: each partition's end offset when the run started.
     until: Option<Vec<u64>>,
     pending_dead: Vec<DeadLetter>,
@@ -321,63 +326,70 @@ impl Processor {
                 values.push(&r.value);
                 value_offsets.push(r.offset);
             }
-            let read = self.json.read_values(&values);
-            let rows = &read.rows;
-            for rej in read.rejected {
-                let offset = value_offsets[rej.line];
-                if offset >= state.dead_committed {
-                    self.pending_dead.push(log_dead(&url, p, offset, rej.reason, values[rej.line]));
-                }
-            }
             self.dirty = true;
-            if read.events.is_empty() {
-                continue;
-            }
-            self.decoder.decode_events(&read.events, &mut self.decoded);
-            let before = state.fold.stats();
-            state.fold.update(&self.decoded, &self.decoder.dicts);
-            let after = state.fold.stats();
-            // Late: older than the watermark as it stood before this batch.
-            let watermark = state.watermark(self.time.allowed_lateness_ms);
-            let mut late = 0u64;
-            for (&t, &first) in self.decoded.t_ms.iter().zip(state.fold.first_copy()) {
-                if first {
-                    late += (t < watermark) as u64;
-                    state.max_event_ms = state.max_event_ms.max(t);
+            // In chunks small enough that a chunk's events (a few hundred bytes each, borrowing
+            // the records) are still in the core's cache when the fold's columns and the
+            // `events` rows are built from them.
+            let chunk = self.decode_chunk;
+            for (values, value_offsets) in values.chunks(chunk).zip(value_offsets.chunks(chunk)) {
+                let Some(state) = self.parts.get_mut(&p) else { break };
+                let read = self.json.read_values(values);
+                let rows = &read.rows;
+                for rej in read.rejected {
+                    let offset = value_offsets[rej.line];
+                    if offset >= state.dead_committed {
+                        self.pending_dead.push(log_dead(&url, p, offset, rej.reason, values[rej.line]));
+                    }
                 }
-            }
-            self.summary.late_events += late;
-            self.telemetry.late_events.inc_by(late);
-            self.telemetry.duplicates.inc_by(after.duplicates - before.duplicates);
-            self.telemetry.events.inc_by(after.rows.saturating_sub(before.rows));
-            for (row, reason) in self.decoded.invalid.drain(..) {
-                let line = rows[row] as usize;
-                if value_offsets[line] >= state.dead_committed {
-                    self.pending_dead.push(log_dead(&url, p, value_offsets[line], reason, values[line]));
+                if read.events.is_empty() {
+                    continue;
                 }
+                self.decoder.decode_events(&read.events, &mut self.decoded);
+                let before = state.fold.stats();
+                state.fold.update(&self.decoded, &self.decoder.dicts);
+                let after = state.fold.stats();
+                // Late: older than the watermark as it stood before this batch.
+                let watermark = state.watermark(self.time.allowed_lateness_ms);
+                let mut late = 0u64;
+                for (&t, &first) in self.decoded.t_ms.iter().zip(state.fold.first_copy()) {
+                    if first {
+                        late += (t < watermark) as u64;
+                        state.max_event_ms = state.max_event_ms.max(t);
+                    }
+                }
+                self.summary.late_events += late;
+                self.telemetry.late_events.inc_by(late);
+                self.telemetry.duplicates.inc_by(after.duplicates - before.duplicates);
+                self.telemetry.events.inc_by(after.rows.saturating_sub(before.rows));
+                for (row, reason) in self.decoded.invalid.drain(..) {
+                    let line = rows[row] as usize;
+                    if value_offsets[line] >= state.dead_committed {
+                        self.pending_dead.push(log_dead(&url, p, value_offsets[line], reason, values[line]));
+                    }
+                }
+                // First copies of events this table does not hold yet, grouped by the table's
+                // partitions (tenant and day) from the decoded columns.
+                let d = &self.decoded;
+                let keys = state.fold.first_copy().iter().zip(rows).enumerate().map(|(r, (first, row))| {
+                    (*first && value_offsets[*row as usize] >= state.events_committed)
+                        .then(|| (d.tenant[r], d.t_ms[r].div_euclid(MS_PER_DAY)))
+                });
+                let (indices, runs) = group_rows(keys);
+                if runs.is_empty() {
+                    continue;
+                }
+                let kept = self.json.events_batch(&read.events, indices.values())?;
+                self.pending_event_rows += kept.num_rows();
+                if state.fold.refolding() {
+                    self.held_events.push(kept);
+                    continue;
+                }
+                let out = match self.events_out.as_mut() {
+                    Some(out) => out,
+                    None => self.events_out.insert(self.open_events().await?),
+                };
+                out.write_runs(kept, &runs).await?;
             }
-            // First copies of events this table does not hold yet, grouped by the table's
-            // partitions (tenant and day) from the decoded columns.
-            let d = &self.decoded;
-            let keys = state.fold.first_copy().iter().zip(rows).enumerate().map(|(r, (first, row))| {
-                (*first && value_offsets[*row as usize] >= state.events_committed)
-                    .then(|| (d.tenant[r], d.t_ms[r].div_euclid(MS_PER_DAY)))
-            });
-            let (indices, runs) = group_rows(keys);
-            if runs.is_empty() {
-                continue;
-            }
-            let kept = self.json.events_batch(&read.events, indices.values())?;
-            self.pending_event_rows += kept.num_rows();
-            if state.fold.refolding() {
-                self.held_events.push(kept);
-                continue;
-            }
-            let out = match self.events_out.as_mut() {
-                Some(out) => out,
-                None => self.events_out.insert(self.open_events().await?),
-            };
-            out.write_runs(kept, &runs).await?;
         }
         Ok(())
     }
@@ -860,6 +872,7 @@ pub(crate) async fn run(args: ProcessArgs) -> Result<ProcessSummary> {
         held_events: Vec::new(),
         pending_event_rows: 0,
         append_flush_rows: args.append_flush_rows.max(1),
+        decode_chunk: args.decode_chunk.max(1),
         until,
         pending_dead: Vec::new(),
         pending_corrections: Vec::new(),

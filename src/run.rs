@@ -69,6 +69,7 @@ pub(crate) async fn run(args: RunArgs) -> Result<()> {
         commit_interval_ms: p.commit_interval_ms,
         until_caught_up: args.until_caught_up,
         poll_records: 65_536,
+        decode_chunk: 4096,
         append_flush_rows: 1 << 20,
         metrics_listen: p.metrics_listen,
         listen_file: args.listen_file,
