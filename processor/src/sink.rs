@@ -493,6 +493,7 @@ impl Overwrite {
         Ok(())
     }
 
+    /// Closes the writer's open files and keeps their Add actions for the commit.
     async fn finish_files(&mut self) -> Result<()> {
         match self.writer.flush().await {
             Ok(adds) => self.adds.extend(adds.into_iter().map(Action::Add)),
