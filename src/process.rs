@@ -303,6 +303,7 @@ impl Processor {
             self.telemetry.records.inc_by(recs.len() as u64);
             let mut values: Vec<&[u8]> = Vec::with_capacity(recs.len());
             let mut value_offsets: Vec<u64> = Vec::with_capacity(recs.len());
+            let mut value_times: Vec<i64> = Vec::with_capacity(recs.len());
             for r in &recs {
                 let keep_dead = r.offset >= state.dead_committed;
                 if r.key == DEAD_LETTER_KEY {
@@ -325,15 +326,26 @@ impl Processor {
                 }
                 values.push(&r.value);
                 value_offsets.push(r.offset);
+                value_times.push(r.timestamp_ms);
             }
             self.dirty = true;
             // In chunks small enough that a chunk's events (a few hundred bytes each, borrowing
             // the records) are still in the core's cache when the fold's columns and the
             // `events` rows are built from them.
             let chunk = self.decode_chunk;
-            for (values, value_offsets) in values.chunks(chunk).zip(value_offsets.chunks(chunk)) {
+            let chunks = values.chunks(chunk).zip(value_offsets.chunks(chunk)).zip(value_times.chunks(chunk));
+            for ((values, value_offsets), value_times) in chunks {
                 let Some(state) = self.parts.get_mut(&p) else { break };
-                let read = self.json.read_values(values);
+                let mut read = self.json.read_values(values);
+                // An event that does not say when it was ingested (a value from another
+                // producer) was ingested when its record was appended to the log: the same
+                // time at every re-read.
+                for ((_, v), &row) in read.events.iter_mut().zip(&read.rows) {
+                    let appended = value_times[row as usize];
+                    if v.ingested_at_ms.is_none() && appended > 0 {
+                        v.ingested_at_ms = Some(appended);
+                    }
+                }
                 let rows = &read.rows;
                 for rej in read.rejected {
                     let offset = value_offsets[rej.line];

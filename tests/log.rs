@@ -108,6 +108,8 @@ fn json_values_from_other_producers_read_like_binary_ones() {
 fn unreadable_values_become_dead_letters_and_the_rest_is_kept() {
     use ccstream_eventlog::{OpenOptions, RecordRef};
     use ccstream_schemas::{encode_event, Event};
+    /// 2026-01-05T10:00:00Z, when the records are appended.
+    const APPENDED_MS: i64 = 1_767_607_200_000;
     let dir = tempfile::tempdir().unwrap();
     let log = dir.path().join("log").display().to_string();
     let data = dir.path().join("data");
@@ -133,11 +135,14 @@ fn unreadable_values_become_dead_letters_and_the_rest_is_kept() {
         let options = OpenOptions { create_partitions: Some(2), ..OpenOptions::default() };
         let l = ccstream_eventlog::open(&log, &options).await.unwrap();
         let records: Vec<RecordRef<'_>> =
-            values.iter().map(|v| RecordRef { key: b"a1", value: v, timestamp_ms: 0 }).collect();
+            values.iter().map(|v| RecordRef { key: b"a1", value: v, timestamp_ms: APPENDED_MS }).collect();
         l.append(&records).await.unwrap();
     });
     process_until_caught_up(&log, &data);
     assert_eq!(sql_csv(&data, "SELECT event_id FROM events ORDER BY event_id"), "event_id\ne-binary\ne-json\n");
+    // Neither value says when it was ingested: its record's append time does.
+    let stamped = "SELECT event_id FROM events WHERE ingested_at = TIMESTAMP '2026-01-05T10:00:00Z' ORDER BY event_id";
+    assert_eq!(sql_csv(&data, stamped), "event_id\ne-binary\ne-json\n");
     // Each rejected value is kept whole, with the reason.
     let dead = sql_csv(&data, "SELECT reason, encode(raw, 'hex') AS raw FROM dead_letters ORDER BY reason");
     let hex = |b: &[u8]| b.iter().map(|b| format!("{b:02x}")).collect::<String>();

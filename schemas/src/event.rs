@@ -3,7 +3,8 @@
 //! JSON form (one object per line in JSONL): the keys are the column names of
 //! [`crate::events_schema`]; timestamps are RFC 3339 strings; an absent key and `null` both
 //! mean NULL; unknown keys are an error (a misspelled key must not silently become NULL).
-//! `source` defaults to `file.jsonl` and `ingested_at` to the time of ingestion when absent,
+//! `source` defaults to `file.jsonl` and `ingested_at` to the time of ingestion when absent
+//! (for an event read from the log, its record's append time; for `replay`, the run's start),
 //! so the files written by the benchmark generator are valid input as they are.
 
 use std::borrow::Cow;
