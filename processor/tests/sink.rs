@@ -34,18 +34,23 @@ fn rows(batches: &[RecordBatch]) -> BTreeMap<(String, String, i32), usize> {
     out
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn runs_land_in_their_partitions() {
+/// The files that hold each (tenant, day) partition's rows.
+type FilesByPartition = BTreeMap<(String, i32), std::collections::BTreeSet<String>>;
+
+/// Every other row of the fixture, in two batches grouped by tenant and day, written with
+/// `flush_rows` and committed. Returns the files of each partition, and which partitions
+/// both batches have rows of. Checks that every row is back once, in a file under its own
+/// partition's directory.
+async fn write_in_two_batches(flush_rows: impl Fn(usize) -> usize) -> (FilesByPartition, Vec<(String, i32)>) {
     let events = fixture_events();
     let dir = tempfile::tempdir().unwrap();
     let store = TableStore::new(dir.path().to_str().unwrap()).unwrap();
 
-    // Every other row, in two batches, grouped by tenant and day.
     let tenants = events.column_by_name("tenant_id").unwrap().as_string::<i32>().clone();
     let days = events.column_by_name("day").unwrap().as_primitive::<Date32Type>().clone();
     let half = events.num_rows() / 2;
-    let mut w = store.append_streaming(TABLE_EVENTS, events_schema(), usize::MAX).await.unwrap();
     let mut expected = Vec::new();
+    let mut batches = Vec::new();
     for range in [0..half, half..events.num_rows()] {
         let keys = (0..events.num_rows())
             .map(|r| (range.contains(&r) && r % 2 == 0).then(|| (tenants.value(r).to_string(), days.value(r))));
@@ -53,33 +58,55 @@ async fn runs_land_in_their_partitions() {
         assert!(runs.len() > 1, "the fixture spans several tenants and days");
         let batch = take_record_batch(&events, &indices).unwrap();
         expected.push(batch.clone());
+        batches.push((batch, runs));
+    }
+    let mut w =
+        store.append_streaming(TABLE_EVENTS, events_schema(), flush_rows(batches[0].0.num_rows())).await.unwrap();
+    for (batch, runs) in batches {
         w.write_runs(batch, &runs).await.unwrap();
     }
     w.commit().await.unwrap();
 
     let back = store.read_where(TABLE_EVENTS, None, true).await.unwrap();
     assert_eq!(rows(&back), rows(&expected));
-    // Runs of one partition from both batches share one file.
-    let mut files: BTreeMap<(String, i32), std::collections::BTreeSet<String>> = BTreeMap::new();
+    let mut files = FilesByPartition::new();
     for b in &back {
         let tenants = b.column_by_name("tenant_id").unwrap().as_string::<i32>();
         let days = b.column_by_name("day").unwrap().as_primitive::<Date32Type>();
         let file = b.column_by_name(FILE_COLUMN).unwrap().as_string::<i32>();
         for r in 0..b.num_rows() {
+            let day = chrono::DateTime::from_timestamp(days.value(r) as i64 * 86_400, 0).unwrap().date_naive();
+            let dir = format!("tenant_id={}/day={day}/", tenants.value(r));
+            assert!(file.value(r).contains(&dir), "{} is not under {dir}", file.value(r));
             files.entry((tenants.value(r).to_string(), days.value(r))).or_default().insert(file.value(r).to_string());
         }
     }
     assert!(files.len() > 1);
+    let in_batch = |b: &RecordBatch| {
+        rows(std::slice::from_ref(b)).into_keys().map(|(_, t, d)| (t, d)).collect::<std::collections::BTreeSet<_>>()
+    };
+    let first = in_batch(&expected[0]);
+    let both = in_batch(&expected[1]).into_iter().filter(|k| first.contains(k)).collect();
+    (files, both)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn runs_land_in_their_partitions() {
+    // One flush, at the commit: runs of one partition from both batches share one file.
+    let (files, both) = write_in_two_batches(|_| usize::MAX).await;
+    assert!(!both.is_empty(), "some partitions span both batches");
     assert!(files.values().all(|f| f.len() == 1), "{files:?}");
-    for b in &back {
-        let tenants = b.column_by_name("tenant_id").unwrap().as_string::<i32>();
-        let days = b.column_by_name("day").unwrap().as_primitive::<Date32Type>();
-        let files = b.column_by_name(FILE_COLUMN).unwrap().as_string::<i32>();
-        for r in 0..b.num_rows() {
-            let day = chrono::DateTime::from_timestamp(days.value(r) as i64 * 86_400, 0).unwrap().date_naive();
-            let dir = format!("tenant_id={}/day={day}/", tenants.value(r));
-            assert!(files.value(r).contains(&dir), "{} is not under {dir}", files.value(r));
-        }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flush_between_batches_finishes_the_files() {
+    // A flush once the first batch is in: a partition with rows in both batches has a file
+    // of each flush, every other partition one file.
+    let (files, both) = write_in_two_batches(|first| first).await;
+    assert!(!both.is_empty(), "some partitions span both batches");
+    for (partition, f) in &files {
+        let want = if both.contains(partition) { 2 } else { 1 };
+        assert_eq!(f.len(), want, "{partition:?}: {f:?}");
     }
 }
 
