@@ -334,75 +334,89 @@ impl Processor {
             // `events` rows are built from them.
             let chunk = self.decode_chunk;
             let chunks = values.chunks(chunk).zip(value_offsets.chunks(chunk)).zip(value_times.chunks(chunk));
-            for ((values, value_offsets), value_times) in chunks {
-                let Some(state) = self.parts.get_mut(&p) else { break };
-                let mut read = self.json.read_values(values);
-                // An event that does not say when it was ingested (a value from another
-                // producer) was ingested when its record was appended to the log: the same
-                // time at every re-read.
-                for ((_, v), &row) in read.events.iter_mut().zip(&read.rows) {
-                    let appended = value_times[row as usize];
-                    if v.ingested_at_ms.is_none() && appended > 0 {
-                        v.ingested_at_ms = Some(appended);
-                    }
-                }
-                let rows = &read.rows;
-                for rej in read.rejected {
-                    let offset = value_offsets[rej.line];
-                    if offset >= state.dead_committed {
-                        self.pending_dead.push(log_dead(&url, p, offset, rej.reason, values[rej.line]));
-                    }
-                }
-                if read.events.is_empty() {
-                    continue;
-                }
-                self.decoder.decode_events(&read.events, &mut self.decoded);
-                let before = state.fold.stats();
-                state.fold.update(&self.decoded, &self.decoder.dicts);
-                let after = state.fold.stats();
-                // Late: older than the watermark as it stood before this batch.
-                let watermark = state.watermark(self.time.allowed_lateness_ms);
-                let mut late = 0u64;
-                for (&t, &first) in self.decoded.t_ms.iter().zip(state.fold.first_copy()) {
-                    if first {
-                        late += (t < watermark) as u64;
-                        state.max_event_ms = state.max_event_ms.max(t);
-                    }
-                }
-                self.summary.late_events += late;
-                self.telemetry.late_events.inc_by(late);
-                self.telemetry.duplicates.inc_by(after.duplicates - before.duplicates);
-                self.telemetry.events.inc_by(after.rows.saturating_sub(before.rows));
-                for (row, reason) in self.decoded.invalid.drain(..) {
-                    let line = rows[row] as usize;
-                    if value_offsets[line] >= state.dead_committed {
-                        self.pending_dead.push(log_dead(&url, p, value_offsets[line], reason, values[line]));
-                    }
-                }
-                // First copies of events this table does not hold yet, grouped by the table's
-                // partitions (tenant and day) from the decoded columns.
-                let d = &self.decoded;
-                let keys = state.fold.first_copy().iter().zip(rows).enumerate().map(|(r, (first, row))| {
-                    (*first && value_offsets[*row as usize] >= state.events_committed)
-                        .then(|| (d.tenant[r], d.t_ms[r].div_euclid(MS_PER_DAY)))
-                });
-                let (indices, runs) = group_rows(keys);
-                if runs.is_empty() {
-                    continue;
-                }
-                let kept = self.json.events_batch(&read.events, indices.values())?;
-                self.pending_event_rows += kept.num_rows();
-                if state.fold.refolding() {
-                    self.held_events.push(kept);
-                    continue;
-                }
-                let out = match self.events_out.as_mut() {
-                    Some(out) => out,
-                    None => self.events_out.insert(self.open_events().await?),
-                };
-                out.write_runs(kept, &runs).await?;
+            for ((values, offsets), times) in chunks {
+                self.fold_chunk(&url, p, values, offsets, times).await?;
             }
         }
+        Ok(())
+    }
+
+    /// Folds records of partition `p` (values, their offsets and append times), and copies
+    /// the first copies of their events to the pending `events` rows.
+    async fn fold_chunk(
+        &mut self,
+        url: &str,
+        p: Partition,
+        values: &[&[u8]],
+        value_offsets: &[u64],
+        value_times: &[i64],
+    ) -> Result<()> {
+        let Some(state) = self.parts.get_mut(&p) else { return Ok(()) };
+        let mut read = self.json.read_values(values);
+        // An event that does not say when it was ingested (a value from another
+        // producer) was ingested when its record was appended to the log: the same
+        // time at every re-read.
+        for ((_, v), &row) in read.events.iter_mut().zip(&read.rows) {
+            let appended = value_times[row as usize];
+            if v.ingested_at_ms.is_none() && appended > 0 {
+                v.ingested_at_ms = Some(appended);
+            }
+        }
+        let rows = &read.rows;
+        for rej in read.rejected {
+            let offset = value_offsets[rej.line];
+            if offset >= state.dead_committed {
+                self.pending_dead.push(log_dead(url, p, offset, rej.reason, values[rej.line]));
+            }
+        }
+        if read.events.is_empty() {
+            return Ok(());
+        }
+        self.decoder.decode_events(&read.events, &mut self.decoded);
+        let before = state.fold.stats();
+        state.fold.update(&self.decoded, &self.decoder.dicts);
+        let after = state.fold.stats();
+        // Late: older than the watermark as it stood before this batch.
+        let watermark = state.watermark(self.time.allowed_lateness_ms);
+        let mut late = 0u64;
+        for (&t, &first) in self.decoded.t_ms.iter().zip(state.fold.first_copy()) {
+            if first {
+                late += (t < watermark) as u64;
+                state.max_event_ms = state.max_event_ms.max(t);
+            }
+        }
+        self.summary.late_events += late;
+        self.telemetry.late_events.inc_by(late);
+        self.telemetry.duplicates.inc_by(after.duplicates - before.duplicates);
+        self.telemetry.events.inc_by(after.rows.saturating_sub(before.rows));
+        for (row, reason) in self.decoded.invalid.drain(..) {
+            let line = rows[row] as usize;
+            if value_offsets[line] >= state.dead_committed {
+                self.pending_dead.push(log_dead(url, p, value_offsets[line], reason, values[line]));
+            }
+        }
+        // First copies of events this table does not hold yet, grouped by the table's
+        // partitions (tenant and day) from the decoded columns.
+        let d = &self.decoded;
+        let keys = state.fold.first_copy().iter().zip(rows).enumerate().map(|(r, (first, row))| {
+            (*first && value_offsets[*row as usize] >= state.events_committed)
+                .then(|| (d.tenant[r], d.t_ms[r].div_euclid(MS_PER_DAY)))
+        });
+        let (indices, runs) = group_rows(keys);
+        if runs.is_empty() {
+            return Ok(());
+        }
+        let kept = self.json.events_batch(&read.events, indices.values())?;
+        self.pending_event_rows += kept.num_rows();
+        if state.fold.refolding() {
+            self.held_events.push(kept);
+            return Ok(());
+        }
+        let out = match self.events_out.as_mut() {
+            Some(out) => out,
+            None => self.events_out.insert(self.open_events().await?),
+        };
+        out.write_runs(kept, &runs).await?;
         Ok(())
     }
 
