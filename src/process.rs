@@ -38,7 +38,7 @@ use anyhow::{Context, Result};
 use arrow::array::{BooleanArray, RecordBatch};
 use arrow::compute::filter_record_batch;
 use ccstream_eventlog::{open, Delivered, EventLog, LogConsumer, OpenOptions, Partition, Poll};
-use ccstream_processor::batch::{group_rows, DecodedBatch, Decoder, JsonDecoder};
+use ccstream_processor::batch::{group_rows, DecodedBatch, Decoder, EventsByPartition, JsonDecoder};
 use ccstream_processor::kpi::{corrections_batch, CallFold, Horizon, LiveQueue, Params};
 use ccstream_processor::sink::{Overwrite, TableStore, FILE_COLUMN};
 use ccstream_processor::telemetry::Telemetry;
@@ -204,9 +204,8 @@ struct Processor {
     json: JsonDecoder,
     decoded: DecodedBatch,
     parts: BTreeMap<Partition, PartitionState>,
-    /// The `events` append in progress: first copies are encoded as they are folded, split
-    /// by the table's partitions, and committed by the next `commit_appends`.
-    events_out: Option<Overwrite>,
+    /// First copies waiting for the next `commit_appends`, by the table's partitions.
+    events_out: EventsByPartition,
     /// First copies held back as batches instead (while their partition has calls waiting
     /// to be re-folded: the re-fold drops those the table already holds).
     held_events: Vec<RecordBatch>,
@@ -395,28 +394,30 @@ impl Processor {
                 self.pending_dead.push(log_dead(url, p, value_offsets[line], reason, values[line]));
             }
         }
-        // First copies of events this table does not hold yet, grouped by the table's
-        // partitions (tenant and day) from the decoded columns.
+        // First copies of events this table does not hold yet, by the table's partitions
+        // (tenant and day, from the decoded columns).
         let d = &self.decoded;
         let keys = state.fold.first_copy().iter().zip(rows).enumerate().map(|(r, (first, row))| {
             (*first && value_offsets[*row as usize] >= state.events_committed)
                 .then(|| (d.tenant[r], d.t_ms[r].div_euclid(MS_PER_DAY)))
         });
-        let (indices, runs) = group_rows(keys);
-        if runs.is_empty() {
-            return Ok(());
-        }
-        let kept = self.json.events_batch(&read.events, indices.values())?;
-        self.pending_event_rows += kept.num_rows();
         if state.fold.refolding() {
-            self.held_events.push(kept);
+            let (indices, runs) = group_rows(keys);
+            if !runs.is_empty() {
+                let held = self.json.events_batch(&read.events, indices.values())?;
+                self.pending_event_rows += held.num_rows();
+                self.held_events.push(held);
+            }
             return Ok(());
         }
-        let out = match self.events_out.as_mut() {
-            Some(out) => out,
-            None => self.events_out.insert(self.open_events().await?),
-        };
-        out.write_runs(kept, &runs).await?;
+        let before = self.events_out.rows();
+        for (r, key) in keys.enumerate() {
+            if let Some(key) = key {
+                let (ev, v) = &read.events[r];
+                self.events_out.push(&self.json, key, ev, v);
+            }
+        }
+        self.pending_event_rows += self.events_out.rows() - before;
         Ok(())
     }
 
@@ -469,13 +470,13 @@ impl Processor {
 
     /// Whether rows wait for the next commit of `events` or `dead_letters`.
     fn has_pending(&self) -> bool {
-        self.events_out.is_some() || !self.held_events.is_empty() || !self.pending_dead.is_empty()
+        !self.events_out.is_empty() || !self.held_events.is_empty() || !self.pending_dead.is_empty()
     }
 
     /// Forgets the rows waiting for the next commit of `events` and `dead_letters`
     /// (the files already encoded are never committed).
     fn drop_pending(&mut self) {
-        self.events_out = None;
+        self.events_out.clear();
         self.held_events.clear();
         self.pending_event_rows = 0;
         self.pending_dead.clear();
@@ -738,10 +739,11 @@ impl Processor {
         debug_assert!(self.rebuilt());
         let now = now_ms();
         let offsets = self.offsets();
-        let mut w = match self.events_out.take() {
-            Some(w) => w,
-            None => self.open_events().await?,
-        };
+        let mut w = self.open_events().await?;
+        for b in self.events_out.finish()? {
+            let n = b.num_rows();
+            w.write_runs(b, &[n]).await?;
+        }
         for b in self.held_events.drain(..) {
             w.write(b).await?;
         }
@@ -894,7 +896,7 @@ pub(crate) async fn run(args: ProcessArgs) -> Result<ProcessSummary> {
         json: JsonDecoder::new("log", now_ms()),
         decoded: DecodedBatch::default(),
         parts: BTreeMap::new(),
-        events_out: None,
+        events_out: EventsByPartition::default(),
         held_events: Vec::new(),
         pending_event_rows: 0,
         append_flush_rows: args.append_flush_rows.max(1),

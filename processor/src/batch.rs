@@ -456,6 +456,51 @@ impl JsonDecoder {
     }
 }
 
+/// `events` rows of checked events, gathered by the table's partition (tenant and UTC day)
+/// as they come: each partition's rows go straight into its own builders, so a flush
+/// writes one batch per partition, with no regrouping and no concatenation.
+#[derive(Default)]
+pub struct EventsByPartition {
+    parts: HashMap<(u32, i64), EventColumns<StringBuilder>, FixedState>,
+    rows: usize,
+}
+
+impl std::fmt::Debug for EventsByPartition {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EventsByPartition").field("partitions", &self.parts.len()).field("rows", &self.rows).finish()
+    }
+}
+
+impl EventsByPartition {
+    /// Adds `ev` as a row of partition `key` (the caller's tenant id and UTC day).
+    #[inline]
+    pub fn push(&mut self, d: &JsonDecoder, key: (u32, i64), ev: &Event<'_>, v: &Validated) {
+        self.rows += 1;
+        self.parts.entry(key).or_insert_with(|| EventColumns::with_capacity(1024)).push(d, ev, v);
+    }
+
+    /// Rows gathered.
+    pub fn rows(&self) -> usize {
+        self.rows
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.rows == 0
+    }
+
+    /// Drops every row gathered.
+    pub fn clear(&mut self) {
+        self.parts.clear();
+        self.rows = 0;
+    }
+
+    /// One batch of the `events` schema per partition; empties the set.
+    pub fn finish(&mut self) -> Result<Vec<RecordBatch>> {
+        self.rows = 0;
+        self.parts.drain().map(|(_, columns)| columns.finish(events_schema())).collect()
+    }
+}
+
 /// Log record values read by [`JsonDecoder::read_values`].
 #[derive(Debug, Default)]
 pub struct ReadValues<'a> {

@@ -1,13 +1,13 @@
 //! Log record values decoded row by row (`JsonDecoder::read_values`, `Decoder::decode_events`,
-//! `JsonDecoder::events_batch`) give what the columnar path gives for the same events
+//! `JsonDecoder::events_batch`, `EventsByPartition`) give what the columnar path gives for the same events
 //! (`JsonDecoder::decode`, `Decoder::decode`, `to_events_schema`).
 
 use std::io::Read;
 use std::path::Path;
 
-use arrow::array::UInt32Array;
+use arrow::array::{AsArray, UInt32Array};
 use arrow::compute::take_record_batch;
-use ccstream_processor::batch::{to_events_schema, DecodedBatch, Decoder, JsonDecoder};
+use ccstream_processor::batch::{to_events_schema, DecodedBatch, Decoder, EventsByPartition, JsonDecoder};
 use ccstream_schemas::{encode_event, Event};
 
 /// The oracle fixture's JSON lines, one per event (with its malformed lines).
@@ -89,4 +89,25 @@ fn row_decoding_matches_the_columnar_path() {
     let built = json.events_batch(&read.events, &indices).unwrap();
     assert_eq!(built, take_record_batch(&all, &UInt32Array::from(indices)).unwrap());
     assert_eq!(json.events_batch(&read.events, &[]).unwrap().num_rows(), 0);
+
+    // Gathered by partition (here: by event type, as a stand-in key), each partition's rows
+    // equal the same rows taken from the batch, in arrival order.
+    let mut by_part = EventsByPartition::default();
+    let key = |r: usize| (read.events[r].1.event_type as u32, 0);
+    for r in (0..read.events.len()).filter(|r| r % 5 != 1) {
+        let (ev, v) = &read.events[r];
+        by_part.push(&json, key(r), ev, v);
+    }
+    assert_eq!(by_part.rows(), (0..read.events.len()).filter(|r| r % 5 != 1).count());
+    let parts = by_part.finish().unwrap();
+    assert!(parts.len() > 1);
+    assert!(by_part.is_empty());
+    for part in parts {
+        let kind = part.column_by_name("event_type").unwrap().as_string::<i32>().value(0).to_string();
+        let rows: Vec<u32> = (0..read.events.len())
+            .filter(|&r| r % 5 != 1 && read.events[r].1.event_type.as_str() == kind)
+            .map(|r| r as u32)
+            .collect();
+        assert_eq!(part, take_record_batch(&all, &UInt32Array::from(rows)).unwrap(), "{kind}");
+    }
 }
