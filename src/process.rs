@@ -38,7 +38,7 @@ use anyhow::{Context, Result};
 use arrow::array::{BooleanArray, RecordBatch};
 use arrow::compute::filter_record_batch;
 use ccstream_eventlog::{open, Delivered, EventLog, LogConsumer, OpenOptions, Partition, Poll};
-use ccstream_processor::batch::{group_rows, DecodedBatch, Decoder, EventsByPartition, JsonDecoder};
+use ccstream_processor::batch::{DecodedBatch, Decoder, EventsByPartition, JsonDecoder};
 use ccstream_processor::kpi::{corrections_batch, CallFold, Horizon, LiveQueue, Params};
 use ccstream_processor::sink::{Overwrite, TableStore, FILE_COLUMN};
 use ccstream_processor::telemetry::Telemetry;
@@ -206,8 +206,8 @@ struct Processor {
     parts: BTreeMap<Partition, PartitionState>,
     /// First copies waiting for the next `commit_appends`, by the table's partitions.
     events_out: EventsByPartition,
-    /// First copies held back as batches instead (while their partition has calls waiting
-    /// to be re-folded: the re-fold drops those the table already holds).
+    /// First copies held back instead, one partition per batch (while their partition has
+    /// calls waiting to be re-folded: the re-fold drops those the table already holds).
     held_events: Vec<RecordBatch>,
     pending_event_rows: usize,
     /// Rows per `events` file at most (`--append-flush-rows`).
@@ -401,23 +401,22 @@ impl Processor {
             (*first && value_offsets[*row as usize] >= state.events_committed)
                 .then(|| (d.tenant[r], d.t_ms[r].div_euclid(MS_PER_DAY)))
         });
-        if state.fold.refolding() {
-            let (indices, runs) = group_rows(keys);
-            if !runs.is_empty() {
-                let held = self.json.events_batch(&read.events, indices.values())?;
-                self.pending_event_rows += held.num_rows();
-                self.held_events.push(held);
-            }
-            return Ok(());
-        }
-        let before = self.events_out.rows();
+        // While calls of this partition wait to be re-folded, its rows are held apart: the
+        // re-fold drops those the table already holds.
+        let refolding = state.fold.refolding();
+        let mut held = EventsByPartition::default();
+        let out = if refolding { &mut held } else { &mut self.events_out };
+        let before = out.rows();
         for (r, key) in keys.enumerate() {
             if let Some(key) = key {
                 let (ev, v) = &read.events[r];
-                self.events_out.push(&self.json, key, ev, v);
+                out.push(&self.json, key, ev, v);
             }
         }
-        self.pending_event_rows += self.events_out.rows() - before;
+        self.pending_event_rows += out.rows() - before;
+        if refolding {
+            self.held_events.extend(held.finish()?);
+        }
         Ok(())
     }
 
@@ -740,12 +739,10 @@ impl Processor {
         let now = now_ms();
         let offsets = self.offsets();
         let mut w = self.open_events().await?;
-        for b in self.events_out.finish()? {
+        // One partition per batch.
+        for b in self.events_out.finish()?.into_iter().chain(self.held_events.drain(..)) {
             let n = b.num_rows();
             w.write_runs(b, &[n]).await?;
-        }
-        for b in self.held_events.drain(..) {
-            w.write(b).await?;
         }
         w.with_transactions(&offsets);
         w.commit().await?;

@@ -11,8 +11,9 @@
 //!
 //! Log records take a shorter way: [`JsonDecoder::read_values`] checks each value once,
 //! [`Decoder::decode_events`] fills the [`DecodedBatch`] from the events themselves, and
-//! [`JsonDecoder::events_batch`] builds `events` rows only for the events the fold keeps,
-//! already grouped by partition. No column is built for a duplicate, nor taken, nor cast.
+//! [`EventsByPartition`] builds `events` rows only for the events the fold keeps, each
+//! straight into its partition's columns. No column is built for a duplicate, nor taken,
+//! nor cast.
 //!
 //! Row validity is decided here once: a row that is not a valid event gets
 //! `etype == INVALID` and a reason, and the fold skips it.
@@ -426,7 +427,8 @@ impl JsonDecoder {
     /// (`ccstream_schemas::read_event`): the valid events, borrowing from the values, and
     /// a [`Rejected`] entry for every other value. The fold's columns come from the events
     /// ([`Decoder::decode_events`]), and `events` rows only for the events it keeps
-    /// ([`JsonDecoder::events_batch`]): no column is built for a duplicate.
+    /// ([`EventsByPartition`], [`JsonDecoder::events_batch`]): no column is built for a
+    /// duplicate.
     pub fn read_values<'a>(&self, values: &[&'a [u8]]) -> ReadValues<'a> {
         let mut out = ReadValues {
             events: Vec::with_capacity(values.len()),
