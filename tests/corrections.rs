@@ -186,6 +186,8 @@ fn late_events_revise_written_rows(retention_ms: Option<&str>) {
     let before = dump(&data);
     let events_once = "SELECT count(*) - count(DISTINCT event_id) FROM events";
     assert_eq!(one_value(&data, events_once), "0", "the redelivered copies are not stored twice");
+    // And every event is stored, those held back while their calls were re-folded included.
+    assert_eq!(one_value(&data, "SELECT count(DISTINCT event_id) FROM events"), "10306");
     let each_once = "SELECT count(*) - count(DISTINCT call_id) FROM call_facts";
     assert_eq!(one_value(&data, each_once), "0");
     let legs_once = "SELECT count(*) - count(DISTINCT call_id || '/' || agent_id) FROM agent_legs";
