@@ -29,7 +29,8 @@ use arrow::buffer::{NullBuffer, OffsetBuffer};
 use arrow::compute::cast;
 use arrow::datatypes::{ArrowPrimitiveType, DataType, Float64Type, Int32Type, Int8Type, SchemaRef, TimeUnit};
 use ccstream_schemas::{
-    events_schema, parse_uuid, read_event, with_dictionaries, Event, EventType, IdKey, Validated, MS_PER_DAY, OTHER_TAG,
+    events_schema, is_uuid_key, parse_uuid, read_event, uuid_text, with_dictionaries, Event, EventType, IdKey,
+    Validated, MS_PER_DAY, OTHER_TAG,
 };
 use foldhash::fast::FixedState;
 use hashbrown::HashMap;
@@ -63,6 +64,18 @@ impl Names {
 
     pub fn name(&self, id: u32) -> Option<&str> {
         self.names.get(id as usize).map(|s| &**s)
+    }
+
+    /// The names of `ids` as a string column; [`NONE`] (or an id never interned) is NULL.
+    pub fn column(&self, ids: impl ExactSizeIterator<Item = u32>) -> Result<StringArray> {
+        let mut column = TextColumn::with_capacity(ids.len(), ids.len() * 16);
+        for id in ids {
+            match self.names.get(id as usize) {
+                Some(name) => column.push(name.as_bytes()),
+                None => column.push_null(),
+            }
+        }
+        column.finish()
     }
 
     pub fn len(&self) -> usize {
@@ -101,11 +114,71 @@ impl OtherIds {
 
     /// The text of a key produced by [`OtherIds::key`].
     pub fn text(&self, key: IdKey, out: &mut String) {
-        if ccstream_schemas::is_uuid_key(key) {
+        if is_uuid_key(key) {
             ccstream_schemas::format_uuid(key, out);
         } else {
             out.push_str(&self.names[(key & !(OTHER_TAG)) as usize]);
         }
+    }
+
+    /// The texts of `keys` (produced by [`OtherIds::key`]) as a string column without NULLs.
+    pub fn column(&self, keys: impl ExactSizeIterator<Item = IdKey>) -> Result<StringArray> {
+        let mut column = TextColumn::with_capacity(keys.len(), keys.len() * 36);
+        for key in keys {
+            if is_uuid_key(key) {
+                column.push(&uuid_text(key));
+            } else {
+                column.push(self.names[(key & !(OTHER_TAG)) as usize].as_bytes());
+            }
+        }
+        column.finish()
+    }
+}
+
+/// A string column written straight into its offsets and values, for text that is UTF-8
+/// by construction (interned names, formatted ids): no builder per value, one check of the
+/// whole values buffer when it is finished.
+#[derive(Debug)]
+struct TextColumn {
+    offsets: Vec<i32>,
+    values: Vec<u8>,
+    /// Created at the first NULL.
+    validity: Option<BooleanBufferBuilder>,
+}
+
+impl TextColumn {
+    fn with_capacity(rows: usize, bytes: usize) -> Self {
+        let mut offsets = Vec::with_capacity(rows + 1);
+        offsets.push(0);
+        TextColumn { offsets, values: Vec::with_capacity(bytes), validity: None }
+    }
+
+    #[inline]
+    fn push(&mut self, text: &[u8]) {
+        self.values.extend_from_slice(text);
+        // Truncation past i32::MAX is caught by `finish`.
+        self.offsets.push(self.values.len() as i32);
+        if let Some(v) = &mut self.validity {
+            v.append(true);
+        }
+    }
+
+    fn push_null(&mut self) {
+        let validity = self.validity.get_or_insert_with(|| {
+            let mut v = BooleanBufferBuilder::new(self.offsets.capacity());
+            v.append_n(self.offsets.len() - 1, true);
+            v
+        });
+        validity.append(false);
+        self.offsets.push(self.values.len() as i32);
+    }
+
+    fn finish(mut self) -> Result<StringArray> {
+        if i32::try_from(self.values.len()).is_err() {
+            return Err(arrow::error::ArrowError::OffsetOverflowError(self.values.len()).into());
+        }
+        let nulls = self.validity.as_mut().map(|v| NullBuffer::new(v.finish()));
+        Ok(StringArray::try_new(OffsetBuffer::new(self.offsets.into()), self.values.into(), nulls)?)
     }
 }
 
@@ -465,6 +538,9 @@ impl JsonDecoder {
 pub struct EventsByPartition {
     parts: HashMap<(u32, i64), EventColumns<StringBuilder>, FixedState>,
     rows: usize,
+    /// Rows each partition had at the last flush: its builders start that large instead of
+    /// doubling (and copying) their way up again.
+    last_rows: HashMap<(u32, i64), usize, FixedState>,
 }
 
 impl std::fmt::Debug for EventsByPartition {
@@ -478,7 +554,11 @@ impl EventsByPartition {
     #[inline]
     pub fn push(&mut self, d: &JsonDecoder, key: (u32, i64), ev: &Event<'_>, v: &Validated) {
         self.rows += 1;
-        self.parts.entry(key).or_insert_with(|| EventColumns::with_capacity(1024)).push(d, ev, v);
+        let last_rows = &self.last_rows;
+        self.parts
+            .entry(key)
+            .or_insert_with(|| EventColumns::with_capacity(last_rows.get(&key).copied().unwrap_or(0).max(1024)))
+            .push(d, ev, v);
     }
 
     /// Rows gathered.
@@ -499,6 +579,8 @@ impl EventsByPartition {
     /// One batch of the `events` schema per partition; empties the set.
     pub fn finish(&mut self) -> Result<Vec<RecordBatch>> {
         self.rows = 0;
+        self.last_rows.clear();
+        self.last_rows.extend(self.parts.iter().map(|(key, columns)| (*key, columns.rows)));
         self.parts.drain().map(|(_, columns)| columns.finish(events_schema())).collect()
     }
 }
@@ -819,6 +901,31 @@ mod tests {
     use proptest::prelude::*;
 
     proptest! {
+        /// Id and name columns hold each key's text (a UUID's canonical form, an interned
+        /// id as given), names absent or never interned as NULL, whatever the mix.
+        #[test]
+        fn id_and_name_columns_hold_each_rows_text(
+            ids in proptest::collection::vec(prop_oneof![
+                "[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}",
+                "\\PC{0,40}",
+            ], 0..40),
+            names in proptest::collection::vec(prop_oneof![Just(None), "\\PC{0,12}".prop_map(Some)], 0..40),
+        ) {
+            let mut other = OtherIds::default();
+            let keys: Vec<IdKey> = ids.iter().map(|s| other.key(s)).collect();
+            let column = other.column(keys.iter().copied()).unwrap();
+            prop_assert_eq!(column.null_count(), 0);
+            prop_assert_eq!(column.iter().map(|v| v.unwrap().to_string()).collect::<Vec<_>>(), ids);
+
+            let mut interned = Names::default();
+            let codes: Vec<u32> = names.iter().map(|n| n.as_deref().map_or(NONE, |n| interned.intern(n))).collect();
+            let never_interned = interned.len() as u32;
+            let codes: Vec<u32> = codes.into_iter().chain([never_interned]).collect();
+            let column = interned.column(codes.iter().copied()).unwrap();
+            let expected: Vec<Option<&str>> = names.iter().map(|n| n.as_deref()).chain([None]).collect();
+            prop_assert_eq!(column.iter().collect::<Vec<_>>(), expected);
+        }
+
         /// Any text: no panic, and every non-blank line is either a row or a rejection.
         #[test]
         fn json_decoder_accounts_for_every_line(lines in proptest::collection::vec("\\PC{0,80}", 0..20)) {

@@ -83,8 +83,9 @@ fn hex8_text(v: u32) -> [u8; 8] {
     (x + ONES * b'0' as u64 + letters * (b'a' - b'0' - 10) as u64).to_le_bytes()
 }
 
-/// Formats a UUID key back to its canonical lowercase text.
-pub fn format_uuid(v: IdKey, out: &mut String) {
+/// A UUID key's canonical lowercase text, as bytes (all ASCII).
+#[inline]
+pub fn uuid_text(v: IdKey) -> [u8; 36] {
     let (hi, lo) = ((v >> 64) as u64, v as u64);
     let (a, b, c, d) =
         (hex8_text((hi >> 32) as u32), hex8_text(hi as u32), hex8_text((lo >> 32) as u32), hex8_text(lo as u32));
@@ -95,7 +96,12 @@ pub fn format_uuid(v: IdKey, out: &mut String) {
     buf[19..23].copy_from_slice(&c[..4]);
     buf[24..28].copy_from_slice(&c[4..]);
     buf[28..].copy_from_slice(&d);
-    out.push_str(std::str::from_utf8(&buf).expect("hex digits and dashes are ASCII"));
+    buf
+}
+
+/// Formats a UUID key back to its canonical lowercase text.
+pub fn format_uuid(v: IdKey, out: &mut String) {
+    out.push_str(std::str::from_utf8(&uuid_text(v)).expect("hex digits and dashes are ASCII"));
 }
 
 /// Whether a key came from [`parse_uuid`] (as opposed to an interned id).

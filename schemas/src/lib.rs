@@ -19,7 +19,7 @@ mod time;
 
 pub use event::Validated;
 pub use event::{Event, EventError, EventType, CALL_EVENT_TYPES};
-pub use ids::{format_uuid, is_uuid_key, parse_uuid, IdKey, OTHER_TAG};
+pub use ids::{format_uuid, is_uuid_key, parse_uuid, uuid_text, IdKey, OTHER_TAG};
 pub use record::{
     decode_event, encode_event, event_key, read_event, DeadLetterRecord, BINARY_MAGIC, BINARY_VERSION, DEAD_LETTER_KEY,
 };

@@ -25,7 +25,7 @@ use std::sync::Arc;
 
 use arrow::array::{
     Array, ArrayRef, BooleanArray, Date32Array, Float64Array, Int32Array, Int64Array, RecordBatch, StringArray,
-    StringBuilder, TimestampMillisecondArray,
+    TimestampMillisecondArray,
 };
 use arrow::compute::filter_record_batch;
 use ccstream_schemas::{
@@ -1186,7 +1186,10 @@ impl CallFold {
 
     /// Recomputes the interval partials from the written calls and revises those that changed.
     fn emit_partials(&mut self, dicts: &Dictionaries, p: &Params, now: i64, em: &mut Emission) {
-        let mut groups: HashMap<PartKey, Part, FixedState> = HashMap::default();
+        // As many groups as were written last time, give or take a few: grown once, not
+        // doubled (and rehashed) from empty at every commit.
+        let mut groups: HashMap<PartKey, Part, FixedState> =
+            HashMap::with_capacity_and_hasher(self.partials.len(), FixedState::default());
         for c in &self.calls {
             if c.queued_ms == MIN_NONE || c.revision == 0 {
                 continue;
@@ -1237,6 +1240,7 @@ impl CallFold {
         for key in gone {
             self.partials.remove(&key);
         }
+        self.partials.reserve(groups.len());
         for (key, part) in groups {
             self.partials.insert(key, PartialRow { part, revision: 1, computed_at: now });
             em.changed = true;
@@ -1445,8 +1449,6 @@ impl CallFold {
         sealed: bool,
     ) -> Result<RecordBatch> {
         let n = calls.len();
-        let mut call_id = StringBuilder::with_capacity(n, n * 36);
-        let mut text = String::with_capacity(40);
         let opt = |v: i64, none: i64| if v == none { None } else { Some(v) };
         let mut wait_ms = Vec::with_capacity(n);
         let mut hold_ms = Vec::with_capacity(n);
@@ -1456,9 +1458,6 @@ impl CallFold {
         let mut abandoned = Vec::with_capacity(n);
         let mut complete = Vec::with_capacity(n);
         for c in calls {
-            text.clear();
-            dicts.ids.text(c.key, &mut text);
-            call_id.append_value(&text);
             let lc = c.legs_complete();
             wait_ms.push(c.wait_ms());
             hold_ms.push(lc.then(|| c.sum_hold_ended - c.sum_hold_started));
@@ -1475,10 +1474,10 @@ impl CallFold {
             Arc::new(TimestampMillisecondArray::from_iter(calls.iter().map(|c| f(c))).with_timezone("UTC"))
         };
         let columns: Vec<ArrayRef> = vec![
-            Arc::new(call_id.finish()),
-            Arc::new(StringArray::from_iter(calls.iter().map(|c| name(&dicts.tenants, c.tenant)))),
-            Arc::new(StringArray::from_iter(calls.iter().map(|c| name(&dicts.queues, c.entry_queue)))),
-            Arc::new(StringArray::from_iter(calls.iter().map(|c| name(&dicts.queues, c.final_queue)))),
+            Arc::new(dicts.ids.column(calls.iter().map(|c| c.key))?),
+            Arc::new(dicts.tenants.column(calls.iter().map(|c| c.tenant))?),
+            Arc::new(dicts.queues.column(calls.iter().map(|c| c.entry_queue))?),
+            Arc::new(dicts.queues.column(calls.iter().map(|c| c.final_queue))?),
             ts(&|c| opt(c.queued_ms, MIN_NONE)),
             ts(&|c| opt(c.answered_ms, MIN_NONE)),
             ts(&|c| opt(c.abandoned_ms, MIN_NONE)),
@@ -1524,13 +1523,6 @@ impl CallFold {
     fn legs_batch(&self, legs: &[&LegAcc], dicts: &Dictionaries, p: &Params, sealed: bool) -> Result<RecordBatch> {
         let n = legs.len();
         let call = |l: &LegAcc| -> &CallAcc { &self.calls[l.call as usize] };
-        let mut call_id = StringBuilder::with_capacity(n, n * 36);
-        let mut text = String::with_capacity(40);
-        for l in legs {
-            text.clear();
-            dicts.ids.text(call(l).key, &mut text);
-            call_id.append_value(&text);
-        }
         let complete: Vec<bool> = legs
             .iter()
             .map(|l| l.n_answered == 1 && l.n_leg_end == 1 && l.n_wrapup == 1 && l.n_hold_started == l.n_hold_ended)
@@ -1544,13 +1536,9 @@ impl CallFold {
         };
         let class: Vec<(bool, bool)> = legs.iter().map(|l| p.cqd.classify(l.media)).collect();
         let columns: Vec<ArrayRef> = vec![
-            Arc::new(call_id.finish()),
-            Arc::new(StringArray::from_iter_values(
-                legs.iter().map(|l| dicts.agents.name(l.agent).unwrap_or_default()),
-            )),
-            Arc::new(StringArray::from_iter_values(
-                legs.iter().map(|l| dicts.tenants.name(l.tenant).unwrap_or_default()),
-            )),
+            Arc::new(dicts.ids.column(legs.iter().map(|l| call(l).key))?),
+            Arc::new(dicts.agents.column(legs.iter().map(|l| l.agent))?),
+            Arc::new(dicts.tenants.column(legs.iter().map(|l| l.tenant))?),
             Arc::new(
                 TimestampMillisecondArray::from_iter_values(legs.iter().map(|l| l.answered_ms)).with_timezone("UTC"),
             ),
@@ -1655,10 +1643,8 @@ impl CallFold {
         let n = rows.len();
         let values: Vec<[Option<i64>; 13]> = rows.iter().map(|(_, r)| r.part.values()).collect();
         let mut columns: Vec<ArrayRef> = vec![
-            Arc::new(StringArray::from_iter_values(
-                rows.iter().map(|(k, _)| dicts.tenants.name(k.0).unwrap_or_default()),
-            )),
-            Arc::new(StringArray::from_iter(rows.iter().map(|(k, _)| name(&dicts.queues, k.1)))),
+            Arc::new(dicts.tenants.column(rows.iter().map(|(k, _)| k.0))?),
+            Arc::new(dicts.queues.column(rows.iter().map(|(k, _)| k.1))?),
             Arc::new(TimestampMillisecondArray::from_iter_values(rows.iter().map(|(k, _)| k.2)).with_timezone("UTC")),
             Arc::new(Int32Array::from_value(self.partition, n)),
         ];
