@@ -1015,9 +1015,8 @@ async fn run_with(
 #[cfg(test)]
 mod tests {
     use std::io::{BufRead, Write};
-    use std::sync::atomic::{AtomicBool, Ordering};
-
     use std::path::Path;
+    use std::sync::atomic::{AtomicBool, Ordering};
 
     use ccstream_eventlog::Offset;
     use ccstream_ingest::file::records::LogRecords;
