@@ -249,8 +249,8 @@ pub struct Emission {
     pub changed: bool,
 }
 
-/// One interval partial as last written.
-#[derive(Debug, Clone, Copy)]
+/// One interval partial as last written (revision 0: not written yet).
+#[derive(Debug, Default, Clone, Copy)]
 struct PartialRow {
     part: Part,
     revision: u32,
@@ -1187,18 +1187,29 @@ impl CallFold {
     /// Recomputes the interval partials from the written calls and revises those that changed.
     fn emit_partials(&mut self, dicts: &Dictionaries, p: &Params, now: i64, em: &mut Emission) {
         // As many groups as were written last time, give or take a few: grown once, not
-        // doubled (and rehashed) from empty at every commit.
-        let mut groups: HashMap<PartKey, Part, FixedState> =
+        // doubled (and rehashed) from empty at every commit. Each group is a row to be (it
+        // becomes the written row itself when it is new).
+        let mut groups: HashMap<PartKey, PartialRow, FixedState> =
             HashMap::with_capacity_and_hasher(self.partials.len(), FixedState::default());
         for c in &self.calls {
             if c.queued_ms == MIN_NONE || c.revision == 0 {
                 continue;
             }
             let k = Contribution::of(c);
-            groups.entry(k.key).or_default().apply(&k, p, 1);
+            groups.entry(k.key).or_default().part.apply(&k, p, 1);
         }
         for (key, part) in &self.sealed_parts {
-            groups.entry(*key).or_default().merge(part);
+            groups.entry(*key).or_default().part.merge(part);
+        }
+        if self.partials.is_empty() {
+            // The first emission (a replay's only one): every group is a new row, and the
+            // map built above becomes the written rows as it is (no second table).
+            for row in groups.values_mut() {
+                *row = PartialRow { revision: 1, computed_at: now, ..*row };
+            }
+            em.changed |= !groups.is_empty();
+            self.partials = groups;
+            return;
         }
         let mut correct = |key: &PartKey, old: &Part, new: Option<&Part>, revision: u32| {
             let (o, n) = (old.values(), new.map(Part::values));
@@ -1221,7 +1232,7 @@ impl CallFold {
         };
         let mut gone = Vec::new();
         for (key, row) in self.partials.iter_mut() {
-            match groups.remove(key) {
+            match groups.remove(key).map(|g| g.part) {
                 Some(part) if part == row.part => {}
                 Some(part) => {
                     correct(key, &row.part, Some(&part), row.revision + 1);
@@ -1241,8 +1252,8 @@ impl CallFold {
             self.partials.remove(&key);
         }
         self.partials.reserve(groups.len());
-        for (key, part) in groups {
-            self.partials.insert(key, PartialRow { part, revision: 1, computed_at: now });
+        for (key, row) in groups {
+            self.partials.insert(key, PartialRow { revision: 1, computed_at: now, ..row });
             em.changed = true;
         }
     }
