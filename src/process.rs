@@ -479,8 +479,8 @@ impl Processor {
         !self.events_out.is_empty() || !self.held_events.is_empty() || !self.pending_dead.is_empty()
     }
 
-    /// Forgets the rows waiting for the next commit of `events` and `dead_letters`
-    /// (the files already encoded are never committed).
+    /// Forgets the rows waiting for the next commit of `events` and `dead_letters` (none of
+    /// them is encoded before that commit).
     fn drop_pending(&mut self) {
         self.events_out.clear();
         self.held_events.clear();

@@ -22,8 +22,8 @@ use std::sync::Arc;
 
 use arrow::array::{
     Array, ArrayBuilder, ArrayRef, AsArray, BooleanBufferBuilder, Date32Array, Date32Builder, DictionaryArray,
-    Int32Array, Int64Array, PrimitiveArray, RecordBatch, StringArray, StringBuilder, StringDictionaryBuilder,
-    TimestampMillisecondArray, TimestampMillisecondBuilder, UInt32Array,
+    Int32Array, Int64Array, NullBufferBuilder, PrimitiveArray, RecordBatch, StringArray, StringBuilder,
+    StringDictionaryBuilder, TimestampMillisecondArray, TimestampMillisecondBuilder, UInt32Array,
 };
 use arrow::buffer::{NullBuffer, OffsetBuffer};
 use arrow::compute::cast;
@@ -117,8 +117,13 @@ impl OtherIds {
         if is_uuid_key(key) {
             ccstream_schemas::format_uuid(key, out);
         } else {
-            out.push_str(&self.names[(key & !(OTHER_TAG)) as usize]);
+            out.push_str(self.interned(key));
         }
+    }
+
+    /// The id an interned (not UUID) key stands for.
+    fn interned(&self, key: IdKey) -> &str {
+        &self.names[(key & !OTHER_TAG) as usize]
     }
 
     /// The texts of `keys` (produced by [`OtherIds::key`]) as a string column without NULLs.
@@ -128,7 +133,7 @@ impl OtherIds {
             if is_uuid_key(key) {
                 column.push(&uuid_text(key));
             } else {
-                column.push(self.names[(key & !(OTHER_TAG)) as usize].as_bytes());
+                column.push(self.interned(key).as_bytes());
             }
         }
         column.finish()
@@ -142,15 +147,14 @@ impl OtherIds {
 struct TextColumn {
     offsets: Vec<i32>,
     values: Vec<u8>,
-    /// Created at the first NULL.
-    validity: Option<BooleanBufferBuilder>,
+    nulls: NullBufferBuilder,
 }
 
 impl TextColumn {
     fn with_capacity(rows: usize, bytes: usize) -> Self {
         let mut offsets = Vec::with_capacity(rows + 1);
         offsets.push(0);
-        TextColumn { offsets, values: Vec::with_capacity(bytes), validity: None }
+        TextColumn { offsets, values: Vec::with_capacity(bytes), nulls: NullBufferBuilder::new(rows) }
     }
 
     #[inline]
@@ -158,26 +162,19 @@ impl TextColumn {
         self.values.extend_from_slice(text);
         // Truncation past i32::MAX is caught by `finish`.
         self.offsets.push(self.values.len() as i32);
-        if let Some(v) = &mut self.validity {
-            v.append(true);
-        }
+        self.nulls.append_non_null();
     }
 
     fn push_null(&mut self) {
-        let validity = self.validity.get_or_insert_with(|| {
-            let mut v = BooleanBufferBuilder::new(self.offsets.capacity());
-            v.append_n(self.offsets.len() - 1, true);
-            v
-        });
-        validity.append(false);
         self.offsets.push(self.values.len() as i32);
+        self.nulls.append_null();
     }
 
     fn finish(mut self) -> Result<StringArray> {
         if i32::try_from(self.values.len()).is_err() {
             return Err(arrow::error::ArrowError::OffsetOverflowError(self.values.len()).into());
         }
-        let nulls = self.validity.as_mut().map(|v| NullBuffer::new(v.finish()));
+        let nulls = self.nulls.finish();
         Ok(StringArray::try_new(OffsetBuffer::new(self.offsets.into()), self.values.into(), nulls)?)
     }
 }

@@ -1185,10 +1185,13 @@ impl CallFold {
     }
 
     /// Recomputes the interval partials from the written calls and revises those that changed.
+    ///
+    /// The recomputed groups become the written rows: each takes its revision from the row
+    /// it replaces (+ 1 if its values changed), a new one revision 1, and a row without a
+    /// group is gone. One table per emission, never a copy of it.
     fn emit_partials(&mut self, dicts: &Dictionaries, p: &Params, now: i64, em: &mut Emission) {
         // As many groups as were written last time, give or take a few: grown once, not
-        // doubled (and rehashed) from empty at every commit. Each group is a row to be (it
-        // becomes the written row itself when it is new).
+        // doubled (and rehashed) from empty at every commit.
         let mut groups: HashMap<PartKey, PartialRow, FixedState> =
             HashMap::with_capacity_and_hasher(self.partials.len(), FixedState::default());
         for c in &self.calls {
@@ -1200,16 +1203,6 @@ impl CallFold {
         }
         for (key, part) in &self.sealed_parts {
             groups.entry(*key).or_default().part.merge(part);
-        }
-        if self.partials.is_empty() {
-            // The first emission (a replay's only one): every group is a new row, and the
-            // map built above becomes the written rows as it is (no second table).
-            for row in groups.values_mut() {
-                *row = PartialRow { revision: 1, computed_at: now, ..*row };
-            }
-            em.changed |= !groups.is_empty();
-            self.partials = groups;
-            return;
         }
         let mut correct = |key: &PartKey, old: &Part, new: Option<&Part>, revision: u32| {
             let (o, n) = (old.values(), new.map(Part::values));
@@ -1230,32 +1223,29 @@ impl CallFold {
                 }
             }
         };
-        let mut gone = Vec::new();
-        for (key, row) in self.partials.iter_mut() {
-            match groups.remove(key).map(|g| g.part) {
-                Some(part) if part == row.part => {}
-                Some(part) => {
-                    correct(key, &row.part, Some(&part), row.revision + 1);
-                    *row = PartialRow { part, revision: row.revision + 1, computed_at: now };
+        for (key, old) in &self.partials {
+            match groups.get_mut(key) {
+                Some(new) if new.part == old.part => {
+                    (new.revision, new.computed_at) = (old.revision, old.computed_at);
+                }
+                Some(new) => {
+                    correct(key, &old.part, Some(&new.part), old.revision + 1);
+                    (new.revision, new.computed_at) = (old.revision + 1, now);
                     em.revised_partials += 1;
                     em.changed = true;
                 }
                 None => {
-                    correct(key, &row.part, None, row.revision + 1);
-                    gone.push(*key);
+                    correct(key, &old.part, None, old.revision + 1);
                     em.revised_partials += 1;
                     em.changed = true;
                 }
             }
         }
-        for key in gone {
-            self.partials.remove(&key);
-        }
-        self.partials.reserve(groups.len());
-        for (key, row) in groups {
-            self.partials.insert(key, PartialRow { revision: 1, computed_at: now, ..row });
+        for new in groups.values_mut().filter(|row| row.revision == 0) {
+            (new.revision, new.computed_at) = (1, now);
             em.changed = true;
         }
+        self.partials = groups;
     }
 
     /// After a restart: the rows the tables hold for this fold's partition (`call_facts`,
