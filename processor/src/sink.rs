@@ -41,8 +41,16 @@ fn writer_properties(name: &str) -> WriterProperties {
     // anything else: every page holds most of a file's tenants, queues and agents, ids are
     // random and measures (waits, counts, media quality) spread, so their min/max would
     // prune nothing, and computing it compares every value.
+    //
+    // Compression: zstd (level 1) for unique text and for floats, whose bytes it entropy-codes
+    // (hex ids to about half, split floats' mantissa bytes well below raw); Snappy for the
+    // rest — delta-packed integers and times, booleans, dictionary indices — whose pages are
+    // already dense: there zstd saved about 1 % of a table for a third of its time (a 1e6
+    // `call_facts`: 4.62 G instructions to encode with zstd everywhere, 4.34 G like this;
+    // 72.5 MB against 73.3 MB).
+    let zstd = Compression::ZSTD(ZstdLevel::try_new(1).expect("level 1 is valid"));
     let mut props = WriterProperties::builder()
-        .set_compression(Compression::ZSTD(ZstdLevel::try_new(1).expect("level 1 is valid")))
+        .set_compression(Compression::SNAPPY)
         .set_dictionary_enabled(false)
         .set_statistics_enabled(EnabledStatistics::None);
     // Integers and timestamps as deltas (call rows come roughly in time order), floats
@@ -64,8 +72,12 @@ fn writer_properties(name: &str) -> WriterProperties {
                 DataType::Int32 | DataType::Int64 | DataType::Date32 | DataType::Timestamp(_, _) => {
                     Encoding::DELTA_BINARY_PACKED
                 }
-                DataType::Float64 => Encoding::BYTE_STREAM_SPLIT,
+                DataType::Float64 => {
+                    props = props.set_column_compression(path(), zstd);
+                    Encoding::BYTE_STREAM_SPLIT
+                }
                 DataType::Utf8 | DataType::Binary if !is_low_cardinality(field.name()) => {
+                    props = props.set_column_compression(path(), zstd);
                     Encoding::DELTA_LENGTH_BYTE_ARRAY
                 }
                 _ => continue,
@@ -605,5 +617,15 @@ mod tests {
         assert_eq!(at(&facts, "call_id"), (Some(Encoding::DELTA_LENGTH_BYTE_ARRAY), false));
         assert_eq!(at(&facts, "queue_id"), (None, true));
         assert_eq!(at(&facts, "wait_ms"), (Some(Encoding::DELTA_BINARY_PACKED), false));
+        // zstd where it entropy-codes (unique text, split floats), Snappy elsewhere.
+        let codec = |p: &WriterProperties, c: &str| p.compression(&ColumnPath::from(c));
+        let zstd = Compression::ZSTD(ZstdLevel::try_new(1).unwrap());
+        assert_eq!(codec(&events, "event_id"), zstd);
+        assert_eq!(codec(&events, "jitter_ms"), zstd);
+        assert_eq!(codec(&events, "occurred_at"), Compression::SNAPPY);
+        assert_eq!(codec(&events, "tenant_id"), Compression::SNAPPY);
+        assert_eq!(codec(&facts, "call_id"), zstd);
+        assert_eq!(codec(&facts, "mos"), zstd);
+        assert_eq!(codec(&facts, "answered"), Compression::SNAPPY);
     }
 }
