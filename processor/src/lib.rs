@@ -8,6 +8,7 @@
 //!   commit is atomic, so readers see the previous version or the new one, never a mix.
 
 pub mod batch;
+pub mod flat_parquet;
 pub mod kpi;
 pub mod sink;
 pub mod telemetry;

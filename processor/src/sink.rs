@@ -34,7 +34,7 @@ use indexmap::IndexMap;
 use crate::{Error, Result};
 
 /// Parquet settings of table `name`'s files.
-fn writer_properties(name: &str) -> WriterProperties {
+pub fn writer_properties(name: &str) -> WriterProperties {
     // Dictionary pages only where values repeat (tenants, queues, agents, enums): for
     // unique ids a dictionary is pure cost. Min/max statistics (chunk and page) only for
     // times: rows come roughly in time order, so times prune. No table is clustered by
