@@ -15,7 +15,8 @@
 //!
 //! Pages are Parquet v1 data pages of at most [`PAGE_ROWS`] rows, each compressed whole with
 //! the column's codec (zstd or Snappy; compression contexts are reused across columns).
-//! Columns whose statistics are enabled get chunk min/max and null counts. The file's
+//! Integer and time columns whose statistics are enabled get the chunk's min, max and null
+//! count (no page-level statistics or page index: files are pruned by chunk). The file's
 //! footer, and the Arrow schema in its key-value metadata, come from the parquet crate's
 //! [`SerializedFileWriter`], so any Parquet reader reads the files.
 //!
