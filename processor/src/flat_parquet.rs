@@ -23,6 +23,7 @@
 //! Types or settings outside this set are an error ([`FlatError::Unsupported`]), never a
 //! silently different file.
 
+use std::borrow::Cow;
 use std::io::Write;
 use std::sync::Arc;
 
@@ -432,14 +433,14 @@ fn int32_values(a: &dyn Array) -> Vec<i64> {
 }
 
 /// The non-null values of an INT64-stored column.
-fn int64_values(a: &dyn Array) -> Vec<i64> {
+fn int64_values(a: &dyn Array) -> Cow<'_, [i64]> {
     let values: &[i64] = match a.data_type() {
         DataType::Timestamp(_, _) => a.as_primitive::<TimestampMicrosecondType>().values(),
         _ => a.as_primitive::<Int64Type>().values(),
     };
     match a.nulls().filter(|n| n.null_count() > 0) {
-        None => values.to_vec(),
-        Some(n) => n.valid_indices().map(|i| values[i]).collect(),
+        None => Cow::Borrowed(values),
+        Some(n) => Cow::Owned(n.valid_indices().map(|i| values[i]).collect()),
     }
 }
 
@@ -570,9 +571,9 @@ fn delta_binary_packed(values: &[i64], int32: bool, out: &mut Vec<u8>) {
 /// `BYTE_STREAM_SPLIT` doubles: byte k of every value with a value, for k = 0..8.
 fn byte_stream_split(a: &dyn Array, out: &mut Vec<u8>) {
     let p = a.as_primitive::<Float64Type>();
-    let values: Vec<f64> = match p.nulls().filter(|n| n.null_count() > 0) {
-        None => p.values().to_vec(),
-        Some(n) => n.valid_indices().map(|i| p.values()[i]).collect(),
+    let values: Cow<'_, [f64]> = match p.nulls().filter(|n| n.null_count() > 0) {
+        None => Cow::Borrowed(p.values()),
+        Some(n) => Cow::Owned(n.valid_indices().map(|i| p.values()[i]).collect()),
     };
     let n = values.len();
     let at = out.len();
