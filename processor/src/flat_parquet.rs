@@ -96,26 +96,17 @@ impl Codec {
             _ => None,
         }
     }
-
-    fn parquet(self) -> Compression {
-        match self {
-            Codec::None => Compression::UNCOMPRESSED,
-            Codec::Snappy => Compression::SNAPPY,
-            Codec::Zstd(level) => Compression::ZSTD(
-                parquet::basic::ZstdLevel::try_new(level).expect("a level that came from a ZstdLevel"),
-            ),
-        }
-    }
 }
 
 #[derive(Debug, Clone)]
 struct Plan {
     values: Values,
+    compression: Compression,
     codec: Codec,
     statistics: bool,
 }
 
-/// Reusable compression contexts and scratch buffers.
+/// Compression contexts, reused across pages and columns.
 struct Codecs {
     zstd: Option<(i32, zstd::bulk::Compressor<'static>)>,
     snappy: snap::raw::Encoder,
@@ -189,10 +180,10 @@ impl<W: Write + Send> FlatWriter<W> {
             {
                 return Err(unsupported(format!("encoding {encoding:?} for {}", field.data_type())));
             }
-            let codec = props.compression(&path);
-            let codec = Codec::of(codec).ok_or_else(|| unsupported(format!("compression {codec}")))?;
+            let compression = props.compression(&path);
+            let codec = Codec::of(compression).ok_or_else(|| unsupported(format!("compression {compression}")))?;
             let statistics = props.statistics_enabled(&path) != EnabledStatistics::None;
-            plans.push(Plan { values, codec, statistics });
+            plans.push(Plan { values, compression, codec, statistics });
         }
         let mut props = props;
         add_encoded_arrow_schema_to_metadata(&schema, &mut props);
@@ -370,7 +361,7 @@ impl ChunkEncoder<'_> {
         let bytes = Bytes::from(sink.into_inner()?);
         let mut meta = ColumnChunkMetaData::builder(col.clone())
             .set_encodings(encodings)
-            .set_compression(plan.codec.parquet())
+            .set_compression(plan.compression)
             .set_num_values(rows as i64)
             .set_total_compressed_size(compressed)
             .set_total_uncompressed_size(uncompressed)
@@ -460,12 +451,12 @@ fn zigzag(v: i64) -> u64 {
 }
 
 /// Packs `values` (each below `2^width`) LSB first, `width` bits each.
-fn bit_pack(values: &[u64], width: u32, out: &mut Vec<u8>) {
+fn bit_pack(values: impl IntoIterator<Item = u64>, width: u32, out: &mut Vec<u8>) {
     if width == 0 {
         return;
     }
     let (mut acc, mut bits) = (0u128, 0u32);
-    for &v in values {
+    for v in values {
         acc |= (v as u128) << bits;
         bits += width;
         if bits >= 64 {
@@ -495,15 +486,11 @@ fn def_levels(nulls: Option<&NullBuffer>, len: usize, out: &mut Vec<u8>) {
     }
 }
 
-/// The first `bytes` bytes of a bitmap, starting at its first bit (bits past its length are
-/// whatever the buffer holds: readers stop at the page's value count).
+/// The first `bytes` bytes of a bitmap, from its first bit (a view when the bitmap starts on
+/// a byte; bits past its length are whatever the buffer holds: readers stop at the page's
+/// value count).
 fn bitmap_bytes(bits: &BooleanBuffer, bytes: usize, out: &mut Vec<u8>) {
-    if bits.offset().is_multiple_of(8) {
-        let from = bits.offset() / 8;
-        out.extend_from_slice(&bits.values()[from..from + bytes]);
-    } else {
-        out.extend_from_slice(&bits.sliced().as_slice()[..bytes]);
-    }
+    out.extend_from_slice(&bits.sliced().as_slice()[..bytes]);
 }
 
 /// `PLAIN` booleans: the values with a value, bit-packed LSB first.
@@ -563,7 +550,7 @@ fn delta_binary_packed(values: &[i64], int32: bool, out: &mut Vec<u8>) {
         }
         out.extend_from_slice(&widths);
         for (m, &w) in widths.iter().enumerate().take(minis) {
-            bit_pack(&adjusted[m * MINI..(m + 1) * MINI], w as u32, out);
+            bit_pack(adjusted[m * MINI..(m + 1) * MINI].iter().copied(), w as u32, out);
         }
     }
 }
@@ -626,9 +613,8 @@ fn rle_dictionary_indices(indices: &[u32], dictionary_len: usize, out: &mut Vec<
     }
     let groups = indices.len().div_ceil(8);
     uleb(((groups as u64) << 1) | 1, out);
-    let mut padded: Vec<u64> = indices.iter().map(|&i| i as u64).collect();
-    padded.resize(groups * 8, 0);
-    bit_pack(&padded, width, out);
+    let padding = std::iter::repeat_n(0, groups * 8 - indices.len());
+    bit_pack(indices.iter().map(|&i| i as u64).chain(padding), width, out);
 }
 
 /// The dictionary of a text column chunk: a dictionary array's own (every entry, used or
