@@ -8,8 +8,8 @@
 //!   a column without nulls is one RLE run;
 //! - `DELTA_BINARY_PACKED` integers and times (blocks of 128 deltas, 4 miniblocks of 32),
 //!   `BYTE_STREAM_SPLIT` floats, `PLAIN` booleans (the values bitmap, again as it is);
-//! - `DELTA_LENGTH_BYTE_ARRAY` text: the lengths delta-packed, then the value bytes, which
-//!   for a column without nulls are the array's value buffer in one copy;
+//! - `DELTA_LENGTH_BYTE_ARRAY` text and binary: the lengths delta-packed, then the value
+//!   bytes, which for a column without nulls are the array's value buffer in one copy;
 //! - dictionary-enabled text: a `PLAIN` dictionary page and `RLE_DICTIONARY` indices, taken
 //!   from the keys of a dictionary array, or found by hashing plain text.
 //!
@@ -27,7 +27,7 @@ use std::borrow::Cow;
 use std::io::Write;
 use std::sync::Arc;
 
-use arrow::array::{Array, ArrayRef, AsArray, BooleanArray, DictionaryArray, StringArray};
+use arrow::array::{Array, ArrayRef, AsArray, BooleanArray, DictionaryArray};
 use arrow::buffer::{BooleanBuffer, NullBuffer};
 use arrow::datatypes::{
     DataType, Date32Type, Float64Type, Int32Type, Int64Type, Int8Type, SchemaRef, TimeUnit, TimestampMicrosecondType,
@@ -163,7 +163,7 @@ impl<W: Write + Send> FlatWriter<W> {
                 DataType::Int64 | DataType::Timestamp(TimeUnit::Microsecond, _) => Values::DeltaInt64,
                 DataType::Float64 => Values::ByteStreamSplit,
                 DataType::Utf8 if props.dictionary_enabled(&path) => Values::DictionaryText,
-                DataType::Utf8 => Values::DeltaLengthText,
+                DataType::Utf8 | DataType::Binary => Values::DeltaLengthText,
                 DataType::Dictionary(k, v) if **k == DataType::Int32 && **v == DataType::Utf8 => Values::DictionaryText,
                 other => return Err(unsupported(format!("type {other}"))),
             };
@@ -237,6 +237,15 @@ impl<W: Write + Send> FlatWriter<W> {
     /// Finishes the file (its footer) and returns its metadata.
     pub fn close(self) -> Result<ParquetMetaData> {
         Ok(self.file.close()?)
+    }
+}
+
+impl<W: Write + Send + Default> FlatWriter<W> {
+    /// Finishes the file (its footer) and returns the output (a file built in memory, say)
+    /// with the file's metadata.
+    pub fn finish(mut self) -> Result<(W, ParquetMetaData)> {
+        let metadata = self.file.finish()?;
+        Ok((std::mem::take(self.file.inner_mut()), metadata))
     }
 }
 
@@ -573,32 +582,32 @@ fn byte_stream_split(a: &dyn Array, out: &mut Vec<u8>) {
     }
 }
 
-/// `DELTA_LENGTH_BYTE_ARRAY`: the lengths (delta-packed), then the bytes, of the values.
+/// `DELTA_LENGTH_BYTE_ARRAY`: the lengths (delta-packed), then the bytes, of the values
+/// (text, a text dictionary's values, or binary).
 fn delta_length_text(a: &dyn Array, out: &mut Vec<u8>) {
-    let strings: StringArray;
-    let s = match a.data_type() {
-        DataType::Utf8 => a.as_string::<i32>(),
-        _ => {
-            strings = arrow::compute::cast(a, &DataType::Utf8)
-                .expect("a text dictionary casts to text")
-                .as_string::<i32>()
-                .clone();
-            &strings
+    let strings: ArrayRef;
+    let a = match a.data_type() {
+        DataType::Dictionary(_, _) => {
+            strings = arrow::compute::cast(a, &DataType::Utf8).expect("a text dictionary casts to text");
+            strings.as_ref()
         }
+        _ => a,
     };
-    let offsets = s.value_offsets();
-    match s.nulls().filter(|n| n.null_count() > 0) {
+    let (offsets, data) = match a.data_type() {
+        DataType::Binary => (a.as_binary::<i32>().value_offsets(), a.as_binary::<i32>().value_data()),
+        _ => (a.as_string::<i32>().value_offsets(), a.as_string::<i32>().value_data()),
+    };
+    match a.nulls().filter(|n| n.null_count() > 0) {
         None => {
             let lengths: Vec<i64> = offsets.windows(2).map(|w| (w[1] - w[0]) as i64).collect();
             delta_binary_packed(&lengths, true, out);
-            let data = s.value_data();
-            out.extend_from_slice(&data[offsets[0] as usize..offsets[s.len()] as usize]);
+            out.extend_from_slice(&data[offsets[0] as usize..offsets[a.len()] as usize]);
         }
         Some(n) => {
             let lengths: Vec<i64> = n.valid_indices().map(|i| (offsets[i + 1] - offsets[i]) as i64).collect();
             delta_binary_packed(&lengths, true, out);
             for i in n.valid_indices() {
-                out.extend_from_slice(s.value(i).as_bytes());
+                out.extend_from_slice(&data[offsets[i] as usize..offsets[i + 1] as usize]);
             }
         }
     }
@@ -662,7 +671,10 @@ fn dictionary_of(array: &ArrayRef) -> Option<Dictionary<'_>> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use arrow::array::{BooleanArray, Date32Array, Float64Array, Int64Array, Int8Array, TimestampMicrosecondArray};
+    use arrow::array::{
+        BinaryArray, BooleanArray, Date32Array, Float64Array, Int64Array, Int8Array, StringArray,
+        TimestampMicrosecondArray,
+    };
     use arrow::datatypes::{Field, Schema};
     use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
     use parquet::basic::ZstdLevel;
@@ -679,6 +691,7 @@ mod tests {
             Field::new("x", DataType::Float64, true),
             Field::new("flag", DataType::Boolean, true),
             Field::new("text", DataType::Utf8, true),
+            Field::new("raw", DataType::Binary, true),
         ]))
     }
 
@@ -692,6 +705,7 @@ mod tests {
         for (c, e) in [
             ("id", Encoding::DELTA_LENGTH_BYTE_ARRAY),
             ("text", Encoding::DELTA_LENGTH_BYTE_ARRAY),
+            ("raw", Encoding::DELTA_LENGTH_BYTE_ARRAY),
             ("at", Encoding::DELTA_BINARY_PACKED),
             ("n", Encoding::DELTA_BINARY_PACKED),
             ("small", Encoding::DELTA_BINARY_PACKED),
@@ -714,6 +728,7 @@ mod tests {
         x: Option<f64>,
         flag: Option<bool>,
         text: Option<String>,
+        raw: Option<Vec<u8>>,
     }
 
     fn row() -> impl Strategy<Value = Row> {
@@ -727,8 +742,9 @@ mod tests {
             proptest::option::of(any::<f64>()),
             proptest::option::of(any::<bool>()),
             proptest::option::of("\\PC{0,12}"),
+            proptest::option::of(proptest::collection::vec(any::<u8>(), 0..16)),
         )
-            .prop_map(|(id, name, at, n, small, day, x, flag, text)| Row {
+            .prop_map(|(id, name, at, n, small, day, x, flag, text, raw)| Row {
                 id,
                 name,
                 at,
@@ -738,6 +754,7 @@ mod tests {
                 x,
                 flag,
                 text,
+                raw,
             })
     }
 
@@ -753,6 +770,7 @@ mod tests {
             Arc::new(Float64Array::from_iter(rows.iter().map(|r| r.x))),
             Arc::new(BooleanArray::from_iter(rows.iter().map(|r| r.flag))),
             Arc::new(StringArray::from_iter(rows.iter().map(|r| r.text.clone()))),
+            Arc::new(BinaryArray::from_iter(rows.iter().map(|r| r.raw.as_deref()))),
         ];
         RecordBatch::try_new(schema(), columns).unwrap()
     }
@@ -826,6 +844,7 @@ mod tests {
                 x: Some(i as f64 / 3.0),
                 flag: (i % 3 != 0).then_some(i % 2 == 0),
                 text: (i % 4 == 0).then(|| format!("note {i}")),
+                raw: (i % 6 != 0).then(|| i.to_le_bytes()[..(i % 9) as usize].to_vec()),
             })
             .collect();
         let b = batch(&rows);

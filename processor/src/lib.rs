@@ -35,6 +35,25 @@ pub enum Error {
     Runs { table: String, rows: usize, covered: usize },
     #[error("row {row} of a write to {table} has a NULL or unsupported partition value")]
     PartitionValue { table: String, row: usize },
+    #[error("encoding a file of {table}: {source}")]
+    EncodeFile {
+        table: String,
+        #[source]
+        source: flat_parquet::FlatError,
+    },
+    #[error("storing file {path} of {table}: {source}")]
+    PutFile {
+        table: String,
+        path: String,
+        #[source]
+        source: deltalake::ObjectStoreError,
+    },
+    #[error("statistics of a file of {table}: {source}")]
+    FileStats {
+        table: String,
+        #[source]
+        source: serde_json::Error,
+    },
     #[error("table location {location:?} is not a valid URL or path: {reason}")]
     Location { location: String, reason: String },
 }

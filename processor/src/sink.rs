@@ -13,25 +13,37 @@
 //! partitions through; a commit that loses a race on its own partitions (a rebalance in
 //! flight) is rebuilt on the newer snapshot and retried.
 
+use std::sync::Arc;
+
+use deltalake::kernel::scalars::ScalarExt;
 use deltalake::kernel::transaction::CommitBuilder;
-use deltalake::kernel::Action;
+use deltalake::kernel::{Action, Add};
+use deltalake::logstore::object_store::{ObjectStoreExt, PutPayload};
 use deltalake::parquet::basic::{Compression, Encoding, ZstdLevel};
+use deltalake::parquet::file::metadata::ParquetMetaData;
 use deltalake::parquet::file::properties::{EnabledStatistics, WriterProperties};
+use deltalake::parquet::file::statistics::Statistics;
 use deltalake::parquet::schema::types::ColumnPath;
-use deltalake::protocol::DeltaOperation;
-use deltalake::protocol::SaveMode;
-use deltalake::writer::{DeltaWriter, RecordBatchWriter, WriteMode};
-use deltalake::DeltaTable;
+use deltalake::protocol::{ColumnCountStat, ColumnValueStat, DeltaOperation, SaveMode, Stats};
+use deltalake::{DeltaTable, ObjectStore, ObjectStoreError};
 use url::Url;
 
-use arrow::array::{Array, AsArray, RecordBatch};
-use arrow::datatypes::{DataType, SchemaRef, TimeUnit};
+use arrow::array::{Array, AsArray, RecordBatch, UInt32Array};
+use arrow::datatypes::{DataType, Schema, SchemaRef, TimeUnit};
 use arrow::datatypes::{Date32Type, Int32Type};
 use ccstream_schemas::{is_low_cardinality, partition_columns, table_schema, PARTITION_COLUMN, SEALED_COLUMN};
 use delta_kernel::expressions::Scalar;
 use indexmap::IndexMap;
 
+use crate::flat_parquet::FlatWriter;
 use crate::{Error, Result};
+
+/// A table file's row groups hold at most this many rows (the parquet crate's default).
+const ROW_GROUP_ROWS: usize = 1 << 20;
+
+/// Runs of rows shorter than this are gathered (copied) into row groups of at least this
+/// many rows; longer runs become row groups as they are.
+const MIN_GROUP_ROWS: usize = 64 * 1024;
 
 /// Parquet settings of table `name`'s files.
 pub fn writer_properties(name: &str) -> WriterProperties {
@@ -256,13 +268,15 @@ impl TableStore {
                 .map_err(wrap)?;
         }
         let removes = removes(&table, &scope).map_err(wrap)?;
-        let writer =
-            RecordBatchWriter::for_table(&table).map_err(wrap)?.with_writer_properties(writer_properties(name));
+        let files = table.log_store().object_store(None);
         Ok(Overwrite {
             name: name.to_string(),
             location: url.to_string(),
             table,
-            writer,
+            props: writer_properties(name),
+            files,
+            writer_id: uuid::Uuid::new_v4(),
+            written_files: 0,
             removes,
             adds: Vec::new(),
             partition_by: parts,
@@ -303,11 +317,20 @@ fn to_delta_units(batch: &RecordBatch) -> std::result::Result<RecordBatch, arrow
 }
 
 /// A table replacement in progress (see [`TableStore::overwrite_streaming`]).
+///
+/// Rows wait, by Delta partition, for the next flush, which encodes each partition's rows
+/// into one new file ([`FlatWriter`]), stores it, and keeps its Add action (with the
+/// statistics Delta readers prune by) for the commit.
 pub struct Overwrite {
     name: String,
     location: String,
     table: DeltaTable,
-    writer: RecordBatchWriter,
+    props: WriterProperties,
+    /// The table's files (paths relative to its root).
+    files: Arc<dyn ObjectStore>,
+    /// Names this write's files apart from any other's.
+    writer_id: uuid::Uuid,
+    written_files: usize,
     removes: Vec<Action>,
     adds: Vec<Action>,
     partition_by: Vec<String>,
@@ -318,7 +341,7 @@ pub struct Overwrite {
     /// Files removed by [`Overwrite::remove_files`] (kept across retries).
     explicit: Vec<String>,
     transactions: Vec<(String, i64)>,
-    /// Runs of [`Overwrite::write_runs`] waiting for the next flush, by partition.
+    /// Rows waiting for the next flush, by partition.
     pending: IndexMap<String, PendingRuns>,
 }
 
@@ -327,6 +350,84 @@ type PendingRuns = (IndexMap<String, Scalar>, Vec<RecordBatch>);
 
 /// The column [`TableStore::read_where`] adds for the file that holds a row.
 pub const FILE_COLUMN: &str = "__ccstream_file";
+
+/// The key that tells partitions apart in [`Overwrite::pending`].
+fn partition_key(values: &IndexMap<String, Scalar>) -> String {
+    values.values().map(|v| v.to_string()).collect::<Vec<_>>().join("\u{1f}")
+}
+
+/// The batches `gathered` as one (emptied).
+fn gather(schema: &SchemaRef, gathered: &mut Vec<RecordBatch>) -> Result<RecordBatch> {
+    let batch = match gathered.as_slice() {
+        [one] => one.clone(),
+        _ => arrow::compute::concat_batches(schema, gathered.iter())?,
+    };
+    gathered.clear();
+    Ok(batch)
+}
+
+/// A file's Delta statistics: its rows, and the minimum, maximum and null count of each
+/// column whose every chunk has statistics (integer and time columns whose statistics the
+/// writer properties enable), in the forms Delta's protocol gives them.
+fn file_stats(metadata: &ParquetMetaData, schema: &Schema) -> Stats {
+    let mut stats = Stats { num_records: metadata.file_metadata().num_rows(), ..Stats::default() };
+    if metadata.row_groups().is_empty() {
+        return stats;
+    }
+    'columns: for (i, field) in schema.fields().iter().enumerate() {
+        let (mut min, mut max, mut nulls) = (None::<i64>, None::<i64>, 0i64);
+        for group in metadata.row_groups() {
+            let (lo, hi, n) = match group.column(i).statistics() {
+                Some(Statistics::Int32(s)) => {
+                    (s.min_opt().map(|&v| i64::from(v)), s.max_opt().map(|&v| i64::from(v)), s.null_count_opt())
+                }
+                Some(Statistics::Int64(s)) => (s.min_opt().copied(), s.max_opt().copied(), s.null_count_opt()),
+                _ => continue 'columns,
+            };
+            let Some(n) = n else { continue 'columns };
+            nulls += n as i64;
+            min = match (min, lo) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
+            max = max.max(hi);
+        }
+        stats.null_count.insert(field.name().clone(), ColumnCountStat::Value(nulls));
+        if let (Some(lo), Some(hi)) =
+            (min.and_then(|v| delta_stat(field.data_type(), v)), max.and_then(|v| delta_stat(field.data_type(), v)))
+        {
+            stats.min_values.insert(field.name().clone(), ColumnValueStat::Value(lo));
+            stats.max_values.insert(field.name().clone(), ColumnValueStat::Value(hi));
+        }
+    }
+    stats
+}
+
+/// A column statistic as Delta writes it: integers as numbers, dates as `2026-01-05`,
+/// timestamps truncated to milliseconds as `2026-01-05T10:40:00.123Z` (`…:00Z` when whole
+/// seconds).
+fn delta_stat(data_type: &DataType, value: i64) -> Option<serde_json::Value> {
+    let time = |micros: i64, utc: bool| {
+        let t = chrono::DateTime::from_timestamp_micros(micros)?.naive_utc();
+        let whole = chrono::Timelike::nanosecond(&t) == 0;
+        let format = match (utc, whole) {
+            (true, true) => "%Y-%m-%dT%H:%M:%SZ",
+            (true, false) => "%Y-%m-%dT%H:%M:%S%.3fZ",
+            (false, true) => "%Y-%m-%d %H:%M:%S",
+            (false, false) => "%Y-%m-%d %H:%M:%S%.3f",
+        };
+        Some(serde_json::Value::from(t.format(format).to_string()))
+    };
+    match data_type {
+        DataType::Int8 | DataType::Int16 | DataType::Int32 | DataType::Int64 => Some(value.into()),
+        DataType::Date32 => {
+            let day = chrono::DateTime::from_timestamp(value.checked_mul(86_400)?, 0)?.date_naive();
+            Some(day.format("%Y-%m-%d").to_string().into())
+        }
+        DataType::Timestamp(TimeUnit::Microsecond, tz) => time(value, tz.is_some()),
+        _ => None,
+    }
+}
 
 /// What a write replaces.
 #[derive(Debug, Clone)]
@@ -378,25 +479,38 @@ impl Overwrite {
         Error::WriteTable { table: self.name.clone(), location: self.location.clone(), source: Box::new(source) }
     }
 
-    /// Encodes `batch` into the table's new files.
+    /// Takes `batch` into the table's new files (at the next flush).
     pub async fn write(&mut self, batch: RecordBatch) -> Result<()> {
         let n = batch.num_rows();
         if n == 0 {
             return Ok(());
         }
-        // A batch of one partition (every batch of a replay, most of a processor's) goes
-        // straight to its file, without the writer's generic split (a sort and a copy).
-        let written = match self.single_partition(&batch) {
-            Some(values) => match to_delta_units(&batch) {
-                Ok(batch) => self.writer.write_partition(batch, &values, WriteMode::Default).await.map(|_| ()),
-                Err(e) => Err(e.into()),
-            },
-            None => self.writer.write(batch).await,
-        };
-        if let Err(e) = written {
-            return Err(self.wrap(e));
+        let batch = to_delta_units(&batch)?;
+        // A batch of one partition (every batch of a replay, most of a processor's) is
+        // held as it is; otherwise its rows are grouped by partition, in order of first
+        // appearance.
+        match self.single_partition(&batch) {
+            Some(values) => self.hold(values, batch),
+            None => {
+                let mut groups: IndexMap<String, (IndexMap<String, Scalar>, Vec<u32>)> = IndexMap::new();
+                for row in 0..n {
+                    let Some(values) = self.partition_values(&batch, row) else {
+                        return Err(Error::PartitionValue { table: self.name.clone(), row });
+                    };
+                    groups.entry(partition_key(&values)).or_insert_with(|| (values, Vec::new())).1.push(row as u32);
+                }
+                for (values, rows) in groups.into_values() {
+                    let rows = UInt32Array::from(rows);
+                    self.hold(values, arrow::compute::take_record_batch(&batch, &rows)?);
+                }
+            }
         }
         self.written(n).await
+    }
+
+    /// Keeps `run`, all of one partition, for the next flush.
+    fn hold(&mut self, values: IndexMap<String, Scalar>, run: RecordBatch) {
+        self.pending.entry(partition_key(&values)).or_insert_with(|| (values, Vec::new())).1.push(run);
     }
 
     /// Takes `batch`, whose rows come in runs of one Delta partition each (`runs` are the
@@ -405,9 +519,7 @@ impl Overwrite {
     /// the rows, usually from columns it has already decoded.
     ///
     /// The runs wait (as slices of `batch`) for the next flush, which encodes them one
-    /// partition at a time, each file finished before the next starts. A file's writer
-    /// holds an encoder and a zstd context per column: written as they came, hundreds of
-    /// partitions would hold theirs at once, each faulting in fresh memory.
+    /// partition at a time, each file finished before the next starts.
     pub async fn write_runs(&mut self, batch: RecordBatch, runs: &[usize]) -> Result<()> {
         let (n, covered) = (batch.num_rows(), runs.iter().sum::<usize>());
         if covered != n {
@@ -419,8 +531,7 @@ impl Overwrite {
             let Some(values) = self.partition_values(&batch, at) else {
                 return Err(Error::PartitionValue { table: self.name.clone(), row: at });
             };
-            let key = values.values().map(|v| v.to_string()).collect::<Vec<_>>().join("\u{1f}");
-            self.pending.entry(key).or_insert_with(|| (values, Vec::new())).1.push(batch.slice(at, len));
+            self.hold(values, batch.slice(at, len));
             at += len;
         }
         self.written(n).await
@@ -457,10 +568,14 @@ impl Overwrite {
         Some(values)
     }
 
-    /// The partition values of `batch` when every row has the same ones (and the table is
-    /// partitioned by integer and boolean columns only, as the derived tables are).
+    /// The partition values of `batch` when every row has the same ones: none for a table
+    /// without partitions; else found when the table is partitioned by integer and boolean
+    /// columns only, as the derived tables are.
     fn single_partition(&self, batch: &RecordBatch) -> Option<IndexMap<String, Scalar>> {
-        if self.partition_by.is_empty() || batch.num_rows() == 0 {
+        if self.partition_by.is_empty() {
+            return Some(IndexMap::new());
+        }
+        if batch.num_rows() == 0 {
             return None;
         }
         for name in &self.partition_by {
@@ -486,32 +601,89 @@ impl Overwrite {
         self.partition_values(batch, 0)
     }
 
-    /// Finishes the files: those of [`Overwrite::write`], then the waiting runs, one
-    /// partition at a time.
+    /// Writes the waiting rows into new files, one partition at a time, each file
+    /// finished before the next starts.
     async fn flush(&mut self) -> Result<()> {
-        self.finish_files().await?;
-        for (_, (values, runs)) in std::mem::take(&mut self.pending) {
-            let run = match runs.as_slice() {
-                [one] => one.clone(),
-                _ => arrow::compute::concat_batches(&runs[0].schema(), &runs)?,
-            };
-            drop(runs);
-            if let Err(e) = self.writer.write_partition(run, &values, WriteMode::Default).await {
-                return Err(self.wrap(e));
-            }
-            self.finish_files().await?;
+        for (values, runs) in std::mem::take(&mut self.pending).into_values() {
+            let add = self.put_file(&values, runs).await?;
+            self.adds.push(Action::Add(add));
         }
         self.buffered = 0;
         Ok(())
     }
 
-    /// Closes the writer's open files and keeps their Add actions for the commit.
-    async fn finish_files(&mut self) -> Result<()> {
-        match self.writer.flush().await {
-            Ok(adds) => self.adds.extend(adds.into_iter().map(Action::Add)),
-            Err(e) => return Err(self.wrap(e)),
+    /// Encodes `runs` (rows of the partition `values`) into one file, stores it, and
+    /// returns its Add action.
+    async fn put_file(&mut self, values: &IndexMap<String, Scalar>, runs: Vec<RecordBatch>) -> Result<Add> {
+        let table = || self.name.clone();
+        let encode = |source| Error::EncodeFile { table: self.name.clone(), source };
+        let Some(first) = runs.first() else {
+            return Err(Error::Runs { table: table(), rows: 0, covered: 0 });
+        };
+        // The file holds the columns that are not partition values.
+        let columns: Vec<usize> =
+            (0..first.num_columns()).filter(|&i| !values.contains_key(first.schema().field(i).name())).collect();
+        let schema = Arc::new(first.schema().project(&columns)?);
+        let mut file = FlatWriter::try_new(Vec::new(), schema.clone(), self.props.clone()).map_err(encode)?;
+        let (mut gathered, mut gathered_rows) = (Vec::new(), 0);
+        for run in runs {
+            let rows = run.num_rows();
+            let run = run.project(&columns)?;
+            if rows >= MIN_GROUP_ROWS {
+                // Runs keep their order in the file.
+                if !gathered.is_empty() {
+                    file.write(&gather(&schema, &mut gathered)?).map_err(encode)?;
+                    gathered_rows = 0;
+                }
+                for at in (0..rows).step_by(ROW_GROUP_ROWS) {
+                    file.write(&run.slice(at, ROW_GROUP_ROWS.min(rows - at))).map_err(encode)?;
+                }
+            } else {
+                gathered.push(run);
+                gathered_rows += rows;
+                if gathered_rows >= MIN_GROUP_ROWS {
+                    file.write(&gather(&schema, &mut gathered)?).map_err(encode)?;
+                    gathered_rows = 0;
+                }
+            }
         }
-        Ok(())
+        if !gathered.is_empty() {
+            file.write(&gather(&schema, &mut gathered)?).map_err(encode)?;
+        }
+        let (bytes, metadata) = file.finish().map_err(encode)?;
+        let stats = serde_json::to_string(&file_stats(&metadata, &schema))
+            .map_err(|source| Error::FileStats { table: table(), source })?;
+
+        // Named as Delta writers name their files: hive-style partition directories, then
+        // `part-<n>-<writer>-c000.<codec>.parquet`.
+        let codec = match self.props.compression(&ColumnPath::new(Vec::new())) {
+            Compression::SNAPPY => ".snappy",
+            Compression::ZSTD(_) => ".zstd",
+            _ => "",
+        };
+        let name = format!("part-{:05}-{}-c000{codec}.parquet", self.written_files, self.writer_id);
+        self.written_files += 1;
+        let dir: Vec<String> = values.iter().map(|(k, v)| format!("{k}={}", v.serialize_encoded())).collect();
+        let path = if dir.is_empty() { name } else { format!("{}/{name}", dir.join("/")) };
+        let size = bytes.len() as i64;
+        let put = |source| Error::PutFile { table: table(), path: path.clone(), source };
+        let location = deltalake::Path::parse(&path).map_err(|source| put(ObjectStoreError::InvalidPath { source }))?;
+        self.files.put(&location, PutPayload::from(bytes)).await.map_err(put)?;
+        let modification_time =
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64);
+        Ok(Add {
+            path,
+            size,
+            partition_values: values.iter().map(|(k, v)| (k.clone(), (!v.is_null()).then(|| v.serialize()))).collect(),
+            modification_time,
+            data_change: true,
+            stats: Some(stats),
+            tags: None,
+            deletion_vector: None,
+            base_row_id: None,
+            default_row_commit_version: None,
+            clustering_provider: None,
+        })
     }
 
     /// Also removes the files `paths` (as [`TableStore::read_where`] names them) in the

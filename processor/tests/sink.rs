@@ -1,6 +1,7 @@
-//! Writing `events` in pre-grouped runs: every row lands in the file of its own tenant and
-//! day, one file per partition and commit, nothing is lost or doubled, and runs that do not
-//! match the batch are refused.
+//! Writing `events` in pre-grouped runs or in mixed batches: every row lands in the file of
+//! its own tenant and day, one file per partition and flush, nothing is lost or doubled, runs
+//! that do not match the batch are refused, and each file's Delta statistics are its own
+//! rows'.
 
 use std::collections::BTreeMap;
 
@@ -69,8 +70,20 @@ async fn write_in_two_batches(flush_rows: impl Fn(usize) -> usize) -> (FilesByPa
 
     let back = store.read_where(TABLE_EVENTS, None, true).await.unwrap();
     assert_eq!(rows(&back), rows(&expected));
+    let files = files_by_partition(&back);
+    let in_batch = |b: &RecordBatch| {
+        rows(std::slice::from_ref(b)).into_keys().map(|(_, t, d)| (t, d)).collect::<std::collections::BTreeSet<_>>()
+    };
+    let first = in_batch(&expected[0]);
+    let both = in_batch(&expected[1]).into_iter().filter(|k| first.contains(k)).collect();
+    (files, both)
+}
+
+/// The files that hold each partition's rows of `back` (read with [`FILE_COLUMN`]),
+/// checking that every row's file is under its own partition's directory.
+fn files_by_partition(back: &[RecordBatch]) -> FilesByPartition {
     let mut files = FilesByPartition::new();
-    for b in &back {
+    for b in back {
         let tenants = b.column_by_name("tenant_id").unwrap().as_string::<i32>();
         let days = b.column_by_name("day").unwrap().as_primitive::<Date32Type>();
         let file = b.column_by_name(FILE_COLUMN).unwrap().as_string::<i32>();
@@ -82,12 +95,7 @@ async fn write_in_two_batches(flush_rows: impl Fn(usize) -> usize) -> (FilesByPa
         }
     }
     assert!(files.len() > 1);
-    let in_batch = |b: &RecordBatch| {
-        rows(std::slice::from_ref(b)).into_keys().map(|(_, t, d)| (t, d)).collect::<std::collections::BTreeSet<_>>()
-    };
-    let first = in_batch(&expected[0]);
-    let both = in_batch(&expected[1]).into_iter().filter(|k| first.contains(k)).collect();
-    (files, both)
+    files
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -128,5 +136,88 @@ async fn runs_that_do_not_cover_the_batch_are_refused() {
     match w.write_runs(bad, &[10]).await {
         Err(Error::PartitionValue { row: 0, .. }) => {}
         other => panic!("expected a partition value error, got {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_of_many_partitions_is_split_by_partition() {
+    let events = fixture_events();
+    let dir = tempfile::tempdir().unwrap();
+    let store = TableStore::new(dir.path().to_str().unwrap()).unwrap();
+    let mut w = store.overwrite_streaming(TABLE_EVENTS, events_schema(), usize::MAX).await.unwrap();
+    w.write(events.slice(0, 700)).await.unwrap();
+    w.write(events.slice(700, events.num_rows() - 700)).await.unwrap();
+    w.commit().await.unwrap();
+    let back = store.read_where(TABLE_EVENTS, None, true).await.unwrap();
+    assert_eq!(rows(&back), rows(std::slice::from_ref(&events)));
+    let files = files_by_partition(&back);
+    assert!(files.values().all(|f| f.len() == 1), "{files:?}");
+}
+
+/// The Add actions of every commit of the table at `dir`, as JSON.
+fn adds(dir: &std::path::Path) -> Vec<serde_json::Value> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir.join("_delta_log")).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "json") {
+            for line in std::fs::read_to_string(&path).unwrap().lines() {
+                let action: serde_json::Value = serde_json::from_str(line).unwrap();
+                if let Some(add) = action.get("add") {
+                    out.push(add.clone());
+                }
+            }
+        }
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_file_carries_its_own_statistics() {
+    let events = fixture_events();
+    let dir = tempfile::tempdir().unwrap();
+    let store = TableStore::new(dir.path().to_str().unwrap()).unwrap();
+    let mut w = store.overwrite_streaming(TABLE_EVENTS, events_schema(), usize::MAX).await.unwrap();
+    w.write(events.clone()).await.unwrap();
+    w.commit().await.unwrap();
+
+    // Each file's rows, count and occurred_at range (milliseconds), as read back.
+    let back = store.read_where(TABLE_EVENTS, None, true).await.unwrap();
+    let mut want: BTreeMap<String, (i64, i64, i64)> = BTreeMap::new();
+    for b in &back {
+        let file = b.column_by_name(FILE_COLUMN).unwrap().as_string::<i32>();
+        let at = b.column_by_name("occurred_at").unwrap();
+        let ms = arrow::datatypes::DataType::Timestamp(arrow::datatypes::TimeUnit::Millisecond, None);
+        let at =
+            arrow::compute::cast(&arrow::compute::cast(at, &ms).unwrap(), &arrow::datatypes::DataType::Int64).unwrap();
+        let at = at.as_primitive::<arrow::datatypes::Int64Type>();
+        for r in 0..b.num_rows() {
+            let e = want.entry(file.value(r).to_string()).or_insert((0, i64::MAX, i64::MIN));
+            *e = (e.0 + 1, e.1.min(at.value(r)), e.2.max(at.value(r)));
+        }
+    }
+    let adds = adds(&dir.path().join(TABLE_EVENTS));
+    assert_eq!(adds.len(), want.len());
+    let millis = |ms: i64| {
+        let t = chrono::DateTime::from_timestamp_millis(ms).unwrap();
+        serde_json::Value::from(t.format("%Y-%m-%dT%H:%M:%S%.3fZ").to_string().replace(".000Z", "Z"))
+    };
+    for add in adds {
+        let path = add["path"].as_str().unwrap();
+        let (rows, min, max) = want.iter().find(|(f, _)| f.ends_with(path)).map(|(_, v)| *v).unwrap();
+        let stats: serde_json::Value = serde_json::from_str(add["stats"].as_str().unwrap()).unwrap();
+        assert_eq!(stats["numRecords"], rows, "{path}");
+        assert_eq!(stats["minValues"]["occurred_at"], millis(min), "{path}");
+        assert_eq!(stats["maxValues"]["occurred_at"], millis(max), "{path}");
+        assert_eq!(stats["nullCount"]["occurred_at"], 0, "{path}");
+        // Partition values live in the path and the action, not in the statistics.
+        assert!(stats["minValues"].get("tenant_id").is_none() && stats["minValues"].get("day").is_none());
+        assert_eq!(
+            add["partitionValues"]["tenant_id"].as_str().map(|t| path.contains(&format!("tenant_id={t}/"))),
+            Some(true)
+        );
+        assert_eq!(
+            add["size"].as_i64(),
+            Some(std::fs::metadata(dir.path().join(TABLE_EVENTS).join(path)).unwrap().len() as i64)
+        );
     }
 }
