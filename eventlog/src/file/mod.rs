@@ -564,6 +564,7 @@ impl EventLog for FileLog {
             assigned: false,
             readers,
             next_partition: 0,
+            last_delivered: 0,
         }))
     }
 }
@@ -577,6 +578,9 @@ struct FileConsumer {
     assigned: bool,
     readers: Vec<PartReader>,
     next_partition: usize,
+    /// Records the last non-empty poll delivered: the next one's list starts that large
+    /// instead of doubling (and copying) its way up.
+    last_delivered: usize,
 }
 
 /// Where a consumer is in one partition.
@@ -752,7 +756,7 @@ const CHUNK_BYTES: usize = 1 << 20;
 
 impl FileConsumer {
     fn read_available(&mut self, max: usize) -> Result<Vec<Delivered>> {
-        let mut out = Vec::new();
+        let mut out = Vec::with_capacity(self.last_delivered.min(max));
         let n = self.readers.len();
         // Round-robin so that one busy partition does not starve the others.
         let share = (max / n).max(1);
@@ -765,6 +769,9 @@ impl FileConsumer {
             self.readers[idx].read(want, &mut out)?;
         }
         self.next_partition = (self.next_partition + 1) % n;
+        if !out.is_empty() {
+            self.last_delivered = out.len();
+        }
         Ok(out)
     }
 }
