@@ -644,25 +644,37 @@ fn dictionary_of(array: &ArrayRef) -> Option<Dictionary<'_>> {
         return Some(Dictionary { values: values.iter().map(|v| v.unwrap_or("").as_bytes()).collect(), indices });
     }
     let s = array.as_string::<i32>();
-    let mut seen: hashbrown::HashMap<&[u8], u32, foldhash::fast::FixedState> = hashbrown::HashMap::default();
+    // Values of up to 16 bytes (names, enums: nearly every value) are keyed by their bytes
+    // as two words and a length, hashed and compared as integers; longer ones by the bytes.
+    let mut short: hashbrown::HashMap<(u64, u64, usize), u32, foldhash::fast::FixedState> =
+        hashbrown::HashMap::default();
+    let mut long: hashbrown::HashMap<&[u8], u32, foldhash::fast::FixedState> = hashbrown::HashMap::default();
     let mut values: Vec<&[u8]> = Vec::new();
     let mut bytes = 0;
     let mut indices = Vec::with_capacity(s.len() - s.null_count());
     for v in s.iter().flatten() {
         let v = v.as_bytes();
-        let i = match seen.get(v) {
-            Some(&i) => i,
-            None => {
-                bytes += v.len();
-                if bytes > MAX_DICTIONARY_BYTES {
-                    return None;
-                }
-                let i = values.len() as u32;
-                values.push(v);
-                seen.insert(v, i);
-                i
-            }
+        let next = values.len() as u32;
+        let i = if v.len() <= 16 {
+            let mut words = [0u8; 16];
+            words[..v.len()].copy_from_slice(v);
+            let (a, b) = words.split_at(8);
+            let key = (
+                u64::from_le_bytes(a.try_into().expect("8 bytes")),
+                u64::from_le_bytes(b.try_into().expect("8 bytes")),
+                v.len(),
+            );
+            *short.entry(key).or_insert(next)
+        } else {
+            *long.entry(v).or_insert(next)
         };
+        if i == next {
+            bytes += v.len();
+            if bytes > MAX_DICTIONARY_BYTES {
+                return None;
+            }
+            values.push(v);
+        }
         indices.push(i);
     }
     Some(Dictionary { values, indices })
@@ -701,10 +713,11 @@ mod tests {
             .set_dictionary_enabled(false)
             .set_statistics_enabled(EnabledStatistics::None)
             .set_column_dictionary_enabled("name".into(), true)
+            // Free text with a dictionary: values of up to 48 bytes, keyed short and long.
+            .set_column_dictionary_enabled("text".into(), true)
             .set_column_statistics_enabled("at".into(), EnabledStatistics::Chunk);
         for (c, e) in [
             ("id", Encoding::DELTA_LENGTH_BYTE_ARRAY),
-            ("text", Encoding::DELTA_LENGTH_BYTE_ARRAY),
             ("raw", Encoding::DELTA_LENGTH_BYTE_ARRAY),
             ("at", Encoding::DELTA_BINARY_PACKED),
             ("n", Encoding::DELTA_BINARY_PACKED),
