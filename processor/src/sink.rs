@@ -28,7 +28,7 @@ use deltalake::protocol::{ColumnCountStat, ColumnValueStat, DeltaOperation, Save
 use deltalake::{DeltaTable, ObjectStore, ObjectStoreError};
 use url::Url;
 
-use arrow::array::{Array, AsArray, RecordBatch, UInt32Array};
+use arrow::array::{Array, AsArray, RecordBatch};
 use arrow::datatypes::{DataType, Schema, SchemaRef, TimeUnit};
 use arrow::datatypes::{Date32Type, Int32Type};
 use ccstream_schemas::{is_low_cardinality, partition_columns, table_schema, PARTITION_COLUMN, SEALED_COLUMN};
@@ -494,25 +494,21 @@ impl Overwrite {
         }
         let batch = to_delta_units(&batch)?;
         // A batch of one partition (every batch of a replay, most of a processor's) is
-        // held as it is; otherwise its rows are grouped by partition, in order of first
-        // appearance.
-        match self.single_partition(&batch) {
-            Some(values) => self.hold(values, batch),
-            None => {
-                let mut groups: IndexMap<String, (IndexMap<String, Scalar>, Vec<u32>)> = IndexMap::new();
-                for row in 0..n {
-                    let Some(values) = self.partition_values(&batch, row) else {
-                        return Err(Error::PartitionValue { table: self.name.clone(), row });
-                    };
-                    groups.entry(partition_key(&values)).or_insert_with(|| (values, Vec::new())).1.push(row as u32);
-                }
-                for (values, rows) in groups.into_values() {
-                    let rows = UInt32Array::from(rows);
-                    self.hold(values, arrow::compute::take_record_batch(&batch, &rows)?);
-                }
-            }
+        // held as it is; otherwise its rows are grouped into runs by partition, in order of
+        // first appearance.
+        if let Some(values) = self.single_partition(&batch) {
+            self.hold(values, batch);
+            return self.written(n).await;
         }
-        self.written(n).await
+        let mut keys = Vec::with_capacity(n);
+        for row in 0..n {
+            let Some(values) = self.partition_values(&batch, row) else {
+                return Err(Error::PartitionValue { table: self.name.clone(), row });
+            };
+            keys.push(Some(partition_key(&values)));
+        }
+        let (indices, runs) = crate::batch::group_rows(keys.into_iter());
+        self.write_runs(arrow::compute::take_record_batch(&batch, &indices)?, &runs).await
     }
 
     /// Keeps `run`, all of one partition, for the next flush.

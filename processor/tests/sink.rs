@@ -139,15 +139,23 @@ async fn runs_that_do_not_cover_the_batch_are_refused() {
     }
 }
 
+/// `events` in a table at `dir`, written with `Overwrite::write` in `batches` and
+/// committed once.
+async fn overwrite_events(dir: &std::path::Path, batches: &[RecordBatch]) -> TableStore {
+    let store = TableStore::new(dir.to_str().unwrap()).unwrap();
+    let mut w = store.overwrite_streaming(TABLE_EVENTS, events_schema(), usize::MAX).await.unwrap();
+    for b in batches {
+        w.write(b.clone()).await.unwrap();
+    }
+    w.commit().await.unwrap();
+    store
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_batch_of_many_partitions_is_split_by_partition() {
     let events = fixture_events();
     let dir = tempfile::tempdir().unwrap();
-    let store = TableStore::new(dir.path().to_str().unwrap()).unwrap();
-    let mut w = store.overwrite_streaming(TABLE_EVENTS, events_schema(), usize::MAX).await.unwrap();
-    w.write(events.slice(0, 700)).await.unwrap();
-    w.write(events.slice(700, events.num_rows() - 700)).await.unwrap();
-    w.commit().await.unwrap();
+    let store = overwrite_events(dir.path(), &[events.slice(0, 700), events.slice(700, events.num_rows() - 700)]).await;
     let back = store.read_where(TABLE_EVENTS, None, true).await.unwrap();
     assert_eq!(rows(&back), rows(std::slice::from_ref(&events)));
     let files = files_by_partition(&back);
@@ -175,10 +183,7 @@ fn adds(dir: &std::path::Path) -> Vec<serde_json::Value> {
 async fn each_file_carries_its_own_statistics() {
     let events = fixture_events();
     let dir = tempfile::tempdir().unwrap();
-    let store = TableStore::new(dir.path().to_str().unwrap()).unwrap();
-    let mut w = store.overwrite_streaming(TABLE_EVENTS, events_schema(), usize::MAX).await.unwrap();
-    w.write(events.clone()).await.unwrap();
-    w.commit().await.unwrap();
+    let store = overwrite_events(dir.path(), std::slice::from_ref(&events)).await;
 
     // Each file's rows, count and occurred_at range (milliseconds), as read back.
     let back = store.read_where(TABLE_EVENTS, None, true).await.unwrap();
