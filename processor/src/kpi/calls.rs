@@ -35,6 +35,7 @@ use ccstream_schemas::{
 use foldhash::fast::FixedState;
 use hashbrown::HashMap;
 
+use super::partials::{Contribution, Grouping, Part, PartKey, PartialRow};
 use super::revisions::{diff, images, value_columns, Correction, Fixes, Horizon, Image};
 use super::{mos, Params};
 use crate::batch::{DecodedBatch, Dictionaries, INVALID, NONE, NO_CALL};
@@ -249,146 +250,6 @@ pub struct Emission {
     pub changed: bool,
 }
 
-/// One interval partial as last written (revision 0: not written yet).
-#[derive(Debug, Default, Clone, Copy)]
-struct PartialRow {
-    part: Part,
-    revision: u32,
-    computed_at: i64,
-}
-
-/// Mergeable aggregates of one tenant × entry queue × 15-minute interval.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-struct Part {
-    offered: i64,
-    answered: i64,
-    abandoned: i64,
-    short_abandoned: i64,
-    answered_within_sl: i64,
-    abandoned_within_sl: i64,
-    overflowed: i64,
-    transferred: i64,
-    sum_answer_wait_ms: i64,
-    sum_abandon_wait_ms: i64,
-    sum_handle_ms: i64,
-    n_handle: i64,
-    max_wait_ms: Option<i64>,
-}
-
-impl Part {
-    /// The value columns of `interval_partials`, in schema order.
-    const COLUMNS: [&'static str; 13] = [
-        "offered",
-        "answered",
-        "abandoned",
-        "short_abandoned",
-        "answered_within_sl",
-        "abandoned_within_sl",
-        "overflowed",
-        "transferred",
-        "sum_answer_wait_ms",
-        "sum_abandon_wait_ms",
-        "sum_handle_ms",
-        "n_handle",
-        "max_wait_ms",
-    ];
-
-    fn values(&self) -> [Option<i64>; 13] {
-        [
-            Some(self.offered),
-            Some(self.answered),
-            Some(self.abandoned),
-            Some(self.short_abandoned),
-            Some(self.answered_within_sl),
-            Some(self.abandoned_within_sl),
-            Some(self.overflowed),
-            Some(self.transferred),
-            Some(self.sum_answer_wait_ms),
-            Some(self.sum_abandon_wait_ms),
-            Some(self.sum_handle_ms),
-            Some(self.n_handle),
-            self.max_wait_ms,
-        ]
-    }
-
-    fn from_values(v: [Option<i64>; 13]) -> Part {
-        let n = |i: usize| v[i].unwrap_or(0);
-        Part {
-            offered: n(0),
-            answered: n(1),
-            abandoned: n(2),
-            short_abandoned: n(3),
-            answered_within_sl: n(4),
-            abandoned_within_sl: n(5),
-            overflowed: n(6),
-            transferred: n(7),
-            sum_answer_wait_ms: n(8),
-            sum_abandon_wait_ms: n(9),
-            sum_handle_ms: n(10),
-            n_handle: n(11),
-            max_wait_ms: v[12],
-        }
-    }
-
-    /// Adds (`sign` 1) or takes away (`sign` -1) one call's contribution at `p`. Taking
-    /// away leaves `max_wait_ms` as it was: the caller recomputes it when the call held it.
-    fn apply(&mut self, c: &Contribution, p: &Params, sign: i64) {
-        self.offered += sign;
-        self.overflowed += sign * c.overflowed as i64;
-        self.transferred += sign * c.transferred as i64;
-        if let Some(w) = c.wait_ms {
-            if sign > 0 {
-                self.max_wait_ms = Some(self.max_wait_ms.map_or(w, |m| m.max(w)));
-            }
-            if c.answered {
-                self.answered += sign;
-                self.sum_answer_wait_ms += sign * w;
-                self.answered_within_sl += sign * (w <= p.sl_threshold_ms) as i64;
-                if let Some(h) = c.handle_ms {
-                    self.n_handle += sign;
-                    self.sum_handle_ms += sign * h;
-                }
-            } else {
-                self.abandoned += sign;
-                self.sum_abandon_wait_ms += sign * w;
-                self.short_abandoned += sign * (w < p.short_abandon_ms) as i64;
-                self.abandoned_within_sl += sign * (w <= p.sl_threshold_ms) as i64;
-            }
-        }
-    }
-
-    /// Adds `other` (the same group's aggregates over other calls).
-    fn merge(&mut self, o: &Part) {
-        self.offered += o.offered;
-        self.answered += o.answered;
-        self.abandoned += o.abandoned;
-        self.short_abandoned += o.short_abandoned;
-        self.answered_within_sl += o.answered_within_sl;
-        self.abandoned_within_sl += o.abandoned_within_sl;
-        self.overflowed += o.overflowed;
-        self.transferred += o.transferred;
-        self.sum_answer_wait_ms += o.sum_answer_wait_ms;
-        self.sum_abandon_wait_ms += o.sum_abandon_wait_ms;
-        self.sum_handle_ms += o.sum_handle_ms;
-        self.n_handle += o.n_handle;
-        self.max_wait_ms = match (self.max_wait_ms, o.max_wait_ms) {
-            (Some(a), Some(b)) => Some(a.max(b)),
-            (a, b) => a.or(b),
-        };
-    }
-}
-
-/// What one call adds to its interval partial: from its state, or from its sealed row.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Contribution {
-    key: PartKey,
-    overflowed: bool,
-    transferred: bool,
-    answered: bool,
-    wait_ms: Option<i64>,
-    handle_ms: Option<i64>,
-}
-
 impl Contribution {
     fn of(c: &CallAcc) -> Self {
         Contribution {
@@ -441,9 +302,6 @@ impl Contribution {
     }
 }
 
-/// The key of an interval partial: tenant, entry queue, interval start (ms).
-type PartKey = (u32, u32, i64);
-
 /// The fold's results as record batches of the table schemas.
 #[derive(Debug, Clone)]
 pub struct FoldOutput {
@@ -477,8 +335,8 @@ pub struct CallFold {
     before: HashMap<u32, (CallAcc, f64), FixedState>,
     /// After a restart: written calls' committed rows, until their next emission.
     committed: HashMap<u32, Image, FixedState>,
-    /// Interval partials as last written.
-    partials: HashMap<PartKey, PartialRow, FixedState>,
+    /// Interval partials as last written, sorted by key.
+    partials: Vec<(PartKey, PartialRow)>,
     /// Fingerprints (key hashes) of the calls evicted after the retention horizon: a new
     /// call with one of them may be an evicted call seen again (`refold`). A false match
     /// only costs a lookup that finds no sealed row.
@@ -517,7 +375,7 @@ impl CallFold {
             dirty_calls: Vec::new(),
             before: HashMap::default(),
             committed: HashMap::default(),
-            partials: HashMap::default(),
+            partials: Vec::new(),
             sealed_fp: hashbrown::HashSet::with_hasher(FixedState::with_seed(0x5ea1_ed00)),
             sealed_parts: HashMap::default(),
             refold: Vec::new(),
@@ -1190,20 +1048,18 @@ impl CallFold {
     /// it replaces (+ 1 if its values changed), a new one revision 1, and a row without a
     /// group is gone. One table per emission, never a copy of it.
     fn emit_partials(&mut self, dicts: &Dictionaries, p: &Params, now: i64, em: &mut Emission) {
-        // As many groups as were written last time, give or take a few: grown once, not
-        // doubled (and rehashed) from empty at every commit.
-        let mut groups: HashMap<PartKey, PartialRow, FixedState> =
-            HashMap::with_capacity_and_hasher(self.partials.len(), FixedState::default());
+        let mut grouping = Grouping::default();
         for c in &self.calls {
             if c.queued_ms == MIN_NONE || c.revision == 0 {
                 continue;
             }
             let k = Contribution::of(c);
-            groups.entry(k.key).or_default().part.apply(&k, p, 1);
+            grouping.slot(k.key).apply(&k, p, 1);
         }
         for (key, part) in &self.sealed_parts {
-            groups.entry(*key).or_default().part.merge(part);
+            grouping.slot(*key).merge(part);
         }
+        let groups = grouping.finish();
         let mut correct = |key: &PartKey, old: &Part, new: Option<&Part>, revision: u32| {
             let (o, n) = (old.values(), new.map(Part::values));
             let key_text = partial_key(dicts, key);
@@ -1223,29 +1079,36 @@ impl CallFold {
                 }
             }
         };
-        for (key, old) in &self.partials {
-            match groups.get_mut(key) {
-                Some(new) if new.part == old.part => {
-                    (new.revision, new.computed_at) = (old.revision, old.computed_at);
-                }
-                Some(new) => {
-                    correct(key, &old.part, Some(&new.part), old.revision + 1);
-                    (new.revision, new.computed_at) = (old.revision + 1, now);
+        // Both lists are sorted by key: walk them together.
+        let mut rows = Vec::with_capacity(groups.len());
+        let mut old = self.partials.iter().peekable();
+        for (key, part) in groups {
+            while let Some((k, gone)) = old.next_if(|(k, _)| *k < key) {
+                correct(k, &gone.part, None, gone.revision + 1);
+                em.revised_partials += 1;
+                em.changed = true;
+            }
+            let row = match old.next_if(|(k, _)| *k == key) {
+                Some((_, was)) if was.part == part => *was,
+                Some((_, was)) => {
+                    correct(&key, &was.part, Some(&part), was.revision + 1);
                     em.revised_partials += 1;
                     em.changed = true;
+                    PartialRow { part, revision: was.revision + 1, computed_at: now }
                 }
                 None => {
-                    correct(key, &old.part, None, old.revision + 1);
-                    em.revised_partials += 1;
                     em.changed = true;
+                    PartialRow { part, revision: 1, computed_at: now }
                 }
-            }
+            };
+            rows.push((key, row));
         }
-        for new in groups.values_mut().filter(|row| row.revision == 0) {
-            (new.revision, new.computed_at) = (1, now);
+        for (k, gone) in old {
+            correct(k, &gone.part, None, gone.revision + 1);
+            em.revised_partials += 1;
             em.changed = true;
         }
-        self.partials = groups;
+        self.partials = rows;
     }
 
     /// After a restart: the rows the tables hold for this fold's partition (`call_facts`,
@@ -1351,6 +1214,7 @@ impl CallFold {
             self.compact(&evict, p);
         }
         let partial_fixes = super::revisions::corrections_by_key(corrections, TABLE_INTERVAL_PARTIALS)?;
+        let mut restored: HashMap<PartKey, PartialRow, FixedState> = self.partials.drain(..).collect();
         for b in interval_partials {
             let tenants = string_column(b, "tenant_id")?;
             let queues = string_column(b, "queue_id")?;
@@ -1381,12 +1245,14 @@ impl CallFold {
                         rev = rev.max(*r);
                     }
                 }
-                self.partials.insert(
+                restored.insert(
                     key,
                     PartialRow { part: Part::from_values(v), revision: rev as u32, computed_at: computed.value(i) },
                 );
             }
         }
+        self.partials = restored.into_iter().collect();
+        self.partials.sort_unstable_by_key(|(k, _)| *k);
         Ok(())
     }
 
@@ -1639,10 +1505,8 @@ impl CallFold {
     /// `interval_partials` as last written (one row per tenant × entry queue × 15-minute
     /// interval), in key order.
     pub fn interval_partials(&self, dicts: &Dictionaries, p: &Params) -> Result<RecordBatch> {
-        let mut rows: Vec<(&PartKey, &PartialRow)> = self.partials.iter().collect();
-        rows.sort_unstable_by_key(|(k, _)| **k);
+        let rows = &self.partials;
         let n = rows.len();
-        let values: Vec<[Option<i64>; 13]> = rows.iter().map(|(_, r)| r.part.values()).collect();
         let mut columns: Vec<ArrayRef> = vec![
             Arc::new(dicts.tenants.column(rows.iter().map(|(k, _)| k.0))?),
             Arc::new(dicts.queues.column(rows.iter().map(|(k, _)| k.1))?),
@@ -1650,7 +1514,7 @@ impl CallFold {
             Arc::new(Int32Array::from_value(self.partition, n)),
         ];
         for i in 0..Part::COLUMNS.len() {
-            columns.push(Arc::new(Int64Array::from_iter(values.iter().map(|v| v[i]))));
+            columns.push(Arc::new(Int64Array::from_iter(rows.iter().map(|(_, r)| r.part.value(i)))));
         }
         columns.extend([
             Arc::new(Int64Array::from_value(p.sl_threshold_ms, n)) as ArrayRef,

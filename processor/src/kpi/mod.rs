@@ -11,6 +11,7 @@
 //!   division, as in the oracle.
 
 mod calls;
+mod partials;
 mod quality;
 mod revisions;
 
