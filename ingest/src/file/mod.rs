@@ -15,6 +15,7 @@ use arrow::array::RecordBatch;
 use flate2::read::MultiGzDecoder;
 use parquet::arrow::arrow_reader::{ArrowReaderOptions, ParquetRecordBatchReader, ParquetRecordBatchReaderBuilder};
 use parquet::arrow::ProjectionMask;
+use parquet::file::reader::ChunkReader;
 
 use crate::{Error, Result};
 
@@ -153,6 +154,53 @@ impl std::fmt::Debug for Inner {
     }
 }
 
+/// `f` mapped into memory, for reading Parquet without copying it: the column chunks are
+/// read in place from the page cache, not copied into fresh buffers by `read` calls.
+/// `None` when it cannot be mapped (an empty file, a pipe); the caller reads it instead.
+///
+/// The mapping is read-only and private. A file truncated by another process while a
+/// replay reads it makes the process fault (SIGBUS), as with any memory-mapped reader:
+/// replay and ingest files once they are complete.
+fn map_file(f: &File) -> Option<bytes::Bytes> {
+    // SAFETY: the map is only read, through `Bytes`, which never hands out a mutable
+    // reference; another process changing the file under it is the caveat in the doc.
+    let map = unsafe { memmap2::Mmap::map(f) }.ok()?;
+    // Read in order, once: tell the kernel to read ahead and drop pages behind.
+    let _ = map.advise(memmap2::Advice::Sequential);
+    Some(bytes::Bytes::from_owner(map))
+}
+
+/// A record batch reader over a Parquet file (its source opened by `open`, once or twice),
+/// with `opts`' columns and batch size, and the file's row count.
+fn parquet_reader<T: ChunkReader + 'static>(
+    path: &str,
+    open: impl Fn() -> std::io::Result<T>,
+    opts: &ReadOptions,
+) -> Result<(ParquetRecordBatchReader, u64)> {
+    let pq = |source| Error::Parquet { path: path.to_string(), source };
+    let open = || open().map_err(|source| Error::Read { path: path.to_string(), source });
+    let builder = ParquetRecordBatchReaderBuilder::try_new(open()?).map_err(pq)?;
+    let rows = builder.metadata().file_metadata().num_rows().max(0) as u64;
+    let builder = if opts.fold_hints {
+        let hinted = ccstream_schemas::fold_read_schema(builder.schema());
+        ParquetRecordBatchReaderBuilder::try_new_with_options(open()?, ArrowReaderOptions::new().with_schema(hinted))
+            .map_err(pq)?
+    } else {
+        builder
+    };
+    let builder = match &opts.columns {
+        None => builder,
+        Some(cols) => {
+            let schema = builder.parquet_schema();
+            let idx: Vec<usize> =
+                (0..schema.num_columns()).filter(|&i| cols.iter().any(|c| c == schema.column(i).name())).collect();
+            let mask = ProjectionMask::leaves(schema, idx);
+            builder.with_projection(mask)
+        }
+    };
+    Ok((builder.with_batch_size(opts.batch_rows).build().map_err(pq)?, rows))
+}
+
 impl FileReader {
     pub fn open(file: &InputFile, opts: &ReadOptions) -> Result<Self> {
         let path = file.path.display().to_string();
@@ -169,32 +217,12 @@ impl FileReader {
                 }
             }
             Format::Parquet => {
-                let pq = |source| Error::Parquet { path: path.clone(), source };
-                let builder = ParquetRecordBatchReaderBuilder::try_new(f).map_err(pq)?;
-                total_rows = Some(builder.metadata().file_metadata().num_rows().max(0) as u64);
-                let builder = if opts.fold_hints {
-                    let hinted = ccstream_schemas::fold_read_schema(builder.schema());
-                    let f = File::open(&file.path).map_err(|source| Error::Read { path: path.clone(), source })?;
-                    ParquetRecordBatchReaderBuilder::try_new_with_options(
-                        f,
-                        ArrowReaderOptions::new().with_schema(hinted),
-                    )
-                    .map_err(pq)?
-                } else {
-                    builder
+                let (reader, rows) = match map_file(&f) {
+                    Some(bytes) => parquet_reader(&path, || Ok(bytes.clone()), opts)?,
+                    None => parquet_reader(&path, || File::open(&file.path), opts)?,
                 };
-                let builder = match &opts.columns {
-                    None => builder,
-                    Some(cols) => {
-                        let schema = builder.parquet_schema();
-                        let idx: Vec<usize> = (0..schema.num_columns())
-                            .filter(|&i| cols.iter().any(|c| c == schema.column(i).name()))
-                            .collect();
-                        let mask = ProjectionMask::leaves(schema, idx);
-                        builder.with_projection(mask)
-                    }
-                };
-                Inner::Parquet { reader: builder.with_batch_size(opts.batch_rows).build().map_err(pq)?, next_row: 0 }
+                total_rows = Some(rows);
+                Inner::Parquet { reader, next_row: 0 }
             }
         };
         Ok(FileReader { inner, path, total_rows })
@@ -290,5 +318,40 @@ mod tests {
         std::fs::write(&p, "a,b\n").unwrap();
         assert!(matches!(discover(&[p]), Err(Error::UnknownFormat { .. })));
         assert!(matches!(discover(&[dir.path().to_path_buf()]), Err(Error::NoInput(_))));
+    }
+
+    /// The project's oracle fixture, read in place (mapped) and through `read` calls: the
+    /// same batches, with a projection and fold hints.
+    #[test]
+    fn mapped_and_read_parquet_agree() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/oracle/events.parquet");
+        let opts = ReadOptions {
+            columns: Some(vec!["event_id".into(), "call_id".into(), "occurred_at".into()]),
+            fold_hints: true,
+            batch_rows: 1000,
+            ..ReadOptions::default()
+        };
+        let batches = |reader: ParquetRecordBatchReader| reader.collect::<std::result::Result<Vec<_>, _>>().unwrap();
+        let f = File::open(&path).unwrap();
+        let map = map_file(&f).expect("a regular file maps");
+        let (mapped, rows) = parquet_reader("mapped", || Ok(map.clone()), &opts).unwrap();
+        let (read, rows_read) = parquet_reader("read", || File::open(&path), &opts).unwrap();
+        let (mapped, read) = (batches(mapped), batches(read));
+        assert_eq!(rows, rows_read);
+        assert_eq!(mapped.iter().map(|b| b.num_rows() as u64).sum::<u64>(), rows);
+        assert!(mapped.len() > 1);
+        assert_eq!(mapped, read);
+    }
+
+    /// An empty `.parquet` file cannot be mapped: it is read, and fails with its name.
+    #[test]
+    fn empty_parquet_is_a_clear_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("empty.parquet");
+        std::fs::write(&p, b"").unwrap();
+        let files = discover(&[p]).unwrap();
+        let err = FileReader::open(&files[0], &ReadOptions::default()).unwrap_err();
+        assert!(matches!(err, Error::Parquet { .. }), "{err}");
+        assert!(err.to_string().contains("empty.parquet"), "{err}");
     }
 }
