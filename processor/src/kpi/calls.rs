@@ -1079,29 +1079,29 @@ impl CallFold {
                 }
             }
         };
-        // Both lists are sorted by key: walk them together.
-        let mut rows = Vec::with_capacity(groups.len());
+        // Both lists are sorted by key: walk them together. The new rows take the revision
+        // of the row they replace (+ 1 if their values changed).
+        let mut rows = groups;
         let mut old = self.partials.iter().peekable();
-        for (key, part) in groups {
-            while let Some((k, gone)) = old.next_if(|(k, _)| *k < key) {
+        for (key, row) in rows.iter_mut() {
+            while let Some((k, gone)) = old.next_if(|(k, _)| k < key) {
                 correct(k, &gone.part, None, gone.revision + 1);
                 em.revised_partials += 1;
                 em.changed = true;
             }
-            let row = match old.next_if(|(k, _)| *k == key) {
-                Some((_, was)) if was.part == part => *was,
+            (row.revision, row.computed_at) = match old.next_if(|(k, _)| k == key) {
+                Some((_, was)) if was.part == row.part => (was.revision, was.computed_at),
                 Some((_, was)) => {
-                    correct(&key, &was.part, Some(&part), was.revision + 1);
+                    correct(key, &was.part, Some(&row.part), was.revision + 1);
                     em.revised_partials += 1;
                     em.changed = true;
-                    PartialRow { part, revision: was.revision + 1, computed_at: now }
+                    (was.revision + 1, now)
                 }
                 None => {
                     em.changed = true;
-                    PartialRow { part, revision: 1, computed_at: now }
+                    (1, now)
                 }
             };
-            rows.push((key, row));
         }
         for (k, gone) in old {
             correct(k, &gone.part, None, gone.revision + 1);

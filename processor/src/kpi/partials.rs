@@ -179,6 +179,11 @@ pub(super) struct Grouping {
     spill: HashMap<PartKey, u32, FixedState>,
 }
 
+/// A row of `part`, not written yet.
+fn row(part: Part) -> PartialRow {
+    PartialRow { part, revision: 0, computed_at: 0 }
+}
+
 /// No partial in this slot.
 const EMPTY: u32 = u32::MAX;
 
@@ -265,8 +270,9 @@ impl Grouping {
         &mut self.parts[*slot as usize]
     }
 
-    /// Every partial that any contribution touched, sorted by key.
-    pub(super) fn finish(mut self) -> Vec<(PartKey, Part)> {
+    /// Every partial that any contribution touched, sorted by key, as rows not written yet
+    /// (revision 0).
+    pub(super) fn finish(mut self) -> Vec<(PartKey, PartialRow)> {
         self.runs.sort_unstable_by_key(|r| r.pair);
         let mut out = Vec::with_capacity(self.parts.len());
         for run in &self.runs {
@@ -276,7 +282,7 @@ impl Grouping {
                     .iter()
                     .enumerate()
                     .filter(|(_, &s)| s != EMPTY)
-                    .map(|(i, &s)| ((t, q, (run.first + i as i64) * PARTIAL_INTERVAL_MS), self.parts[s as usize])),
+                    .map(|(i, &s)| ((t, q, (run.first + i as i64) * PARTIAL_INTERVAL_MS), row(self.parts[s as usize]))),
             );
         }
         if self.spill.is_empty() {
@@ -284,16 +290,17 @@ impl Grouping {
         }
         // A spilled interval may also have a slot in its pair's run (the run grew over it
         // later): merge the two sorted lists, adding up equal keys.
-        let mut spill: Vec<(PartKey, Part)> = self.spill.drain().map(|(k, s)| (k, self.parts[s as usize])).collect();
+        let mut spill: Vec<(PartKey, PartialRow)> =
+            self.spill.drain().map(|(k, s)| (k, row(self.parts[s as usize]))).collect();
         spill.sort_unstable_by_key(|e| e.0);
         let mut merged = Vec::with_capacity(out.len() + spill.len());
         let mut spill = spill.into_iter().peekable();
-        for (key, mut part) in out {
+        for (key, mut partial) in out {
             merged.extend(std::iter::from_fn(|| spill.next_if(|e| e.0 < key)));
             if let Some((_, more)) = spill.next_if(|e| e.0 == key) {
-                part.merge(&more);
+                partial.part.merge(&more.part);
             }
-            merged.push((key, part));
+            merged.push((key, partial));
         }
         merged.extend(spill);
         merged
@@ -348,7 +355,7 @@ mod tests {
                 grouping.slot(c.key).merge(&part);
                 reference.entry(c.key).or_default().merge(&part);
             }
-            let got = grouping.finish();
+            let got: Vec<(PartKey, Part)> = grouping.finish().into_iter().map(|(k, r)| (k, r.part)).collect();
             prop_assert_eq!(got, reference.into_iter().collect::<Vec<_>>());
         }
     }
