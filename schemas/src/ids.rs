@@ -50,8 +50,24 @@ fn half(s: &[u8; 36], at: usize) -> u64 {
 
 /// Parses a lowercase canonical RFC 4122 UUID (variant `10`) into its 128 bits.
 /// Anything else returns `None` and must be interned.
+///
+/// On x86-64 CPUs with SSSE3 (nearly all), the 32 digits are gathered, checked and packed
+/// in two 16-byte registers; elsewhere eight digits at a time in 64-bit words. Both give the
+/// same result for every input (tested against a digit-by-digit definition).
 #[inline]
 pub fn parse_uuid(s: &[u8]) -> Option<IdKey> {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("ssse3") {
+        let s: &[u8; 36] = s.try_into().ok()?;
+        // SAFETY: the CPU has SSSE3 (checked just above).
+        return unsafe { simd::parse_uuid_ssse3(s) };
+    }
+    parse_uuid_swar(s)
+}
+
+/// [`parse_uuid`] with 64-bit words only (any CPU).
+#[inline]
+fn parse_uuid_swar(s: &[u8]) -> Option<IdKey> {
     let s: &[u8; 36] = s.try_into().ok()?;
     if s[8] != b'-' || s[13] != b'-' || s[18] != b'-' || s[23] != b'-' {
         return None;
@@ -67,6 +83,70 @@ pub fn parse_uuid(s: &[u8]) -> Option<IdKey> {
         return None;
     }
     Some(((hi as u128) << 64) | lo as u128)
+}
+
+#[cfg(target_arch = "x86_64")]
+mod simd {
+    use std::arch::x86_64::*;
+
+    use super::IdKey;
+
+    /// [`super::parse_uuid`] for a 36-byte input, with SSSE3: the 32 digits gathered into two
+    /// registers by byte shuffles, checked and converted lane by lane, and packed in pairs.
+    ///
+    /// # Safety
+    /// The CPU must support SSSE3.
+    #[target_feature(enable = "ssse3")]
+    pub(super) unsafe fn parse_uuid_ssse3(s: &[u8; 36]) -> Option<IdKey> {
+        if s[8] != b'-' || s[13] != b'-' || s[18] != b'-' || s[23] != b'-' {
+            return None;
+        }
+        const Z: i8 = -128; // a shuffle index that yields 0
+                            // SAFETY: each load reads 16 bytes inside the 36-byte array (offsets 0, 16, 20).
+        let (l0, l1, l2) = unsafe {
+            (
+                _mm_loadu_si128(s.as_ptr() as *const __m128i),
+                _mm_loadu_si128(s.as_ptr().add(16) as *const __m128i),
+                _mm_loadu_si128(s.as_ptr().add(20) as *const __m128i),
+            )
+        };
+        // Digits 0..16: s[0..8], s[9..13], s[14..18]; digits 16..32: s[19..23], s[24..36].
+        let a = _mm_or_si128(
+            _mm_shuffle_epi8(l0, _mm_setr_epi8(0, 1, 2, 3, 4, 5, 6, 7, 9, 10, 11, 12, 14, 15, Z, Z)),
+            _mm_shuffle_epi8(l1, _mm_setr_epi8(Z, Z, Z, Z, Z, Z, Z, Z, Z, Z, Z, Z, Z, Z, 0, 1)),
+        );
+        let b = _mm_or_si128(
+            _mm_shuffle_epi8(l1, _mm_setr_epi8(3, Z, Z, Z, Z, Z, Z, Z, Z, Z, Z, Z, Z, Z, Z, Z)),
+            _mm_shuffle_epi8(l2, _mm_setr_epi8(Z, 0, 1, 2, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15)),
+        );
+        let (a, b) = (nibbles(a)?, nibbles(b)?);
+        // Pairs of digits to bytes (first digit high), both halves into one register.
+        let weights = _mm_set1_epi16(0x0110); // bytes 16, 1
+        let bytes = _mm_packus_epi16(_mm_maddubs_epi16(a, weights), _mm_maddubs_epi16(b, weights));
+        let mut out = [0u8; 16];
+        // SAFETY: `out` has 16 bytes.
+        unsafe { _mm_storeu_si128(out.as_mut_ptr() as *mut __m128i, bytes) };
+        let v = u128::from_be_bytes(out);
+        ((v as u64) >> 62 == 0b10).then_some(v)
+    }
+
+    /// Sixteen lowercase hex digits to their values (one per byte), or `None` if any byte
+    /// is not `0-9` or `a-f`. Bytes ≥ 0x80 compare as negative, so never as digits.
+    #[target_feature(enable = "ssse3")]
+    fn nibbles(v: __m128i) -> Option<__m128i> {
+        let between = |lo: u8, hi: u8| {
+            _mm_and_si128(
+                _mm_cmpgt_epi8(v, _mm_set1_epi8(lo as i8 - 1)),
+                _mm_cmpgt_epi8(_mm_set1_epi8(hi as i8 + 1), v),
+            )
+        };
+        let (digit, letter) = (between(b'0', b'9'), between(b'a', b'f'));
+        if _mm_movemask_epi8(_mm_or_si128(digit, letter)) != 0xffff {
+            return None;
+        }
+        // The low nibble, plus 9 for letters ('a' is 0x61).
+        Some(_mm_add_epi8(_mm_and_si128(v, _mm_set1_epi8(0x0f)), _mm_and_si128(letter, _mm_set1_epi8(9))))
+    }
 }
 
 /// A 32-bit value as eight lowercase hex digits, most significant first (SWAR).
@@ -187,6 +267,7 @@ mod tests {
                 let mut s = base;
                 s[i] = c;
                 assert_eq!(parse_uuid(&s), reference(&s), "byte {c:#04x} at {i}");
+                assert_eq!(parse_uuid_swar(&s), reference(&s), "byte {c:#04x} at {i}, SWAR");
             }
         }
     }
@@ -195,6 +276,7 @@ mod tests {
         #[test]
         fn agrees_with_the_reference(s in "[0-9a-fA-F-]{36}|[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-g]{4}-[0-9a-f]{12}") {
             prop_assert_eq!(parse_uuid(s.as_bytes()), reference(s.as_bytes()));
+            prop_assert_eq!(parse_uuid_swar(s.as_bytes()), reference(s.as_bytes()));
         }
 
         #[test]
