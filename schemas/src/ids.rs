@@ -56,22 +56,30 @@ fn half(s: &[u8; 36], at: usize) -> u64 {
 /// same result for every input (tested against a digit-by-digit definition).
 #[inline]
 pub fn parse_uuid(s: &[u8]) -> Option<IdKey> {
+    let s = dashed(s)?;
     #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("ssse3") {
-        let s: &[u8; 36] = s.try_into().ok()?;
+    let v = if std::arch::is_x86_feature_detected!("ssse3") {
         // SAFETY: the CPU has SSSE3 (checked just above).
-        return unsafe { simd::parse_uuid_ssse3(s) };
-    }
-    parse_uuid_swar(s)
+        unsafe { simd::digits_ssse3(s) }
+    } else {
+        digits_swar(s)
+    };
+    #[cfg(not(target_arch = "x86_64"))]
+    let v = digits_swar(s);
+    v.filter(|&v| is_uuid_key(v))
 }
 
-/// [`parse_uuid`] with 64-bit words only (any CPU).
-#[inline]
-fn parse_uuid_swar(s: &[u8]) -> Option<IdKey> {
+/// `s` if it is 36 bytes with dashes where a canonical UUID has them.
+#[inline(always)]
+fn dashed(s: &[u8]) -> Option<&[u8; 36]> {
     let s: &[u8; 36] = s.try_into().ok()?;
-    if s[8] != b'-' || s[13] != b'-' || s[18] != b'-' || s[23] != b'-' {
-        return None;
-    }
+    (s[8] == b'-' && s[13] == b'-' && s[18] == b'-' && s[23] == b'-').then_some(s)
+}
+
+/// The 128 bits of a dashed UUID's 32 lowercase hex digits, 64-bit words only (any CPU);
+/// `None` if any digit is not `0-9` or `a-f`.
+#[inline]
+fn digits_swar(s: &[u8; 36]) -> Option<IdKey> {
     // Groups 8-4-4-4-12, read as four runs of eight digits.
     let a = hex8(word(s, 0))?;
     let b = hex8(half(s, 9) | (half(s, 14) << 32))?;
@@ -79,9 +87,6 @@ fn parse_uuid_swar(s: &[u8]) -> Option<IdKey> {
     let d = hex8(word(s, 28))?;
     let hi = ((a as u64) << 32) | b as u64;
     let lo = ((c as u64) << 32) | d as u64;
-    if lo >> 62 != 0b10 {
-        return None;
-    }
     Some(((hi as u128) << 64) | lo as u128)
 }
 
@@ -91,16 +96,13 @@ mod simd {
 
     use super::IdKey;
 
-    /// [`super::parse_uuid`] for a 36-byte input, with SSSE3: the 32 digits gathered into two
-    /// registers by byte shuffles, checked and converted lane by lane, and packed in pairs.
+    /// [`super::digits_swar`] with SSSE3: the 32 digits gathered into two registers by byte
+    /// shuffles, checked and converted lane by lane, and packed in pairs.
     ///
     /// # Safety
     /// The CPU must support SSSE3.
     #[target_feature(enable = "ssse3")]
-    pub(super) unsafe fn parse_uuid_ssse3(s: &[u8; 36]) -> Option<IdKey> {
-        if s[8] != b'-' || s[13] != b'-' || s[18] != b'-' || s[23] != b'-' {
-            return None;
-        }
+    pub(super) unsafe fn digits_ssse3(s: &[u8; 36]) -> Option<IdKey> {
         const Z: i8 = -128; // a shuffle index that yields 0
                             // SAFETY: each load reads 16 bytes inside the 36-byte array (offsets 0, 16, 20).
         let (l0, l1, l2) = unsafe {
@@ -126,8 +128,7 @@ mod simd {
         let mut out = [0u8; 16];
         // SAFETY: `out` has 16 bytes.
         unsafe { _mm_storeu_si128(out.as_mut_ptr() as *mut __m128i, bytes) };
-        let v = u128::from_be_bytes(out);
-        ((v as u64) >> 62 == 0b10).then_some(v)
+        Some(u128::from_be_bytes(out))
     }
 
     /// Sixteen lowercase hex digits to their values (one per byte), or `None` if any byte
@@ -231,6 +232,11 @@ mod tests {
         format!("{}-{}-{}-{}-{}", &hex[..8], &hex[8..12], &hex[12..16], &hex[16..20], &hex[20..])
     }
 
+    /// [`parse_uuid`] with the word-at-a-time digits whatever the CPU.
+    fn swar(s: &[u8]) -> Option<IdKey> {
+        digits_swar(dashed(s)?).filter(|&v| is_uuid_key(v))
+    }
+
     /// The digit-by-digit definition `parse_uuid` must agree with.
     fn reference(s: &[u8]) -> Option<IdKey> {
         if s.len() != 36 || [8, 13, 18, 23].iter().any(|&i| s[i] != b'-') {
@@ -267,7 +273,7 @@ mod tests {
                 let mut s = base;
                 s[i] = c;
                 assert_eq!(parse_uuid(&s), reference(&s), "byte {c:#04x} at {i}");
-                assert_eq!(parse_uuid_swar(&s), reference(&s), "byte {c:#04x} at {i}, SWAR");
+                assert_eq!(swar(&s), reference(&s), "byte {c:#04x} at {i}, SWAR");
             }
         }
     }
@@ -276,7 +282,7 @@ mod tests {
         #[test]
         fn agrees_with_the_reference(s in "[0-9a-fA-F-]{36}|[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-g]{4}-[0-9a-f]{12}") {
             prop_assert_eq!(parse_uuid(s.as_bytes()), reference(s.as_bytes()));
-            prop_assert_eq!(parse_uuid_swar(s.as_bytes()), reference(s.as_bytes()));
+            prop_assert_eq!(swar(s.as_bytes()), reference(s.as_bytes()));
         }
 
         #[test]

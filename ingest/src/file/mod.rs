@@ -13,7 +13,9 @@ use std::path::{Path, PathBuf};
 
 use arrow::array::RecordBatch;
 use flate2::read::MultiGzDecoder;
-use parquet::arrow::arrow_reader::{ArrowReaderOptions, ParquetRecordBatchReader, ParquetRecordBatchReaderBuilder};
+use parquet::arrow::arrow_reader::{
+    ArrowReaderMetadata, ArrowReaderOptions, ParquetRecordBatchReader, ParquetRecordBatchReaderBuilder,
+};
 use parquet::arrow::ProjectionMask;
 use parquet::file::reader::ChunkReader;
 
@@ -170,24 +172,23 @@ fn map_file(f: &File) -> Option<bytes::Bytes> {
     Some(bytes::Bytes::from_owner(map))
 }
 
-/// A record batch reader over a Parquet file (its source opened by `open`, once or twice),
-/// with `opts`' columns and batch size, and the file's row count.
+/// A record batch reader over Parquet `source`, with `opts`' columns and batch size, and
+/// the file's row count. The footer is read once, also for the fold's schema hints.
 fn parquet_reader<T: ChunkReader + 'static>(
     path: &str,
-    open: impl Fn() -> std::io::Result<T>,
+    source: T,
     opts: &ReadOptions,
 ) -> Result<(ParquetRecordBatchReader, u64)> {
     let pq = |source| Error::Parquet { path: path.to_string(), source };
-    let open = || open().map_err(|source| Error::Read { path: path.to_string(), source });
-    let builder = ParquetRecordBatchReaderBuilder::try_new(open()?).map_err(pq)?;
-    let rows = builder.metadata().file_metadata().num_rows().max(0) as u64;
-    let builder = if opts.fold_hints {
-        let hinted = ccstream_schemas::fold_read_schema(builder.schema());
-        ParquetRecordBatchReaderBuilder::try_new_with_options(open()?, ArrowReaderOptions::new().with_schema(hinted))
-            .map_err(pq)?
-    } else {
-        builder
-    };
+    let mut metadata = ArrowReaderMetadata::load(&source, ArrowReaderOptions::new()).map_err(pq)?;
+    let rows = metadata.metadata().file_metadata().num_rows().max(0) as u64;
+    if opts.fold_hints {
+        let hinted = ccstream_schemas::fold_read_schema(metadata.schema());
+        metadata =
+            ArrowReaderMetadata::try_new(metadata.metadata().clone(), ArrowReaderOptions::new().with_schema(hinted))
+                .map_err(pq)?;
+    }
+    let builder = ParquetRecordBatchReaderBuilder::new_with_metadata(source, metadata);
     let builder = match &opts.columns {
         None => builder,
         Some(cols) => {
@@ -218,8 +219,8 @@ impl FileReader {
             }
             Format::Parquet => {
                 let (reader, rows) = match map_file(&f) {
-                    Some(bytes) => parquet_reader(&path, || Ok(bytes.clone()), opts)?,
-                    None => parquet_reader(&path, || File::open(&file.path), opts)?,
+                    Some(bytes) => parquet_reader(&path, bytes, opts)?,
+                    None => parquet_reader(&path, f, opts)?,
                 };
                 total_rows = Some(rows);
                 Inner::Parquet { reader, next_row: 0 }
@@ -334,8 +335,8 @@ mod tests {
         let batches = |reader: ParquetRecordBatchReader| reader.collect::<std::result::Result<Vec<_>, _>>().unwrap();
         let f = File::open(&path).unwrap();
         let map = map_file(&f).expect("a regular file maps");
-        let (mapped, rows) = parquet_reader("mapped", || Ok(map.clone()), &opts).unwrap();
-        let (read, rows_read) = parquet_reader("read", || File::open(&path), &opts).unwrap();
+        let (mapped, rows) = parquet_reader("mapped", map, &opts).unwrap();
+        let (read, rows_read) = parquet_reader("read", f, &opts).unwrap();
         let (mapped, read) = (batches(mapped), batches(read));
         assert_eq!(rows, rows_read);
         assert_eq!(mapped.iter().map(|b| b.num_rows() as u64).sum::<u64>(), rows);
