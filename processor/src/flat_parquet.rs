@@ -63,6 +63,8 @@ pub enum FlatError {
     Parquet(#[from] ParquetError),
     #[error("compression: {0}")]
     Compression(#[from] std::io::Error),
+    #[error("arrow: {0}")]
+    Arrow(#[from] arrow::error::ArrowError),
 }
 
 type Result<T, E = FlatError> = std::result::Result<T, E>;

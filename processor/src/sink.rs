@@ -15,6 +15,7 @@
 
 use std::sync::Arc;
 
+use bytes::Bytes;
 use deltalake::kernel::scalars::ScalarExt;
 use deltalake::kernel::transaction::CommitBuilder;
 use deltalake::kernel::{Action, Add};
@@ -35,19 +36,17 @@ use ccstream_schemas::{is_low_cardinality, partition_columns, table_schema, PART
 use delta_kernel::expressions::Scalar;
 use indexmap::IndexMap;
 
-use crate::flat_parquet::FlatWriter;
+use crate::flat_parquet::{FlatError, FlatWriter};
 use crate::{Error, Result};
 
 /// A table file's row groups hold at most this many rows (the parquet crate's default).
 const ROW_GROUP_ROWS: usize = 1 << 20;
 
-/// A table file's bytes per row, assumed until the first file is written (`call_facts` takes
-/// about 75, `events` about 30).
-const FIRST_BYTES_PER_ROW: usize = 96;
-
 /// Runs of rows shorter than this are gathered (copied) into row groups of at least this
 /// many rows; longer runs become row groups as they are.
 const MIN_GROUP_ROWS: usize = 64 * 1024;
+
+type FlatResult<T> = std::result::Result<T, FlatError>;
 
 /// Parquet settings of table `name`'s files.
 pub fn writer_properties(name: &str) -> WriterProperties {
@@ -281,7 +280,6 @@ impl TableStore {
             files,
             writer_id: uuid::Uuid::new_v4(),
             written_files: 0,
-            bytes_per_row: 0,
             removes,
             adds: Vec::new(),
             partition_by: parts,
@@ -291,7 +289,7 @@ impl TableStore {
             scope,
             explicit: Vec::new(),
             transactions: Vec::new(),
-            pending: IndexMap::new(),
+            open: IndexMap::new(),
         })
     }
 }
@@ -323,9 +321,9 @@ fn to_delta_units(batch: &RecordBatch) -> std::result::Result<RecordBatch, arrow
 
 /// A table replacement in progress (see [`TableStore::overwrite_streaming`]).
 ///
-/// Rows wait, by Delta partition, for the next flush, which encodes each partition's rows
-/// into one new file ([`FlatWriter`]), stores it, and keeps its Add action (with the
-/// statistics Delta readers prune by) for the commit.
+/// Each Delta partition's rows go into that partition's file in the making ([`OpenFile`]),
+/// encoded as they come; the next flush finishes the files, stores them, and keeps their
+/// Add actions (with the statistics Delta readers prune by) for the commit.
 pub struct Overwrite {
     name: String,
     location: String,
@@ -336,8 +334,6 @@ pub struct Overwrite {
     /// Names this write's files apart from any other's.
     writer_id: uuid::Uuid,
     written_files: usize,
-    /// The last file's size per row, for sizing the next one's buffer.
-    bytes_per_row: usize,
     removes: Vec<Action>,
     adds: Vec<Action>,
     partition_by: Vec<String>,
@@ -348,29 +344,127 @@ pub struct Overwrite {
     /// Files removed by [`Overwrite::remove_files`] (kept across retries).
     explicit: Vec<String>,
     transactions: Vec<(String, i64)>,
-    /// Rows waiting for the next flush, by partition.
-    pending: IndexMap<String, PendingRuns>,
+    /// The files in the making, by partition.
+    open: IndexMap<String, OpenFile>,
 }
 
-/// One partition's rows waiting for [`Overwrite::flush`]: its values and its runs.
-type PendingRuns = (IndexMap<String, Scalar>, Vec<RecordBatch>);
+/// One partition's next file, built in memory: runs of at least [`MIN_GROUP_ROWS`] rows are
+/// encoded (as row groups) as soon as they come; shorter runs wait and are gathered into
+/// row groups of that size. Only encoded bytes stay: the table's rows are dropped (and
+/// their memory reused) as soon as they are in the file.
+struct OpenFile {
+    values: IndexMap<String, Scalar>,
+    /// The columns the file holds (those that are not partition values), by index.
+    columns: Vec<usize>,
+    schema: SchemaRef,
+    file: FlatWriter<Chunks>,
+    rows: usize,
+    gathered: Vec<RecordBatch>,
+    gathered_rows: usize,
+}
+
+impl OpenFile {
+    fn new(values: IndexMap<String, Scalar>, first: &RecordBatch, props: &WriterProperties) -> FlatResult<Self> {
+        let columns: Vec<usize> =
+            (0..first.num_columns()).filter(|&i| !values.contains_key(first.schema().field(i).name())).collect();
+        let schema = Arc::new(first.schema().project(&columns)?);
+        let file = FlatWriter::try_new(Chunks::default(), schema.clone(), props.clone())?;
+        Ok(OpenFile { values, columns, schema, file, rows: 0, gathered: Vec::new(), gathered_rows: 0 })
+    }
+
+    /// Adds `run`'s rows after the file's others.
+    fn take(&mut self, run: RecordBatch) -> FlatResult<()> {
+        let rows = run.num_rows();
+        self.rows += rows;
+        let run = run.project(&self.columns)?;
+        if rows >= MIN_GROUP_ROWS {
+            // Rows keep their order in the file.
+            self.write_gathered()?;
+            for at in (0..rows).step_by(ROW_GROUP_ROWS) {
+                self.file.write(&run.slice(at, ROW_GROUP_ROWS.min(rows - at)))?;
+            }
+        } else {
+            self.gathered.push(run);
+            self.gathered_rows += rows;
+            if self.gathered_rows >= MIN_GROUP_ROWS {
+                self.write_gathered()?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes the gathered short runs as one row group.
+    fn write_gathered(&mut self) -> FlatResult<()> {
+        let batch = match self.gathered.as_slice() {
+            [] => return Ok(()),
+            [one] => one.clone(),
+            _ => arrow::compute::concat_batches(&self.schema, self.gathered.iter())?,
+        };
+        self.gathered.clear();
+        self.gathered_rows = 0;
+        self.file.write(&batch)
+    }
+
+    /// The finished file's bytes, with its metadata.
+    fn finish(mut self) -> FlatResult<(Chunks, ParquetMetaData, SchemaRef)> {
+        self.write_gathered()?;
+        let (bytes, metadata) = self.file.finish()?;
+        Ok((bytes, metadata, self.schema))
+    }
+}
+
+/// A file built in memory as a list of chunks of [`Chunks::SIZE`] bytes: what is written
+/// never moves (a growing `Vec` copies itself, touching fresh pages twice over), and the
+/// object store takes the chunks as they are.
+#[derive(Default)]
+struct Chunks {
+    done: Vec<Bytes>,
+    current: Vec<u8>,
+}
+
+impl Chunks {
+    const SIZE: usize = 1 << 20;
+
+    fn len(&self) -> usize {
+        self.done.iter().map(Bytes::len).sum::<usize>() + self.current.len()
+    }
+
+    fn into_payload(mut self) -> PutPayload {
+        if !self.current.is_empty() {
+            self.done.push(Bytes::from(self.current));
+        }
+        self.done.into_iter().collect()
+    }
+}
+
+impl std::io::Write for Chunks {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let mut rest = buf;
+        while !rest.is_empty() {
+            if self.current.len() == self.current.capacity() {
+                if !self.current.is_empty() {
+                    self.done.push(Bytes::from(std::mem::take(&mut self.current)));
+                }
+                self.current = Vec::with_capacity(Self::SIZE);
+            }
+            let n = rest.len().min(self.current.capacity() - self.current.len());
+            self.current.extend_from_slice(&rest[..n]);
+            rest = &rest[n..];
+        }
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
 
 /// The column [`TableStore::read_where`] adds for the file that holds a row.
 pub const FILE_COLUMN: &str = "__ccstream_file";
 
-/// The key that tells partitions apart in [`Overwrite::pending`].
+/// The key that tells partitions apart in [`Overwrite::open`].
 fn partition_key(values: &IndexMap<String, Scalar>) -> String {
     values.values().map(|v| v.to_string()).collect::<Vec<_>>().join("\u{1f}")
-}
-
-/// The batches `gathered` as one (emptied).
-fn gather(schema: &SchemaRef, gathered: &mut Vec<RecordBatch>) -> Result<RecordBatch> {
-    let batch = match gathered.as_slice() {
-        [one] => one.clone(),
-        _ => arrow::compute::concat_batches(schema, gathered.iter())?,
-    };
-    gathered.clear();
-    Ok(batch)
 }
 
 /// A file's Delta statistics: its rows, and the minimum, maximum and null count of each
@@ -497,7 +591,7 @@ impl Overwrite {
         // held as it is; otherwise its rows are grouped into runs by partition, in order of
         // first appearance.
         if let Some(values) = self.single_partition(&batch) {
-            self.hold(values, batch);
+            self.hold(values, batch)?;
             return self.written(n).await;
         }
         let mut keys = Vec::with_capacity(n);
@@ -511,9 +605,14 @@ impl Overwrite {
         self.write_runs(arrow::compute::take_record_batch(&batch, &indices)?, &runs).await
     }
 
-    /// Keeps `run`, all of one partition, for the next flush.
-    fn hold(&mut self, values: IndexMap<String, Scalar>, run: RecordBatch) {
-        self.pending.entry(partition_key(&values)).or_insert_with(|| (values, Vec::new())).1.push(run);
+    /// Adds `run`, all of one partition, to that partition's next file.
+    fn hold(&mut self, values: IndexMap<String, Scalar>, run: RecordBatch) -> Result<()> {
+        let encode = |source| Error::EncodeFile { table: self.name.clone(), source };
+        let open = match self.open.entry(partition_key(&values)) {
+            indexmap::map::Entry::Occupied(o) => o.into_mut(),
+            indexmap::map::Entry::Vacant(v) => v.insert(OpenFile::new(values, &run, &self.props).map_err(encode)?),
+        };
+        open.take(run).map_err(encode)
     }
 
     /// Takes `batch`, whose rows come in runs of one Delta partition each (`runs` are the
@@ -521,8 +620,8 @@ impl Overwrite {
     /// generic split (a hash of every row's partition values and a copy). The caller groups
     /// the rows, usually from columns it has already decoded.
     ///
-    /// The runs wait (as slices of `batch`) for the next flush, which encodes them one
-    /// partition at a time, each file finished before the next starts.
+    /// Each run is encoded into its partition's next file as it comes, or, when short, as
+    /// soon as enough rows of its partition have come ([`OpenFile`]).
     pub async fn write_runs(&mut self, batch: RecordBatch, runs: &[usize]) -> Result<()> {
         let (n, covered) = (batch.num_rows(), runs.iter().sum::<usize>());
         if covered != n {
@@ -534,7 +633,7 @@ impl Overwrite {
             let Some(values) = self.partition_values(&batch, at) else {
                 return Err(Error::PartitionValue { table: self.name.clone(), row: at });
             };
-            self.hold(values, batch.slice(at, len));
+            self.hold(values, batch.slice(at, len))?;
             at += len;
         }
         self.written(n).await
@@ -604,62 +703,22 @@ impl Overwrite {
         self.partition_values(batch, 0)
     }
 
-    /// Writes the waiting rows into new files, one partition at a time, each file
-    /// finished before the next starts.
+    /// Finishes the files in the making and stores them, one partition at a time.
     async fn flush(&mut self) -> Result<()> {
-        for (values, runs) in std::mem::take(&mut self.pending).into_values() {
-            let add = self.put_file(&values, runs).await?;
+        for open in std::mem::take(&mut self.open).into_values() {
+            let add = self.put_file(open).await?;
             self.adds.push(Action::Add(add));
         }
         self.buffered = 0;
         Ok(())
     }
 
-    /// Encodes `runs` (rows of the partition `values`) into one file, stores it, and
-    /// returns its Add action.
-    async fn put_file(&mut self, values: &IndexMap<String, Scalar>, runs: Vec<RecordBatch>) -> Result<Add> {
+    /// Finishes `open`'s file, stores it, and returns its Add action.
+    async fn put_file(&mut self, open: OpenFile) -> Result<Add> {
         let table = || self.name.clone();
-        let encode = |source| Error::EncodeFile { table: self.name.clone(), source };
-        let Some(first) = runs.first() else {
-            return Err(Error::Runs { table: table(), rows: 0, covered: 0 });
-        };
-        // The file holds the columns that are not partition values.
-        let columns: Vec<usize> =
-            (0..first.num_columns()).filter(|&i| !values.contains_key(first.schema().field(i).name())).collect();
-        let schema = Arc::new(first.schema().project(&columns)?);
-        // The file is built in memory, sized from the last file's bytes per row (reserved
-        // room that is never written costs no memory): growing it by doubling would copy
-        // it and touch fresh pages twice over.
-        let rows: usize = runs.iter().map(|r| r.num_rows()).sum();
-        let room = rows.saturating_mul(self.bytes_per_row.max(FIRST_BYTES_PER_ROW)) / 8 * 9 + (64 << 10);
-        let mut file =
-            FlatWriter::try_new(Vec::with_capacity(room), schema.clone(), self.props.clone()).map_err(encode)?;
-        let (mut gathered, mut gathered_rows) = (Vec::new(), 0);
-        for run in runs {
-            let rows = run.num_rows();
-            let run = run.project(&columns)?;
-            if rows >= MIN_GROUP_ROWS {
-                // Runs keep their order in the file.
-                if !gathered.is_empty() {
-                    file.write(&gather(&schema, &mut gathered)?).map_err(encode)?;
-                    gathered_rows = 0;
-                }
-                for at in (0..rows).step_by(ROW_GROUP_ROWS) {
-                    file.write(&run.slice(at, ROW_GROUP_ROWS.min(rows - at))).map_err(encode)?;
-                }
-            } else {
-                gathered.push(run);
-                gathered_rows += rows;
-                if gathered_rows >= MIN_GROUP_ROWS {
-                    file.write(&gather(&schema, &mut gathered)?).map_err(encode)?;
-                    gathered_rows = 0;
-                }
-            }
-        }
-        if !gathered.is_empty() {
-            file.write(&gather(&schema, &mut gathered)?).map_err(encode)?;
-        }
-        let (bytes, metadata) = file.finish().map_err(encode)?;
+        let values = open.values.clone();
+        let (bytes, metadata, schema) =
+            open.finish().map_err(|source| Error::EncodeFile { table: self.name.clone(), source })?;
         let stats = serde_json::to_string(&file_stats(&metadata, &schema))
             .map_err(|source| Error::FileStats { table: table(), source })?;
 
@@ -675,10 +734,9 @@ impl Overwrite {
         let dir: Vec<String> = values.iter().map(|(k, v)| format!("{k}={}", v.serialize_encoded())).collect();
         let path = if dir.is_empty() { name } else { format!("{}/{name}", dir.join("/")) };
         let size = bytes.len() as i64;
-        self.bytes_per_row = bytes.len().div_ceil(rows.max(1));
         let put = |source| Error::PutFile { table: table(), path: path.clone(), source };
         let location = deltalake::Path::parse(&path).map_err(|source| put(ObjectStoreError::InvalidPath { source }))?;
-        self.files.put(&location, PutPayload::from(bytes)).await.map_err(put)?;
+        self.files.put(&location, bytes.into_payload()).await.map_err(put)?;
         let modification_time =
             std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64);
         Ok(Add {
@@ -809,5 +867,72 @@ mod tests {
         assert_eq!(codec(&facts, "call_id"), zstd);
         assert_eq!(codec(&facts, "mos"), zstd);
         assert_eq!(codec(&facts, "answered"), Compression::SNAPPY);
+    }
+
+    /// Long runs are encoded as they come, short ones gathered into row groups of at least
+    /// [`MIN_GROUP_ROWS`] rows; the file keeps every row in the order the runs came.
+    #[test]
+    fn a_file_in_the_making_keeps_its_rows_in_order() {
+        use arrow::array::{Int64Array, StringArray};
+        use arrow::datatypes::Field;
+        use deltalake::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("n", DataType::Int64, false),
+            Field::new("id", DataType::Utf8, false),
+        ]));
+        let lens = [10, MIN_GROUP_ROWS + 5, 20, 30, MIN_GROUP_ROWS - 10, 100];
+        let mut next = 0i64;
+        let runs: Vec<RecordBatch> = lens
+            .iter()
+            .map(|&len| {
+                let n: Vec<i64> = (next..next + len as i64).collect();
+                next += len as i64;
+                let ids: Vec<String> =
+                    n.iter().map(|v| format!("{:032x}", (*v as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15))).collect();
+                RecordBatch::try_new(
+                    schema.clone(),
+                    vec![Arc::new(Int64Array::from(n)), Arc::new(StringArray::from(ids))],
+                )
+                .unwrap()
+            })
+            .collect();
+        let mut open = OpenFile::new(IndexMap::new(), &runs[0], &WriterProperties::default()).unwrap();
+        for run in &runs {
+            open.take(run.clone()).unwrap();
+        }
+        // Held back: only the short runs after the last row group.
+        assert_eq!(open.gathered_rows, 100);
+        let (chunks, metadata, _) = open.finish().unwrap();
+        let groups: Vec<i64> = metadata.row_groups().iter().map(|g| g.num_rows()).collect();
+        let min = MIN_GROUP_ROWS as i64;
+        assert_eq!(groups, [10, min + 5, min + 40, 100]);
+        assert!(chunks.done.len() > 1, "the file spans chunks");
+        let bytes: Bytes = chunks.into_payload().iter().flat_map(|b| b.iter().copied()).collect::<Vec<u8>>().into();
+        let back = ParquetRecordBatchReaderBuilder::try_new(bytes).unwrap().build().unwrap();
+        let back: Vec<RecordBatch> = back.collect::<std::result::Result<_, _>>().unwrap();
+        let back = arrow::compute::concat_batches(&back[0].schema(), &back).unwrap();
+        let want = arrow::compute::concat_batches(&schema, &runs).unwrap();
+        assert_eq!(back.columns(), want.columns());
+    }
+
+    /// A file built in chunks is the bytes written, in order, whatever the writes' sizes.
+    #[test]
+    fn chunks_hold_what_was_written() {
+        use std::io::Write;
+        let mut chunks = Chunks::default();
+        let mut want = Vec::new();
+        let mut seed = 7u64;
+        for _ in 0..200 {
+            seed = seed.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
+            let len = (seed >> 33) as usize % (Chunks::SIZE / 16 + 1);
+            let piece: Vec<u8> = (0..len).map(|i| (i as u64 ^ seed) as u8).collect();
+            chunks.write_all(&piece).unwrap();
+            want.extend_from_slice(&piece);
+        }
+        assert_eq!(chunks.len(), want.len());
+        assert!(chunks.done.iter().all(|c| c.len() == Chunks::SIZE));
+        let got: Vec<u8> = chunks.into_payload().iter().flat_map(|b| b.iter().copied()).collect();
+        assert_eq!(got, want);
     }
 }
