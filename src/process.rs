@@ -417,12 +417,12 @@ impl Processor {
         for (r, key) in keys.enumerate() {
             if let Some(key) = key {
                 let (ev, v) = &read.events[r];
-                out.push(&self.json, key, ev, v);
+                out.push(&self.json, key, ev, v, (d.queue[r], d.agent[r]));
             }
         }
         self.pending_event_rows += out.rows() - before;
         if refolding {
-            self.held_events.extend(held.finish()?);
+            self.held_events.extend(held.finish(&self.decoder.dicts)?);
         }
         Ok(())
     }
@@ -747,7 +747,7 @@ impl Processor {
         let offsets = self.offsets();
         let mut w = self.open_events().await?;
         // One partition per batch.
-        for b in self.events_out.finish()?.into_iter().chain(self.held_events.drain(..)) {
+        for b in self.events_out.finish(&self.decoder.dicts)?.into_iter().chain(self.held_events.drain(..)) {
             let n = b.num_rows();
             w.write_runs(b, &[n]).await?;
         }

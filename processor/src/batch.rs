@@ -474,7 +474,7 @@ impl JsonDecoder {
     /// is either a row of the batch or a [`Rejected`] entry. Returns the batch and, for each
     /// row, the index of its line.
     pub fn decode(&self, lines: &[&str]) -> Result<(RecordBatch, Vec<u32>, Vec<Rejected>)> {
-        let mut columns = EventColumns::<Dict>::with_capacity(lines.len());
+        let mut columns = EventColumns::<Dict, Dict>::with_capacity(lines.len());
         let mut rows = Vec::with_capacity(lines.len());
         let mut rejected = Vec::new();
         for (i, line) in lines.iter().enumerate() {
@@ -485,12 +485,12 @@ impl JsonDecoder {
             match Event::read_json(line) {
                 Ok((ev, v)) => {
                     rows.push(i as u32);
-                    columns.push(self, &ev, &v);
+                    columns.push(self, &ev, &v, (NONE, NONE));
                 }
                 Err(e) => rejected.push(Rejected { line: i, reason: e.to_string() }),
             }
         }
-        Ok((columns.finish(decode_schema())?, rows, rejected))
+        Ok((columns.finish(decode_schema(), [None, None])?, rows, rejected))
     }
 
     /// Reads log record values, each an event's JSON form or its binary form
@@ -519,25 +519,31 @@ impl JsonDecoder {
 
     /// The `events` table rows ([`events_schema`]) of `events[indices]`, in that order.
     pub fn events_batch(&self, events: &[(Event<'_>, Validated)], indices: &[u32]) -> Result<RecordBatch> {
-        let mut columns = EventColumns::<StringBuilder>::with_capacity(indices.len());
+        let mut columns = EventColumns::<StringBuilder, StringBuilder>::with_capacity(indices.len());
         for &i in indices {
             let (ev, v) = &events[i as usize];
-            columns.push(self, ev, v);
+            columns.push(self, ev, v, (NONE, NONE));
         }
-        columns.finish(events_schema())
+        columns.finish(events_schema(), [None, None])
     }
 }
 
 /// `events` rows of checked events, gathered by the table's partition (tenant and UTC day)
 /// as they come: each partition's rows go straight into its own builders, so a flush
 /// writes one batch per partition, with no regrouping and no concatenation.
+///
+/// The batches are in [`events_rows_schema`]: queues, agents and event types are keyed
+/// by the ids the [`Decoder`] interned them to, never copied or hashed per row; the
+/// `events` files hold them as Parquet dictionaries made from those keys.
 #[derive(Default)]
 pub struct EventsByPartition {
-    parts: HashMap<(u32, i64), EventColumns<StringBuilder>, FixedState>,
+    parts: HashMap<(u32, i64), EventColumns<StringBuilder, Interned>, FixedState>,
     rows: usize,
     /// Rows each partition had at the last flush: its builders start that large instead of
     /// doubling (and copying) their way up again.
     last_rows: HashMap<(u32, i64), usize, FixedState>,
+    /// The queue and agent names as columns, built again only when names were added.
+    names: [Option<ArrayRef>; 2],
 }
 
 impl std::fmt::Debug for EventsByPartition {
@@ -547,15 +553,16 @@ impl std::fmt::Debug for EventsByPartition {
 }
 
 impl EventsByPartition {
-    /// Adds `ev` as a row of partition `key` (the caller's tenant id and UTC day).
+    /// Adds `ev` as a row of partition `key` (the caller's tenant id and UTC day); `names`
+    /// are its queue and agent as the [`Decoder`] interned them ([`NONE`] when absent).
     #[inline]
-    pub fn push(&mut self, d: &JsonDecoder, key: (u32, i64), ev: &Event<'_>, v: &Validated) {
+    pub fn push(&mut self, d: &JsonDecoder, key: (u32, i64), ev: &Event<'_>, v: &Validated, names: (u32, u32)) {
         self.rows += 1;
         let last_rows = &self.last_rows;
         self.parts
             .entry(key)
             .or_insert_with(|| EventColumns::with_capacity(last_rows.get(&key).copied().unwrap_or(0).max(1024)))
-            .push(d, ev, v);
+            .push(d, ev, v, names);
     }
 
     /// Rows gathered.
@@ -573,13 +580,45 @@ impl EventsByPartition {
         self.rows = 0;
     }
 
-    /// One batch of the `events` schema per partition; empties the set.
-    pub fn finish(&mut self) -> Result<Vec<RecordBatch>> {
+    /// One batch of [`events_rows_schema`] per partition, its names looked up in `dicts`
+    /// (the dictionaries the pushed ids come from); empties the set.
+    pub fn finish(&mut self, dicts: &Dictionaries) -> Result<Vec<RecordBatch>> {
         self.rows = 0;
         self.last_rows.clear();
         self.last_rows.extend(self.parts.iter().map(|(key, columns)| (*key, columns.rows)));
-        self.parts.drain().map(|(_, columns)| columns.finish(events_schema())).collect()
+        for (cached, names) in self.names.iter_mut().zip([&dicts.queues, &dicts.agents]) {
+            if cached.as_ref().is_none_or(|c| c.len() != names.len()) {
+                *cached = Some(Arc::new(names.column(0..names.len() as u32)?));
+            }
+        }
+        let [queues, agents] = &self.names;
+        self.parts
+            .drain()
+            .map(|(_, columns)| columns.finish(events_rows_schema(), [queues.as_ref(), agents.as_ref()]))
+            .collect()
     }
+}
+
+/// [`events_schema`] with `queue_id`, `agent_id` and `event_type` dictionary-encoded: the
+/// batches [`EventsByPartition`] builds. Any `events` writer takes them as they are (the
+/// files' schema is [`events_schema`]).
+pub fn events_rows_schema() -> SchemaRef {
+    static SCHEMA: std::sync::LazyLock<SchemaRef> = std::sync::LazyLock::new(|| {
+        let fields: Vec<_> = events_schema()
+            .fields()
+            .iter()
+            .map(|f| match f.name().as_str() {
+                "queue_id" | "agent_id" | "event_type" => Arc::new(
+                    f.as_ref()
+                        .clone()
+                        .with_data_type(DataType::Dictionary(Box::new(DataType::Int32), Box::new(DataType::Utf8))),
+                ),
+                _ => f.clone(),
+            })
+            .collect();
+        Arc::new(arrow::datatypes::Schema::new(fields))
+    });
+    SCHEMA.clone()
 }
 
 /// Log record values read by [`JsonDecoder::read_values`].
@@ -594,12 +633,23 @@ pub struct ReadValues<'a> {
 }
 
 /// A text column of the fold's names (tenant, queue, agent): dictionary-encoded for the
-/// decoder ([`decode_schema`]) or plain for the `events` table ([`events_schema`]).
-trait NameColumn: ArrayBuilder {
+/// decoder ([`decode_schema`]), plain for the `events` table ([`events_schema`]), or keyed
+/// by interned ids ([`Interned`]).
+trait NameColumn {
     fn with_capacity(n: usize) -> Self;
-    fn append(&mut self, v: Option<&str>);
+    /// Appends a row's name, `v`, interned as `id` ([`NONE`] when absent or not known).
+    fn append(&mut self, v: Option<&str>, id: u32);
+    /// The column; `names` are the interned names, for the columns that key into them.
+    fn finish(&mut self, names: Option<&ArrayRef>) -> Result<ArrayRef>;
     /// The event type column from each row's type.
     fn event_types(types: Vec<i32>) -> Result<ArrayRef>;
+}
+
+/// The event type names as a dictionary's values, in [`EventType`] order.
+fn event_type_names() -> ArrayRef {
+    static TYPE_NAMES: std::sync::LazyLock<ArrayRef> =
+        std::sync::LazyLock::new(|| Arc::new(StringArray::from_iter_values(EventType::ALL.iter().map(|t| t.as_str()))));
+    TYPE_NAMES.clone()
 }
 
 impl NameColumn for Dict {
@@ -607,15 +657,15 @@ impl NameColumn for Dict {
         Dict::new()
     }
     #[inline]
-    fn append(&mut self, v: Option<&str>) {
+    fn append(&mut self, v: Option<&str>, _: u32) {
         self.append_option(v);
+    }
+    fn finish(&mut self, _: Option<&ArrayRef>) -> Result<ArrayRef> {
+        Ok(ArrayBuilder::finish(self))
     }
     fn event_types(types: Vec<i32>) -> Result<ArrayRef> {
         // Keys into the fixed list of names: no hashing per row.
-        static TYPE_NAMES: std::sync::LazyLock<ArrayRef> = std::sync::LazyLock::new(|| {
-            Arc::new(StringArray::from_iter_values(EventType::ALL.iter().map(|t| t.as_str())))
-        });
-        Ok(Arc::new(DictionaryArray::<Int32Type>::try_new(Int32Array::from(types), TYPE_NAMES.clone())?))
+        Ok(Arc::new(DictionaryArray::<Int32Type>::try_new(Int32Array::from(types), event_type_names())?))
     }
 }
 
@@ -625,22 +675,57 @@ impl NameColumn for StringBuilder {
         StringBuilder::with_capacity(n, n * 12)
     }
     #[inline]
-    fn append(&mut self, v: Option<&str>) {
+    fn append(&mut self, v: Option<&str>, _: u32) {
         self.append_option(v);
+    }
+    fn finish(&mut self, _: Option<&ArrayRef>) -> Result<ArrayRef> {
+        Ok(ArrayBuilder::finish(self))
     }
     fn event_types(types: Vec<i32>) -> Result<ArrayRef> {
         Ok(Arc::new(StringArray::from_iter_values(types.iter().map(|&t| EventType::ALL[t as usize].as_str()))))
     }
 }
 
+/// Names as the interned ids the [`Decoder`] gave them: a dictionary column whose values
+/// are every name interned (the writer keeps only those a file uses).
+#[derive(Debug, Default)]
+struct Interned {
+    ids: Vec<u32>,
+}
+
+impl NameColumn for Interned {
+    fn with_capacity(n: usize) -> Self {
+        Interned { ids: Vec::with_capacity(n) }
+    }
+    #[inline]
+    fn append(&mut self, _: Option<&str>, id: u32) {
+        self.ids.push(id);
+    }
+    fn finish(&mut self, names: Option<&ArrayRef>) -> Result<ArrayRef> {
+        let names = names.ok_or_else(|| {
+            arrow::error::ArrowError::InvalidArgumentError("interned names without their dictionary".into())
+        })?;
+        let ids = std::mem::take(&mut self.ids);
+        let keys = if ids.contains(&NONE) {
+            Int32Array::from_iter(ids.iter().map(|&id| (id != NONE).then_some(id as i32)))
+        } else {
+            Int32Array::from_iter_values(ids.iter().map(|&id| id as i32))
+        };
+        Ok(Arc::new(DictionaryArray::<Int32Type>::try_new(keys, names.clone())?))
+    }
+    fn event_types(types: Vec<i32>) -> Result<ArrayRef> {
+        Dict::event_types(types)
+    }
+}
+
 /// The columns of checked events, appended row by row.
-struct EventColumns<N> {
+struct EventColumns<T, Q> {
     event_id: StringBuilder,
-    tenant: N,
+    tenant: T,
     source: StringBuilder,
     call: StringBuilder,
-    queue: N,
-    agent: N,
+    queue: Q,
+    agent: Q,
     etype: Vec<i32>,
     occurred: TimestampMillisecondBuilder,
     ingested: TimestampMillisecondBuilder,
@@ -660,15 +745,15 @@ struct EventColumns<N> {
     rows: usize,
 }
 
-impl<N: NameColumn> EventColumns<N> {
+impl<T: NameColumn, Q: NameColumn> EventColumns<T, Q> {
     fn with_capacity(n: usize) -> Self {
         EventColumns {
             event_id: StringBuilder::with_capacity(n, n * 36),
-            tenant: N::with_capacity(n),
+            tenant: T::with_capacity(n),
             source: StringBuilder::with_capacity(n, n * 4),
             call: StringBuilder::with_capacity(n, n * 36),
-            queue: N::with_capacity(n),
-            agent: N::with_capacity(n),
+            queue: Q::with_capacity(n),
+            agent: Q::with_capacity(n),
             etype: Vec::with_capacity(n),
             occurred: TimestampMillisecondBuilder::with_capacity(n).with_timezone("UTC"),
             ingested: TimestampMillisecondBuilder::with_capacity(n).with_timezone("UTC"),
@@ -688,16 +773,17 @@ impl<N: NameColumn> EventColumns<N> {
         }
     }
 
+    /// Appends a row; `names` are its queue and agent as interned (for [`Interned`]).
     #[inline]
-    fn push(&mut self, d: &JsonDecoder, ev: &Event<'_>, v: &Validated) {
+    fn push(&mut self, d: &JsonDecoder, ev: &Event<'_>, v: &Validated, names: (u32, u32)) {
         let row = self.rows;
         self.rows += 1;
         self.event_id.append_option(ev.event_id.as_deref());
-        self.tenant.append(ev.tenant_id.as_deref());
+        self.tenant.append(ev.tenant_id.as_deref(), NONE);
         self.source.append_value(ev.source.as_deref().unwrap_or(&d.default_source));
         self.call.append_option(ev.call_id.as_deref());
-        self.queue.append(ev.queue_id.as_deref());
-        self.agent.append(ev.agent_id.as_deref());
+        self.queue.append(ev.queue_id.as_deref(), names.0);
+        self.agent.append(ev.agent_id.as_deref(), names.1);
         self.etype.push(v.event_type as i32);
         self.occurred.append_value(v.occurred_at_ms);
         self.ingested.append_value(v.ingested_at_ms.unwrap_or(d.ingested_at_ms));
@@ -718,17 +804,18 @@ impl<N: NameColumn> EventColumns<N> {
         self.day.append_value(v.occurred_at_ms.div_euclid(MS_PER_DAY) as i32);
     }
 
-    fn finish(mut self, schema: SchemaRef) -> Result<RecordBatch> {
+    /// The batch; `names` are the interned queue and agent names (for [`Interned`]).
+    fn finish(mut self, schema: SchemaRef, names: [Option<&ArrayRef>; 2]) -> Result<RecordBatch> {
         let n = self.rows;
         let [m0, m1, m2, m3] = self.media;
         let columns: Vec<ArrayRef> = vec![
             Arc::new(self.event_id.finish()),
-            ArrayBuilder::finish(&mut self.tenant),
+            self.tenant.finish(None)?,
             Arc::new(self.source.finish()),
             Arc::new(self.call.finish()),
-            ArrayBuilder::finish(&mut self.queue),
-            ArrayBuilder::finish(&mut self.agent),
-            N::event_types(self.etype)?,
+            self.queue.finish(names[0])?,
+            self.agent.finish(names[1])?,
+            Q::event_types(self.etype)?,
             Arc::new(self.occurred.finish()),
             Arc::new(self.ingested.finish()),
             Arc::new(self.priority.finish::<Int8Type>(n)),

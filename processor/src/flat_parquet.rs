@@ -633,17 +633,32 @@ fn rle_dictionary_indices(indices: &[u32], dictionary_len: usize, out: &mut Vec<
 /// pass [`MAX_DICTIONARY_BYTES`].
 fn dictionary_of(array: &ArrayRef) -> Option<Dictionary<'_>> {
     if let DataType::Dictionary(_, _) = array.data_type() {
+        // The values the keys use, in order of first use: a dictionary array's values may
+        // be many more than a chunk's (every name a process has seen, say).
         let d: &DictionaryArray<Int32Type> = array.as_dictionary::<Int32Type>();
         let values = d.values().as_string::<i32>();
-        if values.null_count() > 0 || values.value_data().len() > MAX_DICTIONARY_BYTES {
+        if values.null_count() > 0 {
             return None;
         }
-        let keys = d.keys();
-        let indices = match keys.nulls().filter(|n| n.null_count() > 0) {
-            None => keys.values().iter().map(|&k| k as u32).collect(),
-            Some(n) => n.valid_indices().map(|i| keys.values()[i] as u32).collect(),
+        let mut slot = vec![u32::MAX; values.len()];
+        let mut used: Vec<&[u8]> = Vec::new();
+        let mut bytes = 0;
+        let mut index = |k: i32| {
+            let s = &mut slot[k as usize];
+            if *s == u32::MAX {
+                *s = used.len() as u32;
+                let v = values.value(k as usize).as_bytes();
+                bytes += v.len();
+                used.push(v);
+            }
+            *s
         };
-        return Some(Dictionary { values: values.iter().map(|v| v.unwrap_or("").as_bytes()).collect(), indices });
+        let keys = d.keys();
+        let indices: Vec<u32> = match keys.nulls().filter(|n| n.null_count() > 0) {
+            None => keys.values().iter().map(|&k| index(k)).collect(),
+            Some(n) => n.valid_indices().map(|i| index(keys.values()[i])).collect(),
+        };
+        return (bytes <= MAX_DICTIONARY_BYTES).then_some(Dictionary { values: used, indices });
     }
     let s = array.as_string::<i32>();
     // Values of up to 16 bytes (names, enums: nearly every value) are keyed by their bytes
@@ -886,7 +901,8 @@ mod tests {
     fn dictionary_arrays_write_their_keys() {
         let schema = Arc::new(Schema::new(vec![Field::new("name", DataType::Utf8, true)]));
         let keys = arrow::array::Int32Array::from(vec![Some(2), None, Some(0), Some(2), Some(1)]);
-        let values = Arc::new(StringArray::from(vec!["a", "bb", "ccc"]));
+        // Values no key uses stay out of the file's dictionary.
+        let values = Arc::new(StringArray::from(vec!["a", "bb", "ccc", "unused", "also unused"]));
         let d: ArrayRef = Arc::new(DictionaryArray::<Int32Type>::try_new(keys, values).unwrap());
         let b =
             RecordBatch::try_new(Arc::new(Schema::new(vec![Field::new("name", d.data_type().clone(), true)])), vec![d])
@@ -896,6 +912,13 @@ mod tests {
         let mut w = FlatWriter::try_new(&mut out, schema.clone(), props).unwrap();
         w.write(&b).unwrap();
         w.close().unwrap();
+        let file = parquet::file::reader::SerializedFileReader::new(Bytes::from(out.clone())).unwrap();
+        let mut pages =
+            parquet::file::reader::FileReader::get_row_group(&file, 0).unwrap().get_column_page_reader(0).unwrap();
+        match pages.get_next_page().unwrap() {
+            Some(Page::DictionaryPage { num_values, .. }) => assert_eq!(num_values, 3),
+            other => panic!("{other:?}"),
+        }
         let back = arrow::compute::concat_batches(&schema, &read(out)).unwrap();
         let expected = StringArray::from(vec![Some("ccc"), None, Some("a"), Some("ccc"), Some("bb")]);
         assert_eq!(back.column(0).as_string::<i32>(), &expected);

@@ -356,7 +356,10 @@ struct OpenFile {
     values: IndexMap<String, Scalar>,
     /// The columns the file holds (those that are not partition values), by index.
     columns: Vec<usize>,
+    /// The rows' schema (these columns).
     schema: SchemaRef,
+    /// The file's: the same, with dictionary-encoded text as text.
+    file_schema: SchemaRef,
     file: FlatWriter<Chunks>,
     rows: usize,
     gathered: Vec<RecordBatch>,
@@ -368,8 +371,20 @@ impl OpenFile {
         let columns: Vec<usize> =
             (0..first.num_columns()).filter(|&i| !values.contains_key(first.schema().field(i).name())).collect();
         let schema = Arc::new(first.schema().project(&columns)?);
-        let file = FlatWriter::try_new(Chunks::default(), schema.clone(), props.clone())?;
-        Ok(OpenFile { values, columns, schema, file, rows: 0, gathered: Vec::new(), gathered_rows: 0 })
+        // Dictionary-encoded text is the table's text: the file says so (and holds the
+        // dictionary's keys, see `FlatWriter`).
+        let text = DataType::Dictionary(Box::new(DataType::Int32), Box::new(DataType::Utf8));
+        let plain: Vec<arrow::datatypes::FieldRef> = schema
+            .fields()
+            .iter()
+            .map(|f| match f.data_type() == &text {
+                true => Arc::new(f.as_ref().clone().with_data_type(DataType::Utf8)),
+                false => f.clone(),
+            })
+            .collect();
+        let file_schema = Arc::new(Schema::new_with_metadata(plain, schema.metadata().clone()));
+        let file = FlatWriter::try_new(Chunks::default(), file_schema.clone(), props.clone())?;
+        Ok(OpenFile { values, columns, schema, file_schema, file, rows: 0, gathered: Vec::new(), gathered_rows: 0 })
     }
 
     /// Adds `run`'s rows after the file's others.
@@ -409,7 +424,7 @@ impl OpenFile {
     fn finish(mut self) -> FlatResult<(Chunks, ParquetMetaData, SchemaRef)> {
         self.write_gathered()?;
         let (bytes, metadata) = self.file.finish()?;
-        Ok((bytes, metadata, self.schema))
+        Ok((bytes, metadata, self.file_schema))
     }
 }
 

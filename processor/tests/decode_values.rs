@@ -5,10 +5,13 @@
 use std::io::Read;
 use std::path::Path;
 
-use arrow::array::{AsArray, UInt32Array};
-use arrow::compute::take_record_batch;
-use ccstream_processor::batch::{to_events_schema, DecodedBatch, Decoder, EventsByPartition, JsonDecoder};
-use ccstream_schemas::{encode_event, Event};
+use arrow::array::{AsArray, RecordBatch, UInt32Array};
+use arrow::compute::{cast, take_record_batch};
+use arrow::datatypes::DataType;
+use ccstream_processor::batch::{
+    events_rows_schema, to_events_schema, DecodedBatch, Decoder, EventsByPartition, JsonDecoder,
+};
+use ccstream_schemas::{encode_event, events_schema, Event};
 
 /// The oracle fixture's JSON lines, one per event (with its malformed lines).
 fn fixture_lines() -> Vec<String> {
@@ -32,6 +35,13 @@ fn values(lines: &[String]) -> Vec<Vec<u8>> {
             _ => line.as_bytes().to_vec(),
         })
         .collect()
+}
+
+/// `batch` in [`events_schema`]: its dictionary-encoded text as text.
+fn plain(batch: &RecordBatch) -> RecordBatch {
+    let schema = events_schema();
+    let columns = schema.fields().iter().zip(batch.columns()).map(|(f, c)| cast(c, f.data_type()).unwrap()).collect();
+    RecordBatch::try_new(schema, columns).unwrap()
 }
 
 fn assert_same(a: &DecodedBatch, b: &DecodedBatch) {
@@ -92,17 +102,21 @@ fn row_decoding_matches_the_columnar_path() {
 
     // Gathered by partition (here: by event type, as a stand-in key), each partition's rows
     // equal the same rows taken from the batch, in arrival order.
+    // Queues, agents and event types come keyed by the decoder's ids: as text, the same.
     let mut by_part = EventsByPartition::default();
     let key = |r: usize| (read.events[r].1.event_type as u32, 0);
     for r in (0..read.events.len()).filter(|r| r % 5 != 1) {
         let (ev, v) = &read.events[r];
-        by_part.push(&json, key(r), ev, v);
+        by_part.push(&json, key(r), ev, v, (got.queue[r], got.agent[r]));
     }
     assert_eq!(by_part.rows(), (0..read.events.len()).filter(|r| r % 5 != 1).count());
-    let parts = by_part.finish().unwrap();
+    let parts = by_part.finish(&rowwise.dicts).unwrap();
     assert!(parts.len() > 1);
     assert!(by_part.is_empty());
     for part in parts {
+        assert_eq!(part.schema(), events_rows_schema());
+        assert!(matches!(part.column_by_name("agent_id").unwrap().data_type(), DataType::Dictionary(_, _)));
+        let part = plain(&part);
         let kind = part.column_by_name("event_type").unwrap().as_string::<i32>().value(0).to_string();
         let rows: Vec<u32> = (0..read.events.len())
             .filter(|&r| r % 5 != 1 && read.events[r].1.event_type.as_str() == kind)
