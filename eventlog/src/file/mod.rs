@@ -190,50 +190,85 @@ impl ScanMark {
 }
 
 /// Goes on scanning segment `mark.base` from `mark` (a previous result for the same segment,
-/// or its start): only the bytes after `mark.len` are read and checked.
+/// or its start): only the bytes after `mark.len` are read and checked, a chunk at a time
+/// into one buffer (a segment is up to `segment_bytes` long; read whole, it would take as
+/// much fresh memory, twice over while it grew).
 fn scan_segment_from(path: &Path, mark: ScanMark) -> Result<ScanMark> {
     let base = mark.base;
-    let mut file = File::open(path).map_err(io_err("open segment", path))?;
-    let mut data = Vec::new();
-    file.seek(SeekFrom::Start(mark.len))
-        .and_then(|_| file.read_to_end(&mut data))
-        .map_err(io_err("read segment", path))?;
-    let mut at = 0;
-    if mark.len == 0 {
-        match segment::decode_header(&data) {
-            Ok(b) if b == base => {}
-            Ok(b) => {
-                return Err(Error::Corrupt {
-                    path: path.display().to_string(),
-                    position: 8,
-                    reason: format!("header says base offset {b}, file name says {base}"),
-                })
-            }
-            Err(FrameError::Incomplete { .. }) => return Ok(mark),
-            Err(FrameError::Corrupt(reason)) => {
-                return Err(Error::Corrupt { path: path.display().to_string(), position: 0, reason: reason.into() })
-            }
-        }
-        at = segment::HEADER_LEN;
+    let file = File::open(path).map_err(io_err("open segment", path))?;
+    let corrupt = |position, reason: String| Error::Corrupt { path: path.display().to_string(), position, reason };
+    // Nothing new (a lag probe's usual case): no buffer, no read.
+    let len = file.metadata().map_err(io_err("stat segment", path))?.len();
+    if len <= mark.len {
+        return Ok(mark);
     }
+    let mut buf = vec![0u8; CHUNK_BYTES.min((len - mark.len) as usize)];
+    // `buf[at..filled]` is unchecked; `buf[0]` is at `pos` in the file.
+    let (mut pos, mut at, mut filled, mut eof) = (mark.len, 0usize, 0usize, false);
+    let mut header_checked = mark.len > 0;
     let mut next = mark.next;
     loop {
-        match segment::decode_record(&data[at..]) {
-            Ok(f) if f.offset == next => {
-                at += f.len;
+        let data = &buf[at..filled];
+        let step = if header_checked {
+            segment::decode_record(data).map(|f| (f.offset, f.len))
+        } else {
+            segment::decode_header(data).map(|b| (b, segment::HEADER_LEN))
+        };
+        match step {
+            Ok((b, len)) if !header_checked => {
+                if b != base {
+                    return Err(corrupt(8, format!("header says base offset {b}, file name says {base}")));
+                }
+                header_checked = true;
+                at += len;
+            }
+            Ok((offset, len)) if offset == next => {
+                at += len;
                 next += 1;
             }
-            Ok(f) => {
-                return Err(Error::Corrupt {
-                    path: path.display().to_string(),
-                    position: mark.len + at as u64,
-                    reason: format!("offset {} where {next} was expected", f.offset),
-                })
+            Ok((offset, _)) => {
+                return Err(corrupt(pos + at as u64, format!("offset {offset} where {next} was expected")));
             }
+            // The chunk ends inside a record (or the header): keep what is unchecked, read on.
+            Err(FrameError::Incomplete { needed }) if !eof => {
+                buf.copy_within(at..filled, 0);
+                pos += at as u64;
+                (filled, at) = (filled - at, 0);
+                if needed > buf.len() {
+                    // A record larger than the buffer, if the file holds that much: else the
+                    // length is a torn tail's (or a write's in progress), and the scan ends.
+                    let len = file.metadata().map_err(io_err("stat segment", path))?.len();
+                    if pos + needed as u64 > len {
+                        eof = true;
+                        continue;
+                    }
+                    buf.resize(needed, 0);
+                }
+                let got = read_full_at(&file, &mut buf[filled..], pos + filled as u64)
+                    .map_err(io_err("read segment", path))?;
+                eof = filled + got < buf.len();
+                filled += got;
+            }
+            Err(FrameError::Incomplete { .. }) if !header_checked => return Ok(mark),
+            Err(FrameError::Corrupt(reason)) if !header_checked => return Err(corrupt(0, reason.into())),
             // A short or damaged record ends the valid prefix (a torn tail).
-            Err(_) => return Ok(ScanMark { base, len: mark.len + at as u64, next }),
+            Err(_) => return Ok(ScanMark { base, len: pos + at as u64, next }),
         }
     }
+}
+
+/// Reads into all of `buf` from `pos`, or up to the end of the file; returns the bytes read.
+fn read_full_at(file: &File, buf: &mut [u8], pos: u64) -> std::io::Result<usize> {
+    let mut n = 0;
+    while n < buf.len() {
+        match file.read_at(&mut buf[n..], pos + n as u64) {
+            Ok(0) => break,
+            Ok(k) => n += k,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(n)
 }
 
 #[derive(Debug)]
@@ -844,6 +879,42 @@ mod tests {
         for bad in ["file://", "file:///x?fsync=sometimes", "file:///x?nope=1", "file:///x?segment_bytes=big"] {
             assert!(matches!(FileLogConfig::from_url(bad), Err(Error::BadUrl { .. })), "{bad}");
         }
+    }
+
+    /// A segment of several buffers' worth, with records across every buffer boundary and
+    /// one larger than the buffer: scanned whole, resumed from a mark, and cut anywhere in
+    /// its last record (a torn tail), the scan stops after the last whole record.
+    #[test]
+    fn scans_read_segments_a_chunk_at_a_time() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("00000000000000000100.seg");
+        let mut bytes = segment::encode_header(100).to_vec();
+        let mut ends = vec![bytes.len()];
+        let mut seed = 17u64;
+        for i in 0..400u64 {
+            seed = seed.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1442695040888963407);
+            let len = if i == 150 { 3 * CHUNK_BYTES / 2 } else { (seed >> 40) as usize % 20_000 };
+            let value: Vec<u8> = (0..len).map(|j| (j as u64 ^ seed) as u8).collect();
+            segment::encode_record(&mut bytes, 100 + i, i as i64, b"k", &value);
+            ends.push(bytes.len());
+        }
+        assert!(bytes.len() > 4 * CHUNK_BYTES);
+        std::fs::write(&path, &bytes).unwrap();
+        let whole = scan_segment_from(&path, ScanMark::start(100)).unwrap();
+        assert_eq!(whole, ScanMark { base: 100, len: bytes.len() as u64, next: 500 });
+        let mark = ScanMark { base: 100, len: ends[120] as u64, next: 220 };
+        assert_eq!(scan_segment_from(&path, mark).unwrap(), whole);
+        // Torn: the file ends inside record 399 (or inside the large one).
+        for (cut, next) in [(ends[399] + 3, 499), (ends[400] - 1, 499), (ends[150] + 5, 250)] {
+            std::fs::write(&path, &bytes[..cut]).unwrap();
+            let end = scan_segment_from(&path, ScanMark::start(100)).unwrap();
+            assert_eq!(end, ScanMark { base: 100, len: ends[next - 100] as u64, next: next as u64 }, "cut at {cut}");
+        }
+        // Damage before the tail's end stops the scan there too (the writer decides what it is).
+        let mut damaged = bytes.clone();
+        damaged[ends[300] + 10] ^= 0xff;
+        std::fs::write(&path, &damaged).unwrap();
+        assert_eq!(scan_segment_from(&path, ScanMark::start(100)).unwrap().next, 400);
     }
 
     #[test]
