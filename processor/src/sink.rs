@@ -361,7 +361,6 @@ struct OpenFile {
     /// The file's: the same, with dictionary-encoded text as text.
     file_schema: SchemaRef,
     file: FlatWriter<Chunks>,
-    rows: usize,
     gathered: Vec<RecordBatch>,
     gathered_rows: usize,
 }
@@ -377,20 +376,22 @@ impl OpenFile {
         let plain: Vec<arrow::datatypes::FieldRef> = schema
             .fields()
             .iter()
-            .map(|f| match f.data_type() == &text {
-                true => Arc::new(f.as_ref().clone().with_data_type(DataType::Utf8)),
-                false => f.clone(),
+            .map(|f| {
+                if f.data_type() == &text {
+                    Arc::new(f.as_ref().clone().with_data_type(DataType::Utf8))
+                } else {
+                    f.clone()
+                }
             })
             .collect();
         let file_schema = Arc::new(Schema::new_with_metadata(plain, schema.metadata().clone()));
         let file = FlatWriter::try_new(Chunks::default(), file_schema.clone(), props.clone())?;
-        Ok(OpenFile { values, columns, schema, file_schema, file, rows: 0, gathered: Vec::new(), gathered_rows: 0 })
+        Ok(OpenFile { values, columns, schema, file_schema, file, gathered: Vec::new(), gathered_rows: 0 })
     }
 
     /// Adds `run`'s rows after the file's others.
     fn take(&mut self, run: RecordBatch) -> FlatResult<()> {
         let rows = run.num_rows();
-        self.rows += rows;
         let run = run.project(&self.columns)?;
         if rows >= MIN_GROUP_ROWS {
             // Rows keep their order in the file.
