@@ -11,7 +11,8 @@
 //! - `DELTA_LENGTH_BYTE_ARRAY` text and binary: the lengths delta-packed, then the value
 //!   bytes, which for a column without nulls are the array's value buffer in one copy;
 //! - dictionary-enabled text: a `PLAIN` dictionary page and `RLE_DICTIONARY` indices, taken
-//!   from the keys of a dictionary array, or found by hashing plain text.
+//!   from the keys of a dictionary array (the page holds only the values the chunk uses), or
+//!   found by hashing plain text.
 //!
 //! Pages are Parquet v1 data pages of at most [`PAGE_ROWS`] rows, each compressed whole with
 //! the column's codec (zstd or Snappy; compression contexts are reused across columns).
