@@ -427,21 +427,18 @@ pub fn decode_schema() -> SchemaRef {
 }
 
 fn build_decode_schema() -> SchemaRef {
+    events_with_dictionaries(&DECODED_DICTIONARIES)
+}
+
+/// [`events_schema`] with the text columns `columns` dictionary-encoded (as
+/// [`with_dictionaries`] encodes them).
+fn events_with_dictionaries(columns: &[&str]) -> SchemaRef {
     let dictionaries = with_dictionaries(&events_schema());
-    let events = events_schema();
-    let fields: Vec<_> = events
+    let fields: Vec<_> = events_schema()
         .fields()
         .iter()
         .zip(dictionaries.fields())
-        .map(
-            |(plain, dict)| {
-                if DECODED_DICTIONARIES.contains(&plain.name().as_str()) {
-                    dict.clone()
-                } else {
-                    plain.clone()
-                }
-            },
-        )
+        .map(|(plain, dict)| if columns.contains(&plain.name().as_str()) { dict.clone() } else { plain.clone() })
         .collect();
     Arc::new(arrow::datatypes::Schema::new(fields))
 }
@@ -603,21 +600,8 @@ impl EventsByPartition {
 /// batches [`EventsByPartition`] builds. Any `events` writer takes them as they are (the
 /// files' schema is [`events_schema`]).
 pub fn events_rows_schema() -> SchemaRef {
-    static SCHEMA: std::sync::LazyLock<SchemaRef> = std::sync::LazyLock::new(|| {
-        let fields: Vec<_> = events_schema()
-            .fields()
-            .iter()
-            .map(|f| match f.name().as_str() {
-                "queue_id" | "agent_id" | "event_type" => Arc::new(
-                    f.as_ref()
-                        .clone()
-                        .with_data_type(DataType::Dictionary(Box::new(DataType::Int32), Box::new(DataType::Utf8))),
-                ),
-                _ => f.clone(),
-            })
-            .collect();
-        Arc::new(arrow::datatypes::Schema::new(fields))
-    });
+    static SCHEMA: std::sync::LazyLock<SchemaRef> =
+        std::sync::LazyLock::new(|| events_with_dictionaries(&["queue_id", "agent_id", "event_type"]));
     SCHEMA.clone()
 }
 

@@ -103,8 +103,9 @@ mod simd {
     /// The CPU must support SSSE3.
     #[target_feature(enable = "ssse3")]
     pub(super) unsafe fn digits_ssse3(s: &[u8; 36]) -> Option<IdKey> {
-        const Z: i8 = -128; // a shuffle index that yields 0
-                            // SAFETY: each load reads 16 bytes inside the 36-byte array (offsets 0, 16, 20).
+        // A shuffle index that yields 0.
+        const Z: i8 = -128;
+        // SAFETY: each load reads 16 bytes inside the 36-byte array (offsets 0, 16, 20).
         let (l0, l1, l2) = unsafe {
             (
                 _mm_loadu_si128(s.as_ptr() as *const __m128i),
