@@ -374,36 +374,41 @@ pub(crate) async fn run(args: ReplayArgs) -> Result<Summary> {
     fold.emit(&decoder.dicts, &params, now, Horizon::END)?;
     output_time += t.elapsed();
     let dicts = &decoder.dicts;
-    let (facts_tx, facts_done) =
-        spawn_sink(store.overwrite_streaming(TABLE_CALL_FACTS, call_facts_schema(), FILE_ROWS).await?);
-    let (legs_tx, legs_done) =
-        spawn_sink(store.overwrite_streaming(TABLE_AGENT_LEGS, agent_legs_schema(), FILE_ROWS).await?);
+    let mut facts_out = TableWriter::new(
+        store.overwrite_streaming(TABLE_CALL_FACTS, call_facts_schema(), FILE_ROWS).await?,
+        args.threads,
+    );
+    let mut legs_out = TableWriter::new(
+        store.overwrite_streaming(TABLE_AGENT_LEGS, agent_legs_schema(), FILE_ROWS).await?,
+        args.threads,
+    );
     let mut facts = fold.call_facts_slices(dicts, &params, SLICE_ROWS);
     let mut legs = fold.agent_legs_slices(dicts, &params, SLICE_ROWS);
-    loop {
-        let built = Instant::now();
-        let (f, l) = (facts.next().transpose()?, legs.next().transpose()?);
-        output_time += built.elapsed();
-        if f.is_none() && l.is_none() {
-            break;
-        }
-        // A send fails only if the sink task ended early: its error is reported below.
-        if let Some(f) = f {
-            summary.call_facts_rows += f.num_rows() as u64;
-            if facts_tx.send(f).await.is_err() {
-                break;
+    let written = async {
+        loop {
+            let built = Instant::now();
+            let (f, l) = (facts.next().transpose()?, legs.next().transpose()?);
+            output_time += built.elapsed();
+            if f.is_none() && l.is_none() {
+                return Ok::<_, anyhow::Error>(());
             }
-        }
-        if let Some(l) = l {
-            summary.agent_legs_rows += l.num_rows() as u64;
-            if legs_tx.send(l).await.is_err() {
-                break;
+            if let Some(f) = f {
+                summary.call_facts_rows += f.num_rows() as u64;
+                facts_out.write(f).await?;
+            }
+            if let Some(l) = l {
+                summary.agent_legs_rows += l.num_rows() as u64;
+                legs_out.write(l).await?;
             }
         }
     }
-    drop((facts, legs, facts_tx, legs_tx));
-    facts_done.await??;
-    legs_done.await??;
+    .await;
+    drop((facts, legs));
+    // A writer's own error says more than the failed hand-off that follows it.
+    let (facts_done, legs_done) = (facts_out.commit().await, legs_out.commit().await);
+    facts_done?;
+    legs_done?;
+    written?;
     let built = Instant::now();
     let partials = fold.interval_partials(dicts, &params)?;
     let dead_batch = dead_letters_batch(&dead, now)?;
@@ -478,20 +483,48 @@ async fn write_events(
     Ok(rows)
 }
 
-/// A task that writes the batches it receives into `sink` and commits when the sender
-/// is dropped.
-fn spawn_sink(
-    sink: Overwrite,
-) -> (tokio::sync::mpsc::Sender<RecordBatch>, tokio::task::JoinHandle<Result<(u64, u64)>>) {
-    let (tx, mut rx) = tokio::sync::mpsc::channel::<RecordBatch>(2);
-    let done = tokio::spawn(async move {
-        let mut sink = sink;
-        while let Some(batch) = rx.recv().await {
-            sink.write(batch).await?;
+/// Where a table's slices go: encoded on this thread (one thread: a slice is encoded and
+/// its memory reused before the next is built), or handed to a task of their own that
+/// encodes while the next slices are built.
+enum TableWriter {
+    Inline(Box<Overwrite>),
+    Task(tokio::sync::mpsc::Sender<RecordBatch>, tokio::task::JoinHandle<Result<(u64, u64)>>),
+}
+
+impl TableWriter {
+    fn new(sink: Overwrite, threads: usize) -> Self {
+        if threads <= 1 {
+            return TableWriter::Inline(Box::new(sink));
         }
-        Ok(sink.commit().await?)
-    });
-    (tx, done)
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<RecordBatch>(2);
+        let done = tokio::spawn(async move {
+            let mut sink = sink;
+            while let Some(batch) = rx.recv().await {
+                sink.write(batch).await?;
+            }
+            Ok(sink.commit().await?)
+        });
+        TableWriter::Task(tx, done)
+    }
+
+    async fn write(&mut self, batch: RecordBatch) -> Result<()> {
+        match self {
+            TableWriter::Inline(sink) => Ok(sink.write(batch).await?),
+            // Fails only if the task ended early; `commit` reports why.
+            TableWriter::Task(tx, _) => tx.send(batch).await.map_err(|_| anyhow::anyhow!("the table writer stopped")),
+        }
+    }
+
+    /// Commits what was written; returns the rows and the table's version.
+    async fn commit(self) -> Result<(u64, u64)> {
+        match self {
+            TableWriter::Inline(sink) => Ok(sink.commit().await?),
+            TableWriter::Task(tx, done) => {
+                drop(tx);
+                done.await?
+            }
+        }
+    }
 }
 
 /// One row as a JSON line, for the dead letter of an invalid Parquet row.
