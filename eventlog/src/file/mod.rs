@@ -625,6 +625,9 @@ struct PartReader {
     dir: PathBuf,
     /// The open segment: its base offset and file (None until first read).
     file: Option<(Offset, File)>,
+    /// The open segment mapped into memory, when it is closed (a newer segment exists):
+    /// its records are handed out as slices of the map, never copied.
+    map: Option<Bytes>,
     /// Byte position of the next record in the open segment.
     pos: u64,
     /// Offset of the next record in the open segment.
@@ -635,7 +638,7 @@ struct PartReader {
 
 impl PartReader {
     fn new(partition: Partition, dir: &Path) -> Self {
-        PartReader { partition, dir: dir.to_path_buf(), file: None, pos: 0, next: 0, skip_below: 0 }
+        PartReader { partition, dir: dir.to_path_buf(), file: None, map: None, pos: 0, next: 0, skip_below: 0 }
     }
 
     fn seek(&mut self, offset: Offset) -> Result<()> {
@@ -654,6 +657,8 @@ impl PartReader {
         let path = segment_path(&self.dir, self.partition, base);
         match File::open(&path) {
             Ok(f) => {
+                let closed = list_segments(&self.dir, self.partition)?.iter().any(|&b| b > base);
+                self.map = if closed { map_closed(&f) } else { None };
                 self.file = Some((base, f));
                 self.pos = segment::HEADER_LEN as u64;
                 self.next = base;
@@ -662,6 +667,7 @@ impl PartReader {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound && base == 0 => {
                 // Nothing appended yet: wait for the first segment.
                 self.file = None;
+                self.map = None;
                 self.pos = segment::HEADER_LEN as u64;
                 self.next = 0;
                 Ok(())
@@ -697,11 +703,20 @@ impl PartReader {
         while added < max {
             let base = self.file.as_ref().expect("opened above").0;
             let path = segment_path(&self.dir, self.partition, base);
-            // A fresh chunk, read without zero-filling it first: the records delivered are
-            // slices of it.
-            let mut chunk = Vec::with_capacity(want);
-            let got = self.read_chunk(want, &mut chunk).map_err(io_err("read segment", &path))?;
-            let chunk = Bytes::from(chunk);
+            let (chunk, got) = match &self.map {
+                Some(map) => {
+                    let start = (self.pos as usize).min(map.len());
+                    let end = start.saturating_add(want).min(map.len());
+                    (map.slice(start..end), end - start)
+                }
+                None => {
+                    // A fresh chunk, read without zero-filling it first: the records
+                    // delivered are slices of it.
+                    let mut chunk = Vec::with_capacity(want);
+                    let got = self.read_chunk(want, &mut chunk).map_err(io_err("read segment", &path))?;
+                    (Bytes::from(chunk), got)
+                }
+            };
             let data = &chunk[..];
             let mut at = 0;
             let mut stalled = None;
@@ -788,6 +803,20 @@ impl PartReader {
 
 /// Bytes a consumer reads from a segment at a time (more for a larger record).
 const CHUNK_BYTES: usize = 1 << 20;
+
+/// A closed segment's bytes, mapped: a consumer that reads it takes its records as slices of
+/// the page cache instead of copying every byte into a buffer of its own (a backfill reads
+/// the whole log). `None` if the file cannot be mapped: it is read instead.
+fn map_closed(f: &File) -> Option<Bytes> {
+    // SAFETY: a closed segment never changes: the writer appends to, and on recovery
+    // truncates, only the newest segment of a partition, and retention deletes closed
+    // segments whole (an unlinked file stays mapped until the map is dropped). The map is
+    // only read, through `Bytes`.
+    let map = unsafe { memmap2::Mmap::map(f) }.ok()?;
+    // Read once, in order: read ahead, and drop pages behind.
+    let _ = map.advise(memmap2::Advice::Sequential);
+    Some(Bytes::from_owner(map))
+}
 
 impl FileConsumer {
     fn read_available(&mut self, max: usize) -> Result<Vec<Delivered>> {
