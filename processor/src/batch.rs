@@ -536,9 +536,13 @@ impl JsonDecoder {
 pub struct EventsByPartition {
     parts: HashMap<(u32, i64), EventColumns<StringBuilder, Interned>, FixedState>,
     rows: usize,
-    /// Rows each partition had at the last flush: its builders start that large instead of
-    /// doubling (and copying) their way up again.
+    /// Rows each partition had at the last flush: its builders start at least that large
+    /// instead of doubling (and copying, into fresh pages) their way up again. Capacity
+    /// that is never filled is never touched.
     last_rows: HashMap<(u32, i64), usize, FixedState>,
+    /// The mean of `last_rows`: where a partition new since the last flush starts (the
+    /// rows of the next day of traffic are mostly in partitions the last flush never saw).
+    typical_rows: usize,
     /// The queue and agent names as columns, built again only when names were added.
     names: [Option<ArrayRef>; 2],
 }
@@ -555,10 +559,12 @@ impl EventsByPartition {
     #[inline]
     pub fn push(&mut self, d: &JsonDecoder, key: (u32, i64), ev: &Event<'_>, v: &Validated, names: (u32, u32)) {
         self.rows += 1;
-        let last_rows = &self.last_rows;
+        let (last_rows, typical) = (&self.last_rows, self.typical_rows);
         self.parts
             .entry(key)
-            .or_insert_with(|| EventColumns::with_capacity(last_rows.get(&key).copied().unwrap_or(0).max(1024)))
+            .or_insert_with(|| {
+                EventColumns::with_capacity(last_rows.get(&key).copied().unwrap_or(0).max(typical).max(1024))
+            })
             .push(d, ev, v, names);
     }
 
@@ -580,9 +586,10 @@ impl EventsByPartition {
     /// One batch of [`events_rows_schema`] per partition, its names looked up in `dicts`
     /// (the dictionaries the pushed ids come from); empties the set.
     pub fn finish(&mut self, dicts: &Dictionaries) -> Result<Vec<RecordBatch>> {
-        self.rows = 0;
+        let rows = std::mem::take(&mut self.rows);
         self.last_rows.clear();
         self.last_rows.extend(self.parts.iter().map(|(key, columns)| (*key, columns.rows)));
+        self.typical_rows = rows / self.parts.len().max(1);
         for (cached, names) in self.names.iter_mut().zip([&dicts.queues, &dicts.agents]) {
             if cached.as_ref().is_none_or(|c| c.len() != names.len()) {
                 *cached = Some(Arc::new(names.column(0..names.len() as u32)?));
