@@ -29,7 +29,7 @@ use arrow::buffer::{NullBuffer, OffsetBuffer};
 use arrow::compute::cast;
 use arrow::datatypes::{ArrowPrimitiveType, DataType, Float64Type, Int32Type, Int8Type, SchemaRef, TimeUnit};
 use ccstream_schemas::{
-    events_schema, is_uuid_key, parse_uuid, read_event, uuid_text, with_dictionaries, Event, EventType, IdKey,
+    events_schema, is_uuid_key, parse_uuid, read_event_into, uuid_text, with_dictionaries, Event, EventType, IdKey,
     Validated, MS_PER_DAY, OTHER_TAG,
 };
 use foldhash::fast::FixedState;
@@ -503,11 +503,8 @@ impl JsonDecoder {
             rejected: Vec::new(),
         };
         for (i, v) in values.iter().enumerate() {
-            match read_event(v) {
-                Ok(read) => {
-                    out.events.push(read);
-                    out.rows.push(i as u32);
-                }
+            match read_event_into(v, &mut out.events) {
+                Ok(()) => out.rows.push(i as u32),
                 Err(e) => out.rejected.push(Rejected { line: i, reason: e.to_string() }),
             }
         }

@@ -21,7 +21,8 @@ pub use event::Validated;
 pub use event::{Event, EventError, EventType, CALL_EVENT_TYPES};
 pub use ids::{format_uuid, is_uuid_key, parse_uuid, uuid_text, IdKey, OTHER_TAG};
 pub use record::{
-    decode_event, encode_event, event_key, read_event, DeadLetterRecord, BINARY_MAGIC, BINARY_VERSION, DEAD_LETTER_KEY,
+    decode_event, encode_event, event_key, read_event, read_event_into, DeadLetterRecord, BINARY_MAGIC, BINARY_VERSION,
+    DEAD_LETTER_KEY,
 };
 pub use tables::{
     agent_legs_schema, call_facts_schema, corrections_schema, dead_letters_schema, events_schema, fold_read_schema,
