@@ -404,11 +404,11 @@ pub(crate) async fn run(args: ReplayArgs) -> Result<Summary> {
     }
     .await;
     drop((facts, legs));
-    // A writer's own error says more than the failed hand-off that follows it.
-    let (facts_done, legs_done) = (facts_out.commit().await, legs_out.commit().await);
-    facts_done?;
-    legs_done?;
+    // A failed build or write commits nothing: the writers are dropped, and the previous
+    // tables stay as they were.
     written?;
+    facts_out.commit().await?;
+    legs_out.commit().await?;
     let built = Instant::now();
     let partials = fold.interval_partials(dicts, &params)?;
     let dead_batch = dead_letters_batch(&dead, now)?;
@@ -485,10 +485,13 @@ async fn write_events(
 
 /// Where a table's slices go: encoded on this thread (one thread: a slice is encoded and
 /// its memory reused before the next is built), or handed to a task of their own that
-/// encodes while the next slices are built.
+/// encodes while the next slices are built. Nothing is committed unless
+/// [`TableWriter::commit`] is called: a writer dropped after a failure leaves the table as
+/// it was.
 enum TableWriter {
     Inline(Box<Overwrite>),
-    Task(tokio::sync::mpsc::Sender<RecordBatch>, tokio::task::JoinHandle<Result<(u64, u64)>>),
+    /// Slices to write, then `None` to commit; the task's outcome.
+    Task(tokio::sync::mpsc::Sender<Option<RecordBatch>>, Option<tokio::task::JoinHandle<Result<()>>>),
 }
 
 impl TableWriter {
@@ -496,33 +499,65 @@ impl TableWriter {
         if threads <= 1 {
             return TableWriter::Inline(Box::new(sink));
         }
-        let (tx, mut rx) = tokio::sync::mpsc::channel::<RecordBatch>(2);
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<Option<RecordBatch>>(2);
         let done = tokio::spawn(async move {
             let mut sink = sink;
-            while let Some(batch) = rx.recv().await {
-                sink.write(batch).await?;
+            while let Some(item) = rx.recv().await {
+                match item {
+                    Some(batch) => sink.write(batch).await?,
+                    None => {
+                        sink.commit().await?;
+                        return Ok(());
+                    }
+                }
             }
-            Ok(sink.commit().await?)
+            // The sender went away without asking for a commit: the run failed.
+            Ok(())
         });
-        TableWriter::Task(tx, done)
+        TableWriter::Task(tx, Some(done))
     }
 
     async fn write(&mut self, batch: RecordBatch) -> Result<()> {
         match self {
             TableWriter::Inline(sink) => Ok(sink.write(batch).await?),
-            // Fails only if the task ended early; `commit` reports why.
-            TableWriter::Task(tx, _) => tx.send(batch).await.map_err(|_| anyhow::anyhow!("the table writer stopped")),
+            TableWriter::Task(tx, done) => {
+                if tx.send(Some(batch)).await.is_ok() {
+                    return Ok(());
+                }
+                // The task ended early: its error says why.
+                Err(Self::ended(done.take()).await)
+            }
         }
     }
 
-    /// Commits what was written; returns the rows and the table's version.
-    async fn commit(self) -> Result<(u64, u64)> {
+    /// Commits what was written.
+    async fn commit(self) -> Result<()> {
         match self {
-            TableWriter::Inline(sink) => Ok(sink.commit().await?),
-            TableWriter::Task(tx, done) => {
-                drop(tx);
-                done.await?
+            TableWriter::Inline(sink) => {
+                sink.commit().await?;
+                Ok(())
             }
+            TableWriter::Task(tx, mut done) => {
+                if tx.send(None).await.is_err() {
+                    return Err(Self::ended(done.take()).await);
+                }
+                match done.take() {
+                    Some(task) => task.await?,
+                    None => Err(anyhow::anyhow!("the table writer had already stopped")),
+                }
+            }
+        }
+    }
+
+    /// Why a writer task stopped before it was asked to commit.
+    async fn ended(done: Option<tokio::task::JoinHandle<Result<()>>>) -> anyhow::Error {
+        match done {
+            Some(task) => match task.await {
+                Ok(Err(e)) => e,
+                Ok(Ok(())) => anyhow::anyhow!("the table writer stopped early"),
+                Err(e) => e.into(),
+            },
+            None => anyhow::anyhow!("the table writer had already stopped"),
         }
     }
 }
