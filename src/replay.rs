@@ -7,7 +7,9 @@
 //! again rebuilds the same tables, and a failed run leaves the previous ones readable.
 //!
 //! With `--threads 2` or more, reading and decoding files runs on its own thread, feeding
-//! the fold through a bounded channel.
+//! the fold through a bounded channel, and `call_facts` and `agent_legs` are each encoded
+//! by a task of their own while the next slices are built. With one thread, everything runs
+//! in turn on it.
 
 use std::path::PathBuf;
 use std::sync::mpsc::{sync_channel, Receiver};
