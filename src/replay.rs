@@ -386,29 +386,26 @@ pub(crate) async fn run(args: ReplayArgs) -> Result<Summary> {
     );
     let mut facts = fold.call_facts_slices(dicts, &params, SLICE_ROWS);
     let mut legs = fold.agent_legs_slices(dicts, &params, SLICE_ROWS);
-    let written = async {
-        loop {
-            let built = Instant::now();
-            let (f, l) = (facts.next().transpose()?, legs.next().transpose()?);
-            output_time += built.elapsed();
-            if f.is_none() && l.is_none() {
-                return Ok::<_, anyhow::Error>(());
-            }
-            if let Some(f) = f {
-                summary.call_facts_rows += f.num_rows() as u64;
-                facts_out.write(f).await?;
-            }
-            if let Some(l) = l {
-                summary.agent_legs_rows += l.num_rows() as u64;
-                legs_out.write(l).await?;
-            }
+    // A failed build or write returns before the commits: the writers are dropped, nothing
+    // is committed, and the previous tables stay as they were.
+    loop {
+        let built = Instant::now();
+        let (f, l) = (facts.next().transpose()?, legs.next().transpose()?);
+        output_time += built.elapsed();
+        if f.is_none() && l.is_none() {
+            break;
+        }
+        if let Some(f) = f {
+            summary.call_facts_rows += f.num_rows() as u64;
+            facts_out.write(f).await?;
+        }
+        if let Some(l) = l {
+            summary.agent_legs_rows += l.num_rows() as u64;
+            legs_out.write(l).await?;
         }
     }
-    .await;
+    // The slices borrow the fold, which is forgotten below.
     drop((facts, legs));
-    // A failed build or write commits nothing: the writers are dropped, and the previous
-    // tables stay as they were.
-    written?;
     facts_out.commit().await?;
     legs_out.commit().await?;
     let built = Instant::now();

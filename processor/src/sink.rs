@@ -32,7 +32,9 @@ use url::Url;
 use arrow::array::{Array, AsArray, RecordBatch};
 use arrow::datatypes::{DataType, Schema, SchemaRef, TimeUnit};
 use arrow::datatypes::{Date32Type, Int32Type};
-use ccstream_schemas::{is_low_cardinality, partition_columns, table_schema, PARTITION_COLUMN, SEALED_COLUMN};
+use ccstream_schemas::{
+    is_low_cardinality, partition_columns, table_schema, without_dictionaries, PARTITION_COLUMN, SEALED_COLUMN,
+};
 use delta_kernel::expressions::Scalar;
 use indexmap::IndexMap;
 
@@ -372,19 +374,7 @@ impl OpenFile {
         let schema = Arc::new(first.schema().project(&columns)?);
         // Dictionary-encoded text is the table's text: the file says so (and holds the
         // dictionary's keys, see `FlatWriter`).
-        let text = DataType::Dictionary(Box::new(DataType::Int32), Box::new(DataType::Utf8));
-        let plain: Vec<arrow::datatypes::FieldRef> = schema
-            .fields()
-            .iter()
-            .map(|f| {
-                if f.data_type() == &text {
-                    Arc::new(f.as_ref().clone().with_data_type(DataType::Utf8))
-                } else {
-                    f.clone()
-                }
-            })
-            .collect();
-        let file_schema = Arc::new(Schema::new_with_metadata(plain, schema.metadata().clone()));
+        let file_schema = without_dictionaries(&schema);
         let file = FlatWriter::try_new(Chunks::default(), file_schema.clone(), props.clone())?;
         Ok(OpenFile { values, columns, schema, file_schema, file, gathered: Vec::new(), gathered_rows: 0 })
     }
@@ -730,9 +720,9 @@ impl Overwrite {
     }
 
     /// Finishes `open`'s file, stores it, and returns its Add action.
-    async fn put_file(&mut self, open: OpenFile) -> Result<Add> {
+    async fn put_file(&mut self, mut open: OpenFile) -> Result<Add> {
         let table = || self.name.clone();
-        let values = open.values.clone();
+        let values = std::mem::take(&mut open.values);
         let (bytes, metadata, schema) =
             open.finish().map_err(|source| Error::EncodeFile { table: self.name.clone(), source })?;
         let stats = serde_json::to_string(&file_stats(&metadata, &schema))

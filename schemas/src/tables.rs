@@ -268,6 +268,13 @@ pub fn with_dictionaries(schema: &Schema) -> SchemaRef {
     })
 }
 
+/// `schema` with its `Dictionary(Int32, Utf8)` columns as `Utf8`: what a table's files
+/// hold for batches built with [`with_dictionaries`] (or any dictionary-encoded text).
+pub fn without_dictionaries(schema: &Schema) -> SchemaRef {
+    let text = DataType::Dictionary(Box::new(DataType::Int32), Box::new(DataType::Utf8));
+    map_fields(schema, |f| if f.data_type() == &text { f.clone().with_data_type(DataType::Utf8) } else { f.clone() })
+}
+
 /// The schema the fold reads Parquet input in: [`with_dictionaries`], plus the unique ids
 /// (`event_id`, `call_id`) as `Utf8View` — views into the decompressed pages, with no copy
 /// into a values buffer.
