@@ -17,7 +17,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use deltalake::kernel::scalars::ScalarExt;
-use deltalake::kernel::transaction::CommitBuilder;
+use deltalake::kernel::transaction::{CommitBuilder, CommitProperties};
 use deltalake::kernel::{Action, Add};
 use deltalake::logstore::object_store::{ObjectStoreExt, PutPayload};
 use deltalake::parquet::basic::{Compression, Encoding, ZstdLevel};
@@ -43,6 +43,14 @@ use crate::{Error, Result};
 
 /// A table file's row groups hold at most this many rows (the parquet crate's default).
 const ROW_GROUP_ROWS: usize = 1 << 20;
+
+/// A table's log gets a checkpoint every this many versions (Delta's default is 100).
+/// Opening a table reads its last checkpoint and replays every log entry after it, and a
+/// processor opens its tables at every commit (every second): each entry replayed costs
+/// about as much as a checkpoint's worth of files, so short runs between checkpoints keep
+/// commits cheap (`examples/append_commits.rs`: 600 appends, the last 100 took 72 ms each
+/// with 10, 120 ms with 100, and 685 ms without checkpoints).
+const CHECKPOINT_INTERVAL: u64 = 10;
 
 /// Runs of rows shorter than this are gathered (copied) into row groups of at least this
 /// many rows; longer runs become row groups as they are.
@@ -269,6 +277,7 @@ impl TableStore {
                 .with_save_mode(SaveMode::Overwrite)
                 .with_table_name(name)
                 .with_partition_columns(parts.clone())
+                .with_configuration([("delta.checkpointInterval", Some(CHECKPOINT_INTERVAL.to_string()))])
                 .await
                 .map_err(wrap)?;
         }
@@ -554,6 +563,10 @@ fn in_list(partitions: &[i32]) -> String {
 
 /// The Remove actions of the files that a write of `scope` replaces, on `table`'s snapshot.
 fn removes(table: &DeltaTable, scope: &Scope) -> std::result::Result<Vec<Action>, deltalake::DeltaTableError> {
+    if matches!(scope, Scope::Append) {
+        // An append removes nothing: no need to walk the table's files.
+        return Ok(Vec::new());
+    }
     Ok(table
         .snapshot()?
         .log_data()
@@ -815,7 +828,12 @@ impl Overwrite {
                 Ok(s) => s,
                 Err(e) => return Err(self.wrap(e)),
             };
-            let done = CommitBuilder::default()
+            // With the default properties, not `CommitBuilder::default()`: those run the
+            // post-commit hook, which writes a checkpoint every `CHECKPOINT_INTERVAL` versions
+            // (and drops log entries past the table's log retention). Without checkpoints,
+            // every open of the table replays its whole log: a processor that commits every
+            // second slowed down with every commit it made.
+            let done = CommitBuilder::from(CommitProperties::default())
                 .with_actions(actions)
                 .build(Some(snapshot), self.table.log_store(), operation.clone())
                 .await;

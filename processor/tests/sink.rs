@@ -226,3 +226,34 @@ async fn each_file_carries_its_own_statistics() {
         );
     }
 }
+
+/// A table that takes many small commits (a processor commits every second) gets log
+/// checkpoints, so opening it does not replay its whole history; what it holds is every
+/// row appended, once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_commits_leave_checkpoints_and_every_row() {
+    let events = fixture_events();
+    let dir = tempfile::tempdir().unwrap();
+    let store = TableStore::new(dir.path().to_str().unwrap()).unwrap();
+    let commits = 25;
+    let per = events.num_rows() / commits;
+    for i in 0..commits {
+        let mut w = store.append_streaming(TABLE_EVENTS, events_schema(), usize::MAX).await.unwrap();
+        w.write(events.slice(i * per, per)).await.unwrap();
+        let (_, version) = w.commit().await.unwrap();
+        // Version 0 is the table's schema; each append is one version more.
+        assert_eq!(version, i as u64 + 1);
+    }
+    let log = dir.path().join("events/_delta_log");
+    let mut checkpoints: Vec<String> = std::fs::read_dir(&log)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.ends_with(".checkpoint.parquet"))
+        .collect();
+    checkpoints.sort();
+    // One every ten versions (the tenth is version 9).
+    assert_eq!(checkpoints, ["00000000000000000009.checkpoint.parquet", "00000000000000000019.checkpoint.parquet"]);
+    assert!(log.join("_last_checkpoint").exists());
+    let back = store.read_where(TABLE_EVENTS, None, false).await.unwrap();
+    assert_eq!(rows(&back), rows(&[events.slice(0, per * commits)]));
+}

@@ -1,0 +1,54 @@
+//! Appends slices of a canonical events file to a fresh `events` table, one Delta commit
+//! per slice (what a processor does at every commit interval), and prints how long the
+//! commits take as the table's history grows (a benchmark of the table store's commit
+//! path; see docs/performance.md).
+//!
+//!     cargo run --release --example append_commits -- EVENTS.parquet COMMITS [ROWS_PER_COMMIT]
+//!
+//! Each line covers a window of commits: the table's version after them and the mean and
+//! maximum time of one commit (writing its files included; a slice of a time-ordered file
+//! is one or two `(tenant, day)` partitions, so about one file per commit).
+
+use std::time::{Duration, Instant};
+
+use ccstream_processor::batch::to_events_schema;
+use ccstream_processor::sink::TableStore;
+use ccstream_schemas::{events_schema, TABLE_EVENTS};
+use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+
+const WINDOW: usize = 100;
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let args: Vec<String> = std::env::args().collect();
+    let [_, file, commits, rest @ ..] = args.as_slice() else {
+        return Err("usage: append_commits EVENTS.parquet COMMITS [ROWS_PER_COMMIT]".into());
+    };
+    let commits: usize = commits.parse()?;
+    let rows: usize = rest.first().map(|r| r.parse()).transpose()?.unwrap_or(200);
+    let reader = ParquetRecordBatchReaderBuilder::try_new(std::fs::File::open(file)?)?
+        .with_batch_size(commits * rows)
+        .build()?;
+    let input = reader.into_iter().next().ok_or("the file has no rows")??;
+    let input = to_events_schema(&input, "file.parquet", 0)?;
+    let dir = tempfile::tempdir()?;
+    let store = TableStore::new(&dir.path().display().to_string())?;
+    let (mut sum, mut max) = (Duration::ZERO, Duration::ZERO);
+    println!("version mean_ms max_ms");
+    for i in 0..commits {
+        let at = (i * rows).min(input.num_rows());
+        let slice = input.slice(at, rows.min(input.num_rows() - at));
+        let t = Instant::now();
+        let mut w = store.append_streaming(TABLE_EVENTS, events_schema(), usize::MAX).await?;
+        w.write(slice).await?;
+        let (_, version) = w.commit().await?;
+        let took = t.elapsed();
+        (sum, max) = (sum + took, max.max(took));
+        if (i + 1) % WINDOW == 0 || i + 1 == commits {
+            let n = (i % WINDOW + 1) as u32;
+            println!("{version} {:.2} {:.2}", (sum / n).as_secs_f64() * 1e3, max.as_secs_f64() * 1e3);
+            (sum, max) = (Duration::ZERO, Duration::ZERO);
+        }
+    }
+    Ok(())
+}
