@@ -52,6 +52,14 @@ const ROW_GROUP_ROWS: usize = 1 << 20;
 /// with 10, 120 ms with 100, and 685 ms without checkpoints).
 const CHECKPOINT_INTERVAL: u64 = 10;
 
+/// Log entries older than this go (up to a checkpoint) at the next commit. Every commit
+/// lists the whole log to find them, and opening a table walks the log's directory, so for
+/// a table committed every second the log must stay short: an hour is ~4,000 entries where
+/// Delta's default (30 days) would let it reach millions. Nothing of ccstream reads old
+/// versions: revisions are rows, and the offsets committed with the tables (application
+/// transactions) are carried in every checkpoint. Data files are never removed by this.
+const LOG_RETENTION: &str = "interval 1 hours";
+
 /// Runs of rows shorter than this are gathered (copied) into row groups of at least this
 /// many rows; longer runs become row groups as they are.
 const MIN_GROUP_ROWS: usize = 64 * 1024;
@@ -277,7 +285,10 @@ impl TableStore {
                 .with_save_mode(SaveMode::Overwrite)
                 .with_table_name(name)
                 .with_partition_columns(parts.clone())
-                .with_configuration([("delta.checkpointInterval", Some(CHECKPOINT_INTERVAL.to_string()))])
+                .with_configuration([
+                    ("delta.checkpointInterval", Some(CHECKPOINT_INTERVAL.to_string())),
+                    ("delta.logRetentionDuration", Some(LOG_RETENTION.to_string())),
+                ])
                 .await
                 .map_err(wrap)?;
         }

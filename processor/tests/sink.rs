@@ -228,8 +228,9 @@ async fn each_file_carries_its_own_statistics() {
 }
 
 /// A table that takes many small commits (a processor commits every second) gets log
-/// checkpoints, so opening it does not replay its whole history; what it holds is every
-/// row appended, once.
+/// checkpoints, so opening it does not replay its whole history, and a short log retention;
+/// with the entries before the last checkpoint gone (as the log cleanup removes them), the
+/// table still holds every row appended, once, and the offsets committed with the rows.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn many_commits_leave_checkpoints_and_every_row() {
     let events = fixture_events();
@@ -240,6 +241,12 @@ async fn many_commits_leave_checkpoints_and_every_row() {
     for i in 0..commits {
         let mut w = store.append_streaming(TABLE_EVENTS, events_schema(), usize::MAX).await.unwrap();
         w.write(events.slice(i * per, per)).await.unwrap();
+        // The offsets of log partition 0 (every commit) and 1 (the first 15 only).
+        let mut txns = vec![("p0".to_string(), 100 + i as i64)];
+        if i < 15 {
+            txns.push(("p1".to_string(), 1000 + i as i64));
+        }
+        w.with_transactions(&txns);
         let (_, version) = w.commit().await.unwrap();
         // Version 0 is the table's schema; each append is one version more.
         assert_eq!(version, i as u64 + 1);
@@ -254,6 +261,18 @@ async fn many_commits_leave_checkpoints_and_every_row() {
     // One every ten versions (the tenth is version 9).
     assert_eq!(checkpoints, ["00000000000000000009.checkpoint.parquet", "00000000000000000019.checkpoint.parquet"]);
     assert!(log.join("_last_checkpoint").exists());
+    let first: serde_json::Value = std::fs::read_to_string(log.join("00000000000000000000.json"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .find(|a| a.get("metaData").is_some())
+        .unwrap();
+    assert_eq!(first["metaData"]["configuration"]["delta.logRetentionDuration"], "interval 1 hours");
+    for v in 0..=19 {
+        std::fs::remove_file(log.join(format!("{v:020}.json"))).unwrap();
+    }
     let back = store.read_where(TABLE_EVENTS, None, false).await.unwrap();
     assert_eq!(rows(&back), rows(&[events.slice(0, per * commits)]));
+    let ids = ["p0".to_string(), "p1".to_string(), "p2".to_string()];
+    assert_eq!(store.transaction_versions(TABLE_EVENTS, &ids).await.unwrap(), [Some(124), Some(1014), None]);
 }
