@@ -180,6 +180,7 @@ async fn live(args: &DemoArgs, events: &std::path::Path, data: &str) -> Result<(
         poll_records: 65_536,
         decode_chunk: 4096,
         append_flush_rows: 1 << 20,
+        compact_after_files: 32,
         metrics_listen: Some(args.metrics_listen),
         listen_file: args.listen_file.clone(),
         time: crate::process::StreamTime::DEFAULT,

@@ -29,14 +29,15 @@
 //! fold is back where the tables are, it reads back the rows they hold (revisions, and the
 //! values a later commit must correct) before it commits again.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
-use arrow::array::{BooleanArray, RecordBatch};
+use arrow::array::{Array, AsArray, BooleanArray, RecordBatch};
 use arrow::compute::filter_record_batch;
+use arrow::datatypes::Date32Type;
 use ccstream_eventlog::{open, Delivered, EventLog, LogConsumer, OpenOptions, Partition, Poll};
 use ccstream_processor::batch::{DecodedBatch, Decoder, EventsByPartition, JsonDecoder};
 use ccstream_processor::kpi::{corrections_batch, CallFold, Horizon, LiveQueue, Params};
@@ -83,6 +84,11 @@ pub(crate) struct ProcessArgs {
     /// the most rows an `events` file holds)
     #[arg(long, env = "CCSTREAM_APPEND_FLUSH_ROWS", default_value_t = 1 << 20)]
     pub(crate) append_flush_rows: usize,
+    /// Compact an `events` partition (tenant and day) into fewer files once this processor
+    /// has added this many files to it (0: never). Every commit adds a file to each partition
+    /// it touches, and a commit costs in proportion to the files the table holds
+    #[arg(long, env = "CCSTREAM_COMPACT_AFTER_FILES", default_value_t = 32)]
+    pub(crate) compact_after_files: usize,
     /// Serve Prometheus metrics at http://ADDR/metrics (port 0: any free port)
     #[arg(long, env = "CCSTREAM_METRICS_LISTEN")]
     pub(crate) metrics_listen: Option<std::net::SocketAddr>,
@@ -195,6 +201,17 @@ struct SealedRewrite {
     files: Vec<String>,
 }
 
+/// A background compaction's `events` partition (tenant, day) and its outcome: the files
+/// removed and added ([`TableStore::compact`]).
+type Compacted = (String, i32, Result<(u64, u64)>);
+
+/// The `events` partition (tenant, day) of a batch that holds one.
+fn events_partition(b: &RecordBatch) -> Option<(String, i32)> {
+    let tenant = b.column_by_name("tenant_id")?.as_string_opt::<i32>()?;
+    let day = b.column_by_name("day")?.as_primitive_opt::<Date32Type>()?;
+    (b.num_rows() > 0 && tenant.is_valid(0) && day.is_valid(0)).then(|| (tenant.value(0).to_string(), day.value(0)))
+}
+
 /// The processor: the fold per partition plus what the next commit appends.
 struct Processor {
     log: Arc<dyn EventLog>,
@@ -212,6 +229,12 @@ struct Processor {
     pending_event_rows: usize,
     /// Rows per `events` file at most (`--append-flush-rows`).
     append_flush_rows: usize,
+    /// `events` files added per (tenant, day) partition since it was last compacted.
+    files_added: HashMap<(String, i32), usize>,
+    /// `--compact-after-files` (0: never).
+    compact_after_files: usize,
+    /// The compaction running in the background, if any (one at a time).
+    compaction: Option<tokio::task::JoinHandle<Compacted>>,
     decode_chunk: usize,
     /// With `--until-caught-up`: each partition's end offset when the run started.
     until: Option<Vec<u64>>,
@@ -747,13 +770,19 @@ impl Processor {
         let offsets = self.offsets();
         let mut w = self.open_events().await?;
         // One partition per batch.
+        let mut touched = Vec::new();
         for b in self.events_out.finish(&self.decoder.dicts)?.into_iter().chain(self.held_events.drain(..)) {
             let n = b.num_rows();
+            touched.extend(events_partition(&b));
             w.write_runs(b, &[n]).await?;
         }
         w.with_transactions(&offsets);
         w.commit().await?;
         self.pending_event_rows = 0;
+        for key in touched {
+            *self.files_added.entry(key).or_default() += 1;
+        }
+        self.compact_events().await;
 
         let dead = dead_letters_batch(&self.pending_dead, now)?;
         self.summary.dead_letters += self.pending_dead.len() as u64;
@@ -768,6 +797,51 @@ impl Processor {
             s.dead_committed = s.dead_committed.max(s.next);
         }
         Ok(())
+    }
+
+    /// Collects the background compaction if it has finished (or, with `wait`, once it has),
+    /// and starts the next one due: the `events` partition this processor added the most
+    /// files to, once that is `--compact-after-files`. A compaction changes no row and
+    /// commits no offsets, so one that fails (another processor compacting the same files)
+    /// or never finishes (a crash) loses nothing; it is counted and tried again later.
+    async fn compact_events(&mut self) {
+        self.finish_compaction(false).await;
+        if self.compact_after_files == 0 || self.compaction.is_some() {
+            return;
+        }
+        let Some((key, &n)) = self.files_added.iter().max_by_key(|(_, &n)| n) else { return };
+        if n < self.compact_after_files {
+            return;
+        }
+        let (tenant, day) = key.clone();
+        self.files_added.remove(&(tenant.clone(), day));
+        let store = self.store.clone();
+        self.compaction = Some(tokio::spawn(async move {
+            let day_text = chrono::DateTime::from_timestamp(i64::from(day) * 86_400, 0)
+                .map(|t| t.date_naive().to_string())
+                .unwrap_or_default();
+            let done = store.compact(TABLE_EVENTS, &[("tenant_id", &tenant), ("day", &day_text)]).await;
+            (tenant, day, done.map_err(Into::into))
+        }));
+    }
+
+    /// Records the background compaction's outcome once it has finished (`wait`: waits).
+    async fn finish_compaction(&mut self, wait: bool) {
+        let Some(task) = self.compaction.take_if(|t| wait || t.is_finished()) else { return };
+        match task.await {
+            Ok((_, _, Ok((removed, _)))) => {
+                self.telemetry.compactions.inc();
+                self.telemetry.compacted_files.inc_by(removed);
+            }
+            Ok((tenant, day, Err(e))) => {
+                self.telemetry.compaction_failures.inc();
+                eprintln!("compacting events of tenant {tenant}, day {day}: {e:#} (tried again later)");
+            }
+            Err(e) => {
+                self.telemetry.compaction_failures.inc();
+                eprintln!("compacting events: {e}");
+            }
+        }
     }
 
     /// Commits every table with the offsets folded so far; `end_of_time` writes every call.
@@ -913,6 +987,9 @@ async fn run_with(
         held_events: Vec::new(),
         pending_event_rows: 0,
         append_flush_rows: args.append_flush_rows.max(1),
+        files_added: HashMap::new(),
+        compact_after_files: args.compact_after_files,
+        compaction: None,
         decode_chunk: args.decode_chunk.max(1),
         until,
         pending_dead: Vec::new(),
@@ -992,6 +1069,7 @@ async fn run_with(
         // At the end of the log (`--until-caught-up`) every open call is written.
         proc.commit(args.until_caught_up).await?;
     }
+    proc.finish_compaction(true).await;
     proc.summary.seconds = start.elapsed().as_secs_f64();
     let s = &proc.summary;
     eprintln!(

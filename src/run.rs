@@ -71,6 +71,7 @@ pub(crate) async fn run(args: RunArgs) -> Result<()> {
         poll_records: 65_536,
         decode_chunk: 4096,
         append_flush_rows: 1 << 20,
+        compact_after_files: 32,
         metrics_listen: p.metrics_listen,
         listen_file: args.listen_file,
         time: crate::process::StreamTime::DEFAULT,

@@ -209,6 +209,9 @@ fn two_processors_in_one_group_share_the_partitions() {
         let child = Command::new(env!("CARGO_BIN_EXE_ccstream"))
             .args(["process", "--log", &url, "--data", data_s, "--group", "shared", "--commit-interval-ms", "50"])
             .args(["--metrics-listen", "127.0.0.1:0", "--listen-file", listen.to_str().unwrap()])
+            // Both append `events` in pieces and compact the partitions they append to, at
+            // the same time.
+            .args(["--poll-records", "500", "--append-flush-rows", "700", "--compact-after-files", "2"])
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
@@ -228,9 +231,11 @@ fn two_processors_in_one_group_share_the_partitions() {
         let (a, b) = (held_partitions(&ma), held_partitions(&mb));
         shared |= !a.is_empty() && !b.is_empty() && a.is_disjoint(&b);
         let commits = |m: &str| common::metric_total(m, "ccstream_processor_commits_total");
+        let compactions = |m: &str| common::metric_total(m, "ccstream_processor_compactions_total");
         if shared
             && commits(&ma) >= 1.0
             && commits(&mb) >= 1.0
+            && compactions(&ma) + compactions(&mb) >= 1.0
             && has_commit(&data.join("call_facts"))
             && count("SELECT count(*) FROM events") == "10306"
             && count("SELECT count(*) FROM dead_letters") == "94"
@@ -280,7 +285,8 @@ fn sigkill_at_random_moments_loses_and_doubles_nothing() {
     for round in 0..6 {
         let mut child = Command::new(env!("CARGO_BIN_EXE_ccstream"))
             .args(["process", "--log", &log, "--data", data.to_str().unwrap(), "--commit-interval-ms", "1"])
-            .args(["--poll-records", "100", "--append-flush-rows", "700"])
+            // Compactions too (a partition's is due after two files), so kills land in them.
+            .args(["--poll-records", "100", "--append-flush-rows", "700", "--compact-after-files", "2"])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()

@@ -199,6 +199,37 @@ impl TableStore {
         self.start_write(name, schema, flush_rows, Scope::Append).await
     }
 
+    /// Rewrites the files of table `name`'s Delta partition `values` (each a partition
+    /// column and its value as Delta writes it, e.g. `("day", "2026-01-04")`) into as few
+    /// files as hold them, in one commit that adds and removes files without changing a row
+    /// (`dataChange` false). Returns the files removed and added (none for a partition of
+    /// one file, or a table that does not exist yet).
+    ///
+    /// For tables that only take appends (`events`): a processor adds a file per partition
+    /// and commit, and opening a table costs in proportion to its files. Another writer
+    /// appending meanwhile does not conflict; another compaction of the same files does, and
+    /// one of the two fails (nothing is lost: the files stay as they were).
+    pub async fn compact(&self, name: &str, values: &[(&str, &str)]) -> Result<(u64, u64)> {
+        let url = self.table_url(name)?;
+        let wrap =
+            |source| Error::WriteTable { table: name.to_string(), location: url.to_string(), source: Box::new(source) };
+        let table = DeltaTable::try_from_url(url.clone()).await.map_err(wrap)?;
+        if table.version().is_none() {
+            return Ok((0, 0));
+        }
+        let filters: Vec<deltalake::FilterLiteral<'_>> =
+            values.iter().map(|&(c, v)| (c, deltalake::FilterOp::Eq, deltalake::FilterValue::Scalar(v))).collect();
+        let (_, metrics) = table
+            .optimize()
+            .with_filters(&filters)
+            .with_writer_properties(writer_properties(name))
+            .with_commit_properties(CommitProperties::default())
+            .with_max_concurrent_tasks(1)
+            .await
+            .map_err(wrap)?;
+        Ok((metrics.num_files_removed, metrics.num_files_added))
+    }
+
     /// Table `name`'s rows of log partitions `partitions` (all rows when `partitions` is
     /// `None`), with the columns of its schema in schema order. Empty when the table does not
     /// exist yet.

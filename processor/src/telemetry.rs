@@ -19,6 +19,9 @@ pub const EVENTS_TOTAL: &str = "ccstream_processor_events_total";
 pub const DUPLICATES_TOTAL: &str = "ccstream_processor_duplicates_total";
 pub const DEAD_LETTERS_TOTAL: &str = "ccstream_processor_dead_letters_total";
 pub const COMMITS_TOTAL: &str = "ccstream_processor_commits_total";
+pub const COMPACTIONS_TOTAL: &str = "ccstream_processor_compactions_total";
+pub const COMPACTED_FILES_TOTAL: &str = "ccstream_processor_compacted_files_total";
+pub const COMPACTION_FAILURES_TOTAL: &str = "ccstream_processor_compaction_failures_total";
 pub const COMMIT_DURATION_SECONDS: &str = "ccstream_processor_commit_duration_seconds";
 pub const CONSUMER_LAG_RECORDS: &str = "ccstream_processor_consumer_lag_records";
 pub const EVENT_TIME_LAG_SECONDS: &str = "ccstream_processor_event_time_lag_seconds";
@@ -53,6 +56,9 @@ pub struct Telemetry {
     pub duplicates: IntCounter,
     pub dead_letters: IntCounter,
     pub commits: IntCounter,
+    pub compactions: IntCounter,
+    pub compacted_files: IntCounter,
+    pub compaction_failures: IntCounter,
     pub commit_duration: Histogram,
     pub consumer_lag: IntGaugeVec,
     pub event_time_lag: Gauge,
@@ -169,6 +175,13 @@ impl Telemetry {
             duplicates: counter(&r, DUPLICATES_TOTAL, "Event copies dropped as duplicates"),
             dead_letters: counter(&r, DEAD_LETTERS_TOTAL, "Rejected records written to dead_letters"),
             commits: counter(&r, COMMITS_TOTAL, "Commits of all tables"),
+            compactions: counter(&r, COMPACTIONS_TOTAL, "events partitions rewritten into fewer files"),
+            compacted_files: counter(&r, COMPACTED_FILES_TOTAL, "events files replaced by compactions"),
+            compaction_failures: counter(
+                &r,
+                COMPACTION_FAILURES_TOTAL,
+                "Compactions that failed (tried again later; no row is affected)",
+            ),
             late_events: counter(&r, LATE_EVENTS_TOTAL, "Events older than their partition's watermark on arrival"),
             corrections: counter(&r, CORRECTIONS_TOTAL, "Changed columns of revised rows written to corrections"),
             refolded_calls: counter(

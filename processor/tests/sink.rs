@@ -8,6 +8,7 @@ use std::collections::BTreeMap;
 use arrow::array::{Array, AsArray, RecordBatch};
 use arrow::compute::take_record_batch;
 use arrow::datatypes::Date32Type;
+use arrow::row::{RowConverter, SortField};
 use ccstream_processor::batch::{group_rows, to_events_schema};
 use ccstream_processor::sink::{TableStore, FILE_COLUMN};
 use ccstream_processor::Error;
@@ -275,4 +276,49 @@ async fn many_commits_leave_checkpoints_and_every_row() {
     assert_eq!(rows(&back), rows(&[events.slice(0, per * commits)]));
     let ids = ["p0".to_string(), "p1".to_string(), "p2".to_string()];
     assert_eq!(store.transaction_versions(TABLE_EVENTS, &ids).await.unwrap(), [Some(124), Some(1014), None]);
+}
+
+/// Compacting an `events` partition of many files leaves one file with the same rows, and
+/// the other partitions as they were.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn compacting_a_partition_keeps_its_rows_in_fewer_files() {
+    let events = fixture_events();
+    let dir = tempfile::tempdir().unwrap();
+    let store = TableStore::new(dir.path().to_str().unwrap()).unwrap();
+    let commits = 12;
+    let per = events.num_rows() / commits;
+    for i in 0..commits {
+        let mut w = store.append_streaming(TABLE_EVENTS, events_schema(), usize::MAX).await.unwrap();
+        w.write(events.slice(i * per, per)).await.unwrap();
+        w.commit().await.unwrap();
+    }
+    let before = store.read_where(TABLE_EVENTS, None, true).await.unwrap();
+    let files = files_by_partition(&before);
+    let (&(ref tenant, day), most) = files.iter().max_by_key(|(_, f)| f.len()).unwrap();
+    assert!(most.len() > 2, "the fixture's commits spread a partition over files");
+    let day_text = chrono::DateTime::from_timestamp(day as i64 * 86_400, 0).unwrap().date_naive().to_string();
+    let (removed, added) =
+        store.compact(TABLE_EVENTS, &[("tenant_id", tenant.as_str()), ("day", day_text.as_str())]).await.unwrap();
+    assert_eq!((removed, added), (most.len() as u64, 1));
+    let after = store.read_where(TABLE_EVENTS, None, true).await.unwrap();
+    assert_eq!(rows(&after), rows(&before));
+    // Every column of every row, not only the keys (the file column aside).
+    let sorted = |batches: &[RecordBatch]| {
+        let all = arrow::compute::concat_batches(&batches[0].schema(), batches).unwrap();
+        let all = all.project(&(0..all.num_columns() - 1).collect::<Vec<_>>()).unwrap();
+        // Ordered by all columns (copies of one event may differ in `ingested_at`).
+        let fields = all.schema().fields().iter().map(|f| SortField::new(f.data_type().clone())).collect();
+        let rows = RowConverter::new(fields).unwrap().convert_columns(all.columns()).unwrap();
+        let mut order: Vec<u32> = (0..all.num_rows() as u32).collect();
+        order.sort_by(|&a, &b| rows.row(a as usize).cmp(&rows.row(b as usize)));
+        take_record_batch(&all, &arrow::array::UInt32Array::from(order)).unwrap()
+    };
+    assert_eq!(sorted(&after), sorted(&before));
+    let files_after = files_by_partition(&after);
+    assert_eq!(files_after[&(tenant.clone(), day)].len(), 1);
+    for (key, f) in &files {
+        if *key != (tenant.clone(), day) {
+            assert_eq!(&files_after[key], f, "partition {key:?} was not to be touched");
+        }
+    }
 }
