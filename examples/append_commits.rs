@@ -10,16 +10,17 @@
 //! --compact-after-files` does.
 //!
 //! Each line covers a window of commits: the table's version after them and the mean and
-//! maximum time of one commit (writing its files included; a slice of a time-ordered file
-//! is one or two `(tenant, day)` partitions, so about one file per commit).
+//! maximum time of one commit, writing its files (and compactions) included. A slice of the
+//! generator's files touches about ten `(tenant, day)` partitions, so a commit adds about ten
+//! files. The last line: the files (and partitions) the table holds at the end.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::time::{Duration, Instant};
 
 use arrow::array::AsArray;
 use arrow::datatypes::Date32Type;
 use ccstream_processor::batch::to_events_schema;
-use ccstream_processor::sink::TableStore;
+use ccstream_processor::sink::{TableStore, FILE_COLUMN};
 use ccstream_schemas::{events_schema, TABLE_EVENTS};
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 
@@ -75,5 +76,17 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             (sum, max) = (Duration::ZERO, Duration::ZERO);
         }
     }
+    // What a reader of the table opens now.
+    let (mut files, mut partitions) = (BTreeSet::new(), BTreeSet::new());
+    for b in store.read_where(TABLE_EVENTS, None, true).await? {
+        let file = b.column_by_name(FILE_COLUMN).ok_or("no file column")?.as_string::<i32>();
+        let tenants = b.column_by_name("tenant_id").ok_or("no tenant_id")?.as_string::<i32>();
+        let days = b.column_by_name("day").ok_or("no day")?.as_primitive::<Date32Type>();
+        for r in 0..b.num_rows() {
+            files.insert(file.value(r).to_string());
+            partitions.insert((tenants.value(r).to_string(), days.value(r)));
+        }
+    }
+    println!("files {} in {} partitions", files.len(), partitions.len());
     Ok(())
 }

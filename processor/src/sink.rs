@@ -60,6 +60,12 @@ const CHECKPOINT_INTERVAL: u64 = 10;
 /// transactions) are carried in every checkpoint. Data files are never removed by this.
 const LOG_RETENTION: &str = "interval 1 hours";
 
+/// Files removed from a table (by a compaction or an overwrite) are remembered in its
+/// checkpoints this long ("tombstones", for `VACUUM` and time travel), and a checkpoint is read
+/// at every open: Delta's default, a week, would make every commit read a week of removed
+/// files. One hour, as the log.
+const REMOVED_FILE_RETENTION: &str = "interval 1 hours";
+
 /// Runs of rows shorter than this are gathered (copied) into row groups of at least this
 /// many rows; longer runs become row groups as they are.
 const MIN_GROUP_ROWS: usize = 64 * 1024;
@@ -319,6 +325,7 @@ impl TableStore {
                 .with_configuration([
                     ("delta.checkpointInterval", Some(CHECKPOINT_INTERVAL.to_string())),
                     ("delta.logRetentionDuration", Some(LOG_RETENTION.to_string())),
+                    ("delta.deletedFileRetentionDuration", Some(REMOVED_FILE_RETENTION.to_string())),
                 ])
                 .await
                 .map_err(wrap)?;

@@ -268,7 +268,9 @@ async fn many_commits_leave_checkpoints_and_every_row() {
         .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
         .find(|a| a.get("metaData").is_some())
         .unwrap();
-    assert_eq!(first["metaData"]["configuration"]["delta.logRetentionDuration"], "interval 1 hours");
+    let config = &first["metaData"]["configuration"];
+    assert_eq!(config["delta.logRetentionDuration"], "interval 1 hours");
+    assert_eq!(config["delta.deletedFileRetentionDuration"], "interval 1 hours");
     for v in 0..=19 {
         std::fs::remove_file(log.join(format!("{v:020}.json"))).unwrap();
     }
