@@ -228,6 +228,26 @@ async fn each_file_carries_its_own_statistics() {
     }
 }
 
+/// Appends `events` to a new `events` table in `commits` equal slices, one commit each with
+/// the offsets `offsets(i)`; checks each commit is one version more. Returns the rows per slice.
+async fn append_in_commits(
+    store: &TableStore,
+    events: &RecordBatch,
+    commits: usize,
+    offsets: impl Fn(usize) -> Vec<(String, i64)>,
+) -> usize {
+    let per = events.num_rows() / commits;
+    for i in 0..commits {
+        let mut w = store.append_streaming(TABLE_EVENTS, events_schema(), usize::MAX).await.unwrap();
+        w.write(events.slice(i * per, per)).await.unwrap();
+        w.with_transactions(&offsets(i));
+        let (_, version) = w.commit().await.unwrap();
+        // Version 0 is the table's schema; each append is one version more.
+        assert_eq!(version, i as u64 + 1);
+    }
+    per
+}
+
 /// A table that takes many small commits (a processor commits every second) gets log
 /// checkpoints, so opening it does not replay its whole history, and a short log retention;
 /// with the entries before the last checkpoint gone (as the log cleanup removes them), the
@@ -238,20 +258,15 @@ async fn many_commits_leave_checkpoints_and_every_row() {
     let dir = tempfile::tempdir().unwrap();
     let store = TableStore::new(dir.path().to_str().unwrap()).unwrap();
     let commits = 25;
-    let per = events.num_rows() / commits;
-    for i in 0..commits {
-        let mut w = store.append_streaming(TABLE_EVENTS, events_schema(), usize::MAX).await.unwrap();
-        w.write(events.slice(i * per, per)).await.unwrap();
-        // The offsets of log partition 0 (every commit) and 1 (the first 15 only).
+    // The offsets of log partition 0 (every commit) and 1 (the first 15 only).
+    let per = append_in_commits(&store, &events, commits, |i| {
         let mut txns = vec![("p0".to_string(), 100 + i as i64)];
         if i < 15 {
             txns.push(("p1".to_string(), 1000 + i as i64));
         }
-        w.with_transactions(&txns);
-        let (_, version) = w.commit().await.unwrap();
-        // Version 0 is the table's schema; each append is one version more.
-        assert_eq!(version, i as u64 + 1);
-    }
+        txns
+    })
+    .await;
     let log = dir.path().join("events/_delta_log");
     let mut checkpoints: Vec<String> = std::fs::read_dir(&log)
         .unwrap()
@@ -287,13 +302,7 @@ async fn compacting_a_partition_keeps_its_rows_in_fewer_files() {
     let events = fixture_events();
     let dir = tempfile::tempdir().unwrap();
     let store = TableStore::new(dir.path().to_str().unwrap()).unwrap();
-    let commits = 12;
-    let per = events.num_rows() / commits;
-    for i in 0..commits {
-        let mut w = store.append_streaming(TABLE_EVENTS, events_schema(), usize::MAX).await.unwrap();
-        w.write(events.slice(i * per, per)).await.unwrap();
-        w.commit().await.unwrap();
-    }
+    append_in_commits(&store, &events, 12, |_| Vec::new()).await;
     let before = store.read_where(TABLE_EVENTS, None, true).await.unwrap();
     let files = files_by_partition(&before);
     let (&(ref tenant, day), most) = files.iter().max_by_key(|(_, f)| f.len()).unwrap();
