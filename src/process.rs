@@ -201,9 +201,9 @@ struct SealedRewrite {
     files: Vec<String>,
 }
 
-/// A background compaction's `events` partition (tenant, day) and its outcome: the files
-/// removed and added ([`TableStore::compact`]).
-type Compacted = (String, i32, Result<(u64, u64)>);
+/// A background compaction's `events` partition (tenant, day as Delta writes it) and its
+/// outcome: the files removed and added ([`TableStore::compact`]).
+type Compacted = (String, String, Result<(u64, u64)>);
 
 /// The `events` partition (tenant, day) of a batch that holds one.
 fn events_partition(b: &RecordBatch) -> Option<(String, i32)> {
@@ -813,14 +813,15 @@ impl Processor {
         if n < self.compact_after_files {
             return;
         }
-        let (tenant, day) = key.clone();
-        self.files_added.remove(&(tenant.clone(), day));
+        let key = key.clone();
+        self.files_added.remove(&key);
+        let (tenant, day) = key;
+        let day = chrono::DateTime::from_timestamp(i64::from(day) * 86_400, 0)
+            .map(|t| t.date_naive().to_string())
+            .unwrap_or_default();
         let store = self.store.clone();
         self.compaction = Some(tokio::spawn(async move {
-            let day_text = chrono::DateTime::from_timestamp(i64::from(day) * 86_400, 0)
-                .map(|t| t.date_naive().to_string())
-                .unwrap_or_default();
-            let done = store.compact(TABLE_EVENTS, &[("tenant_id", &tenant), ("day", &day_text)]).await;
+            let done = store.compact(TABLE_EVENTS, &[("tenant_id", &tenant), ("day", &day)]).await;
             (tenant, day, done.map_err(Into::into))
         }));
     }
