@@ -127,6 +127,11 @@ pub fn writer_properties(name: &str) -> WriterProperties {
     props.build()
 }
 
+/// How a Delta error on table `name` at `url` is reported.
+fn table_error<'a>(name: &'a str, url: &'a Url) -> impl Fn(deltalake::DeltaTableError) -> Error + Copy + 'a {
+    move |source| Error::WriteTable { table: name.to_string(), location: url.to_string(), source: Box::new(source) }
+}
+
 /// The data directory that holds ccstream's tables.
 #[derive(Debug, Clone)]
 pub struct TableStore {
@@ -217,8 +222,7 @@ impl TableStore {
     /// one of the two fails (nothing is lost: the files stay as they were).
     pub async fn compact(&self, name: &str, values: &[(&str, &str)]) -> Result<(u64, u64)> {
         let url = self.table_url(name)?;
-        let wrap =
-            |source| Error::WriteTable { table: name.to_string(), location: url.to_string(), source: Box::new(source) };
+        let wrap = table_error(name, &url);
         let table = DeltaTable::try_from_url(url.clone()).await.map_err(wrap)?;
         if table.version().is_none() {
             return Ok((0, 0));
@@ -251,8 +255,7 @@ impl TableStore {
     pub async fn read_where(&self, name: &str, filter: Option<&str>, with_file: bool) -> Result<Vec<RecordBatch>> {
         use deltalake::datafusion::prelude::SessionContext;
         let url = self.table_url(name)?;
-        let wrap =
-            |source| Error::WriteTable { table: name.to_string(), location: url.to_string(), source: Box::new(source) };
+        let wrap = table_error(name, &url);
         let mut table = DeltaTable::try_from_url(url.clone()).await.map_err(wrap)?;
         if table.load().await.is_err() || table.version().is_none() {
             return Ok(Vec::new());
@@ -295,8 +298,7 @@ impl TableStore {
     /// (`None` for an id never committed, or a table that does not exist yet).
     pub async fn transaction_versions(&self, name: &str, app_ids: &[String]) -> Result<Vec<Option<i64>>> {
         let url = self.table_url(name)?;
-        let wrap =
-            |source| Error::WriteTable { table: name.to_string(), location: url.to_string(), source: Box::new(source) };
+        let wrap = table_error(name, &url);
         let mut table = DeltaTable::try_from_url(url.clone()).await.map_err(wrap)?;
         if table.load().await.is_err() || table.version().is_none() {
             return Ok(vec![None; app_ids.len()]);
@@ -311,8 +313,7 @@ impl TableStore {
 
     async fn start_write(&self, name: &str, schema: SchemaRef, flush_rows: usize, scope: Scope) -> Result<Overwrite> {
         let url = self.table_url(name)?;
-        let wrap =
-            |source| Error::WriteTable { table: name.to_string(), location: url.to_string(), source: Box::new(source) };
+        let wrap = table_error(name, &url);
         let mut table = DeltaTable::try_from_url(url.clone()).await.map_err(wrap)?;
         let parts: Vec<String> = partition_columns(name).iter().map(|s| s.to_string()).collect();
         if table.version().is_none() {
