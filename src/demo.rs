@@ -17,9 +17,12 @@ pub(crate) struct DemoArgs {
     /// Directory for the generated events and the tables (replaced if it exists)
     #[arg(long, env = "CCSTREAM_DEMO_DIR", default_value = "ccstream-demo")]
     pub(crate) dir: PathBuf,
-    /// Calls in the generated day
+    /// Calls in the generated traffic (all days)
     #[arg(long, env = "CCSTREAM_DEMO_CALLS", default_value_t = 8000)]
     pub(crate) calls: u64,
+    /// Days of traffic, from 2026-01-06 (with `--live`, a long run at constant traffic)
+    #[arg(long, env = "CCSTREAM_DEMO_DAYS", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=366))]
+    pub(crate) days: u32,
     /// Random seed
     #[arg(long, env = "CCSTREAM_DEMO_SEED", default_value_t = 7)]
     pub(crate) seed: u64,
@@ -58,7 +61,11 @@ pub(crate) async fn run(args: DemoArgs) -> Result<()> {
         std::fs::remove_dir_all(&data).with_context(|| format!("clearing {}", data.display()))?;
     }
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    eprintln!("1/3 generating a day of traffic for 3 tenants -> {}", events.display());
+    let span = match args.days {
+        1 => "a day".to_string(),
+        n => format!("{n} days"),
+    };
+    eprintln!("1/3 generating {span} of traffic for 3 tenants -> {}", events.display());
     generate::run(GenerateArgs {
         calls: args.calls,
         seed: args.seed,
@@ -66,7 +73,7 @@ pub(crate) async fn run(args: DemoArgs) -> Result<()> {
         format: Some("jsonl".into()),
         tenants: 3,
         queues_per_tenant: 3,
-        days: 1,
+        days: args.days,
         start: "2026-01-06".into(),
         late_frac: 0.02,
         late_horizon_s: 300.0,
@@ -88,7 +95,7 @@ pub(crate) async fn run(args: DemoArgs) -> Result<()> {
         summary_json: false,
     })
     .await?;
-    eprintln!("3/3 per-queue summary of the day (SL = answered within 20 s / (offered - short abandons))\n");
+    eprintln!("3/3 per-queue summary of {span} (SL = answered within 20 s / (offered - short abandons))\n");
     let engine = QueryEngine::open(&data_s, 2).await?;
     let (schema, batches) = engine.query(SUMMARY_SQL).await?;
     output::write(&mut std::io::stdout(), Format::Table, &schema, &batches)?;

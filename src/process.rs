@@ -179,7 +179,15 @@ struct PartitionState {
     sealed_legs: Vec<RecordBatch>,
     /// Calls whose sealed rows the next commit removes (by rewriting their files).
     unsealed: Vec<String>,
+    /// Interval partials sealed since the last commit, for its sealed files.
+    sealed_partials: Vec<RecordBatch>,
+    /// Sealed partials taken back into the fold (tenant, queue, interval start): the next
+    /// commit removes them from the sealed files (see `CallFold::load_sealed_partials`).
+    loaded_partials: Vec<PartialKey>,
 }
+
+/// Tenant, queue (NULL for none), interval start (ms) of an interval partial.
+type PartialKey = (String, Option<String>, i64);
 
 impl PartitionState {
     fn watermark(&self, lateness_ms: i64) -> i64 {
@@ -301,6 +309,8 @@ impl Processor {
                     sealed_facts: Vec::new(),
                     sealed_legs: Vec::new(),
                     unsealed: Vec::new(),
+                    sealed_partials: Vec::new(),
+                    loaded_partials: Vec::new(),
                 },
             );
         }
@@ -570,12 +580,21 @@ impl Processor {
             }
             let filter = format!("\"{PARTITION_COLUMN}\" = {p} AND \"{SEALED_COLUMN}\" AND call_id IN ({list})");
             let rows = self.store.read_where(TABLE_CALL_FACTS, Some(&filter), false).await?;
+            // The sealed partials these calls are leaving come back first.
+            self.bring_back_partials(p, &rows).await?;
             let state = self.parts.get_mut(&p).expect("listed");
             let n = state.fold.unseal(&mut self.decoder.dicts, &self.params, &rows)?;
             self.telemetry.refolded_calls.inc_by(n);
-            // Sealed partials whose maximum wait left: computed again from the sealed rows
-            // that stay.
+        }
+        // Sealed partials whose maximum wait left with a call (re-folded, or found changed
+        // by a restart): computed again from the sealed rows that stay.
+        let parts: Vec<Partition> = self.parts.keys().copied().collect();
+        for p in parts {
+            let state = self.parts.get_mut(&p).expect("listed");
             let stale = state.fold.stale_max(&self.decoder.dicts);
+            if stale.is_empty() {
+                continue;
+            }
             let mut maxima = Vec::with_capacity(stale.len());
             let leaving = sql_list(state.fold.unsealed());
             for (tenant, queue, start) in &stale {
@@ -601,7 +620,7 @@ impl Processor {
                 }
                 maxima.push(max);
             }
-            state.fold.set_sealed_max(&maxima);
+            self.parts.get_mut(&p).expect("listed").fold.set_sealed_max(&maxima);
         }
         if !stored.is_empty() {
             let mut dropped = 0usize;
@@ -618,6 +637,70 @@ impl Processor {
             self.telemetry.duplicates.inc_by(dropped as u64);
         }
         Ok(())
+    }
+
+    /// Reads back the sealed interval partials that partition `p`'s fold needs before it
+    /// unseals the sealed `call_facts` rows in `unsealing` or emits: see
+    /// [`CallFold::sealed_partials_needed`].
+    async fn bring_back_partials(&mut self, p: Partition, unsealing: &[RecordBatch]) -> Result<()> {
+        let Some(state) = self.parts.get_mut(&p) else { return Ok(()) };
+        let keys = state.fold.sealed_partials_needed(&mut self.decoder.dicts, unsealing)?;
+        if keys.is_empty() {
+            return Ok(());
+        }
+        let rows =
+            self.store.read_where(TABLE_INTERVAL_PARTIALS, Some(&sealed_partials_filter(p, &keys)), false).await?;
+        state.fold.load_sealed_partials(&mut self.decoder.dicts, &rows)?;
+        state.loaded_partials.extend(state.fold.take_loaded_partials(&self.decoder.dicts));
+        if !state.loaded_partials.is_empty() {
+            state.changed = true;
+        }
+        Ok(())
+    }
+
+    /// The sealed `interval_partials` files of partition `p` that hold partials `keys`, and
+    /// their other rows: the commit writes the rows and removes the files.
+    async fn rewrite_sealed_partials(&self, p: Partition, keys: &[PartialKey]) -> Result<SealedRewrite> {
+        let wanted: HashSet<(&str, Option<&str>, i64)> =
+            keys.iter().map(|(t, q, s)| (t.as_str(), q.as_deref(), *s)).collect();
+        let matches = |b: &RecordBatch| -> Result<Vec<bool>> {
+            let (tenants, queues) = (string_column(b, "tenant_id")?, string_column(b, "queue_id")?);
+            let starts = b
+                .column_by_name("interval_start")
+                .and_then(|c| c.as_any().downcast_ref::<arrow::array::TimestampMillisecondArray>())
+                .context("interval_partials has no interval_start")?;
+            Ok((0..b.num_rows())
+                .map(|i| {
+                    let queue = queues.is_valid(i).then(|| queues.value(i));
+                    wanted.contains(&(tenants.value(i), queue, starts.value(i)))
+                })
+                .collect())
+        };
+        let mut files: Vec<String> = Vec::new();
+        for b in self.store.read_where(TABLE_INTERVAL_PARTIALS, Some(&sealed_partials_filter(p, keys)), true).await? {
+            let col = string_column(&b, FILE_COLUMN)?;
+            for (i, hit) in matches(&b)?.into_iter().enumerate() {
+                if hit {
+                    files.push(col.value(i).to_string());
+                }
+            }
+        }
+        files.sort_unstable();
+        files.dedup();
+        if files.is_empty() {
+            return Ok(SealedRewrite { rows: Vec::new(), files });
+        }
+        let filter = format!(
+            "\"{PARTITION_COLUMN}\" = {p} AND \"{SEALED_COLUMN}\" AND \"{FILE_COLUMN}\" IN ({})",
+            sql_list(&files)
+        );
+        let mut keep = Vec::new();
+        for b in self.store.read_where(TABLE_INTERVAL_PARTIALS, Some(&filter), true).await? {
+            let stay: BooleanArray = matches(&b)?.into_iter().map(|hit| Some(!hit)).collect();
+            let n = b.num_columns() - 1;
+            keep.push(filter_record_batch(&b.project(&(0..n).collect::<Vec<_>>())?, &stay)?);
+        }
+        Ok(SealedRewrite { rows: keep, files })
     }
 
     /// Commits `call_facts` or `agent_legs`: the unsealed rows of the changed partitions from
@@ -730,6 +813,7 @@ impl Processor {
             s.changed |= em.changed || em.evicted > 0;
             s.sealed_facts.extend(em.sealed_facts);
             s.sealed_legs.extend(em.sealed_legs);
+            s.sealed_partials.extend(em.sealed_partials);
             s.unsealed.extend(s.fold.take_unsealed());
             self.telemetry.evicted_calls.inc_by(em.evicted);
             let label = p.to_string();
@@ -744,6 +828,7 @@ impl Processor {
             self.telemetry.corrections.inc_by(em.corrections.len() as u64);
             self.telemetry.pending_calls.with_label_values(&[&label]).set(s.fold.pending_calls() as i64);
             self.telemetry.held_calls.with_label_values(&[&label]).set(s.fold.calls() as i64);
+            self.telemetry.held_partials.with_label_values(&[&label]).set(s.fold.held_partials() as i64);
             if s.max_event_ms != i64::MIN {
                 let delay = (now - watermarks[p]) as f64 / 1000.0;
                 self.telemetry.watermark_delay.with_label_values(&[&label]).set(delay);
@@ -850,6 +935,13 @@ impl Processor {
         debug_assert!(self.rebuilt());
         self.restore().await?;
         self.refold().await?;
+        let parts: Vec<Partition> = self.parts.keys().copied().collect();
+        for p in parts {
+            // A restart may have taken sealed partials back already.
+            let state = self.parts.get_mut(&p).expect("listed");
+            state.loaded_partials.extend(state.fold.take_loaded_partials(&self.decoder.dicts));
+            self.bring_back_partials(p, &[]).await?;
+        }
         self.emit(end_of_time)?;
         self.commit_appends().await?;
         let offsets = self.offsets();
@@ -876,13 +968,30 @@ impl Processor {
         self.commit_sealable(Sealable::CallFacts, &changed, &rewrites, &offsets).await?;
         self.commit_sealable(Sealable::AgentLegs, &changed, &rewrites, &offsets).await?;
 
+        let mut partial_rewrites = Vec::new();
+        for (p, s) in &self.parts {
+            if !s.loaded_partials.is_empty() {
+                partial_rewrites.push(self.rewrite_sealed_partials(*p, &s.loaded_partials).await?);
+            }
+        }
         let dicts = &self.decoder.dicts;
         let mut partials = self
             .store
             .overwrite_partitions(TABLE_INTERVAL_PARTIALS, interval_partials_schema(), &changed, usize::MAX)
             .await?;
-        for s in self.parts.values().filter(|s| s.changed) {
-            partials.write(s.fold.interval_partials(dicts, &self.params)?).await?;
+        for s in self.parts.values() {
+            if s.changed {
+                partials.write(s.fold.interval_partials(dicts, &self.params)?).await?;
+            }
+            for b in &s.sealed_partials {
+                partials.write(b.clone()).await?;
+            }
+        }
+        for r in &partial_rewrites {
+            for b in &r.rows {
+                partials.write(b.clone()).await?;
+            }
+            partials.remove_files(&r.files)?;
         }
         partials.with_transactions(&offsets);
         partials.commit().await?;
@@ -892,6 +1001,8 @@ impl Processor {
             s.sealed_facts.clear();
             s.sealed_legs.clear();
             s.unsealed.clear();
+            s.sealed_partials.clear();
+            s.loaded_partials.clear();
             self.summary.partitions.insert(*p);
         }
         self.dirty = false;
@@ -916,6 +1027,21 @@ async fn report_lag(
             telemetry.consumer_lag.with_label_values(&[&p.to_string()]).set(end.saturating_sub(next) as i64);
         }
     }
+}
+
+/// The sealed `interval_partials` rows of partition `p` in the intervals of `keys` (a
+/// superset of the keys' rows: the caller picks them out).
+fn sealed_partials_filter(p: Partition, keys: &[PartialKey]) -> String {
+    let mut starts: Vec<i64> = keys.iter().map(|k| k.2).collect();
+    starts.sort_unstable();
+    starts.dedup();
+    let starts: Vec<String> = starts.iter().map(|s| format!("to_timestamp_millis({s})")).collect();
+    let tenants: Vec<&str> = keys.iter().map(|k| k.0.as_str()).collect();
+    format!(
+        "\"{PARTITION_COLUMN}\" = {p} AND \"{SEALED_COLUMN}\" AND tenant_id IN ({}) AND interval_start IN ({})",
+        sql_list(&tenants),
+        starts.join(", ")
+    )
 }
 
 /// `'a', 'b'`: SQL string literals (a list for IN; `NULL` when empty, which matches nothing).

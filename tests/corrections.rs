@@ -195,6 +195,14 @@ fn late_events_revise_written_rows(retention_ms: Option<&str>) {
     if retention_ms.is_some() {
         let sealed = one_value(&data, "SELECT count(*) FROM call_facts WHERE sealed");
         assert!(sealed.parse::<u64>().unwrap() > 1000, "{sealed} sealed rows");
+        // Their interval partials too, once no call held was left in them; the late calls'
+        // partials came back out of the sealed files.
+        let sealed = one_value(&data, "SELECT count(*) FROM interval_partials WHERE sealed");
+        let all = one_value(&data, "SELECT count(*) FROM interval_partials");
+        assert!(sealed.parse::<u64>().unwrap() * 2 > all.parse::<u64>().unwrap(), "{sealed} of {all} partials sealed");
+        let once = "SELECT count(*) - count(DISTINCT tenant_id || '/' || queue_id || '/' \
+                    || CAST(interval_start AS VARCHAR) || '/' || CAST(\"partition\" AS VARCHAR)) FROM interval_partials";
+        assert_eq!(one_value(&data, once), "0", "a partial sealed and held at once");
     }
 
     // A restart to the end of the log finds nothing to correct.

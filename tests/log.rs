@@ -285,8 +285,11 @@ fn sigkill_at_random_moments_loses_and_doubles_nothing() {
     for round in 0..6 {
         let mut child = Command::new(env!("CARGO_BIN_EXE_ccstream"))
             .args(["process", "--log", &log, "--data", data.to_str().unwrap(), "--commit-interval-ms", "1"])
-            // Compactions too (a partition's is due after two files), so kills land in them.
+            // Compactions too (a partition's is due after two files), so kills land in them;
+            // and ten minutes of state retention (the fixture spans two days), so kills land
+            // while calls and interval partials are sealed, and restarts read them back.
             .args(["--poll-records", "100", "--append-flush-rows", "700", "--compact-after-files", "2"])
+            .args(["--state-retention-ms", "600000"])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()

@@ -33,6 +33,7 @@ pub const PENDING_CALLS: &str = "ccstream_processor_pending_calls";
 pub const REFOLDED_CALLS_TOTAL: &str = "ccstream_processor_refolded_calls_total";
 pub const EVICTED_CALLS_TOTAL: &str = "ccstream_processor_evicted_calls_total";
 pub const HELD_CALLS: &str = "ccstream_processor_held_calls";
+pub const HELD_PARTIALS: &str = "ccstream_processor_held_partials";
 
 pub const KPI_OFFERED_TOTAL: &str = "ccstream_kpi_offered_calls_total";
 pub const KPI_ANSWERED_TOTAL: &str = "ccstream_kpi_answered_calls_total";
@@ -68,6 +69,7 @@ pub struct Telemetry {
     pub watermark_delay: GaugeVec,
     pub pending_calls: IntGaugeVec,
     pub held_calls: IntGaugeVec,
+    pub held_partials: IntGaugeVec,
     pub refolded_calls: IntCounter,
     pub evicted_calls: IntCounter,
     offered: IntCounterVec,
@@ -155,8 +157,14 @@ impl Telemetry {
             &[LABEL_PARTITION],
         )
         .expect("valid metric");
+        let held_partials = IntGaugeVec::new(
+            Opts::new(HELD_PARTIALS, "Interval partials the processor holds and rewrites at each commit (not sealed)"),
+            &[LABEL_PARTITION],
+        )
+        .expect("valid metric");
         for m in [
             Box::new(revisions.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(held_partials.clone()),
             Box::new(watermark_delay.clone()),
             Box::new(pending_calls.clone()),
             Box::new(held_calls.clone()),
@@ -194,6 +202,7 @@ impl Telemetry {
             watermark_delay,
             pending_calls,
             held_calls,
+            held_partials,
             registry: r,
             commit_duration,
             consumer_lag,
@@ -216,6 +225,7 @@ impl Telemetry {
         let _ = self.watermark_delay.remove_label_values(&[&label]);
         let _ = self.pending_calls.remove_label_values(&[&label]);
         let _ = self.held_calls.remove_label_values(&[&label]);
+        let _ = self.held_partials.remove_label_values(&[&label]);
     }
 
     /// Publishes the live queues (summed over partitions by the caller), named.

@@ -153,13 +153,15 @@ pub fn agent_legs_schema() -> SchemaRef {
 
 /// `interval_partials`: mergeable aggregates per tenant × entry queue × 15-minute UTC
 /// interval × log partition, at the parameters recorded in the row. Merging = summing the
-/// counts and sums and taking the max of `max_wait_ms`.
+/// counts and sums and taking the max of `max_wait_ms`. A `sealed` row is one whose calls
+/// have all left the processor's memory: it is written once, not with every commit.
 pub fn interval_partials_schema() -> SchemaRef {
     let mut fields = vec![
         utf8("tenant_id", false),
         utf8("queue_id", false),
         f("interval_start", ts(), false),
         f(PARTITION_COLUMN, DataType::Int32, false),
+        f(SEALED_COLUMN, DataType::Boolean, false),
         f("offered", DataType::Int64, false),
         f("answered", DataType::Int64, false),
         f("abandoned", DataType::Int64, false),
@@ -289,8 +291,7 @@ pub fn fold_read_schema(schema: &Schema) -> SchemaRef {
 pub fn partition_columns(name: &str) -> &'static [&'static str] {
     match name {
         TABLE_EVENTS => &["tenant_id", "day"],
-        TABLE_CALL_FACTS | TABLE_AGENT_LEGS => &[PARTITION_COLUMN, SEALED_COLUMN],
-        TABLE_INTERVAL_PARTIALS => &[PARTITION_COLUMN],
+        TABLE_CALL_FACTS | TABLE_AGENT_LEGS | TABLE_INTERVAL_PARTIALS => &[PARTITION_COLUMN, SEALED_COLUMN],
         _ => &[],
     }
 }

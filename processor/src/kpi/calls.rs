@@ -18,6 +18,15 @@
 //! revision, whose values come from a copy of the call's state taken when the change began
 //! (copy-on-write) or, after a restart, from the committed row ([`CallFold::restore`]).
 //! Interval partials are recomputed from the written calls and revised the same way.
+//!
+//! Sealing: a written call past the retention horizon leaves memory ([`CallFold::emit`]);
+//! its rows are sealed (written once more, never rewritten) and its contribution to its
+//! interval partial is kept apart. Once no call held contributes to a partial any more, the
+//! partial is sealed too and leaves memory, so what a commit rewrites is bounded by the
+//! retention, not by the days the processor has run. An event that needs a sealed row again
+//! (an evicted call seen again, a call hours late into a sealed interval) brings it back:
+//! the caller reads it from the table ([`CallFold::sealed_partials_needed`],
+//! [`CallFold::load_sealed_partials`]) and rewrites the sealed files that held it.
 
 use std::hash::BuildHasher;
 use std::ops::Range;
@@ -246,6 +255,8 @@ pub struct Emission {
     pub evicted: u64,
     pub sealed_facts: Vec<RecordBatch>,
     pub sealed_legs: Vec<RecordBatch>,
+    /// Interval partials that no call held contributes to any more, sealed.
+    pub sealed_partials: Vec<RecordBatch>,
     /// Whether the partition's derived rows differ from what was last written.
     pub changed: bool,
 }
@@ -352,6 +363,16 @@ pub struct CallFold {
     stale_max: Vec<PartKey>,
     /// Sealed `agent_legs` rows found missing after a restart, for the next commit.
     carry_legs: Vec<RecordBatch>,
+    /// The latest interval start of a partial sealed in the table (`i64::MIN`: none): a
+    /// partial at or before it that the fold does not hold may be sealed in the table.
+    sealed_through: i64,
+    /// Keys already looked up among the sealed partials since the last sealing.
+    probed: hashbrown::HashSet<PartKey, FixedState>,
+    /// Keys asked for by [`CallFold::sealed_partials_needed`], sorted.
+    probing: Vec<PartKey>,
+    /// Keys whose sealed partial came back into memory: the caller rewrites the sealed
+    /// files that hold them ([`CallFold::take_loaded_partials`]).
+    loaded: Vec<PartKey>,
     /// The evicted calls' share of the live counters, per (tenant, entry queue): offered,
     /// answered, abandoned, answered within the SL threshold.
     evicted_counts: HashMap<(u32, u32), [u64; 4], FixedState>,
@@ -382,8 +403,17 @@ impl CallFold {
             unsealed: Vec::new(),
             stale_max: Vec::new(),
             carry_legs: Vec::new(),
+            sealed_through: i64::MIN,
+            probed: hashbrown::HashSet::default(),
+            probing: Vec::new(),
+            loaded: Vec::new(),
             evicted_counts: HashMap::default(),
         }
+    }
+
+    /// Interval partials held (written at every commit that changes them; not sealed).
+    pub fn held_partials(&self) -> usize {
+        self.partials.len()
     }
 
     /// The log partition whose rows this fold writes.
@@ -821,6 +851,29 @@ impl CallFold {
         }
         em.evicted += n as u64;
         self.compact(&expired, p);
+        self.seal_partials(dicts, p, horizon, em)
+    }
+
+    /// Seals the written partials that no call held contributes to any more and whose
+    /// interval ended before the retention horizon: their rows go to the emission, sealed,
+    /// and leave memory with their sealed contributions.
+    fn seal_partials(&mut self, dicts: &Dictionaries, p: &Params, horizon: Horizon, em: &mut Emission) -> Result<()> {
+        let cutoff = horizon.watermark_ms.saturating_sub(horizon.retention_ms);
+        let held: hashbrown::HashSet<PartKey, FixedState> =
+            self.calls.iter().filter(|c| c.queued_ms != MIN_NONE).map(|c| Contribution::of(c).key).collect();
+        let (sealed, kept): (Vec<_>, Vec<_>) = std::mem::take(&mut self.partials)
+            .into_iter()
+            .partition(|(k, _)| !held.contains(k) && k.2.saturating_add(PARTIAL_INTERVAL_MS) <= cutoff);
+        self.partials = kept;
+        if sealed.is_empty() {
+            return Ok(());
+        }
+        for (k, _) in &sealed {
+            self.sealed_parts.remove(k);
+            self.sealed_through = self.sealed_through.max(k.2);
+        }
+        self.probed.clear();
+        em.sealed_partials.push(self.partials_batch(&sealed, dicts, p, true)?);
         Ok(())
     }
 
@@ -1009,6 +1062,78 @@ impl CallFold {
         &self.unsealed
     }
 
+    /// The sealed partials to read back before the next [`CallFold::unseal`] or
+    /// [`CallFold::emit`]: those of the calls that changed and of the sealed `call_facts`
+    /// rows in `unsealing` that the fold does not hold, in intervals that may be sealed in
+    /// the table, each asked for once. Tenant, queue, interval start; the caller reads the
+    /// sealed rows with these keys (none: not sealed) and hands them to
+    /// [`CallFold::load_sealed_partials`].
+    pub fn sealed_partials_needed(
+        &mut self,
+        dicts: &mut Dictionaries,
+        unsealing: &[RecordBatch],
+    ) -> Result<Vec<(String, Option<String>, i64)>> {
+        self.probing.clear();
+        if self.sealed_through == i64::MIN {
+            return Ok(Vec::new());
+        }
+        let mut keys: Vec<PartKey> = self
+            .dirty_calls
+            .iter()
+            .map(|&c| &self.calls[c as usize])
+            .filter(|c| c.queued_ms != MIN_NONE)
+            .map(|c| Contribution::of(c).key)
+            .collect();
+        for b in unsealing {
+            keys.extend(Contribution::of_rows(b, dicts)?.into_iter().flatten().map(|k| k.key));
+        }
+        keys.sort_unstable();
+        keys.dedup();
+        let through = self.sealed_through;
+        let partials = &self.partials;
+        let probed = &mut self.probed;
+        keys.retain(|k| k.2 <= through && partials.binary_search_by_key(k, |(k, _)| *k).is_err() && probed.insert(*k));
+        self.probing = keys;
+        Ok(self.probing.iter().map(|k| key_names(dicts, k)).collect())
+    }
+
+    /// Takes back the sealed `interval_partials` rows of the keys asked for by
+    /// [`CallFold::sealed_partials_needed`] (other rows are ignored): each becomes a written
+    /// row again, its values the sealed contributions, and its key is listed for the
+    /// rewrite of the sealed files ([`CallFold::take_loaded_partials`]).
+    pub fn load_sealed_partials(&mut self, dicts: &mut Dictionaries, rows: &[RecordBatch]) -> Result<()> {
+        let probing = std::mem::take(&mut self.probing);
+        for b in rows {
+            for (key, row) in partial_rows(b, dicts, &Fixes::new())? {
+                if probing.binary_search(&key).is_ok() {
+                    self.take_back(key, row);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// A sealed partial back in memory (see [`CallFold::load_sealed_partials`]).
+    fn take_back(&mut self, key: PartKey, row: PartialRow) {
+        if self.loaded.contains(&key) {
+            return;
+        }
+        self.sealed_parts.entry(key).or_default().merge(&row.part);
+        match self.partials.binary_search_by_key(&key, |(k, _)| *k) {
+            Ok(i) => self.partials[i].1 = row,
+            Err(i) => self.partials.insert(i, (key, row)),
+        }
+        self.loaded.push(key);
+    }
+
+    /// The keys of the sealed partials taken back since the last call (tenant, queue,
+    /// interval start): the next commit removes the sealed files that hold them and writes
+    /// those files' other rows again.
+    pub fn take_loaded_partials(&mut self, dicts: &Dictionaries) -> Vec<(String, Option<String>, i64)> {
+        let keys = std::mem::take(&mut self.loaded);
+        keys.iter().map(|k| key_names(dicts, k)).collect()
+    }
+
     /// Sealed `agent_legs` rows a restart found missing ([`CallFold::restore`]).
     pub fn take_carried_legs(&mut self) -> Vec<RecordBatch> {
         std::mem::take(&mut self.carry_legs)
@@ -1020,16 +1145,7 @@ impl CallFold {
     pub fn stale_max(&mut self, dicts: &Dictionaries) -> Vec<(String, Option<String>, i64)> {
         self.stale_max.sort_unstable();
         self.stale_max.dedup();
-        self.stale_max
-            .iter()
-            .map(|k| {
-                (
-                    dicts.tenants.name(k.0).unwrap_or_default().to_string(),
-                    name(&dicts.queues, k.1).map(str::to_string),
-                    k.2,
-                )
-            })
-            .collect()
+        self.stale_max.iter().map(|k| key_names(dicts, k)).collect()
     }
 
     /// Sets the maximum wait over the sealed rows of the `i`-th partial of
@@ -1127,6 +1243,28 @@ impl CallFold {
         corrections: &[RecordBatch],
     ) -> Result<()> {
         let facts_fixes = super::revisions::corrections_by_key(corrections, TABLE_CALL_FACTS)?;
+        let partial_fixes = super::revisions::corrections_by_key(corrections, TABLE_INTERVAL_PARTIALS)?;
+        // A partial sealed in the table stays sealed if it is the sum of its sealed calls'
+        // rows; otherwise (a crash between the commits that sealed or unsealed a call and
+        // its partial) it comes back into memory, recomputed from those rows.
+        let mut held_partials: Vec<(PartKey, PartialRow)> = Vec::new();
+        let mut on_disk: HashMap<PartKey, PartialRow, FixedState> = HashMap::default();
+        let mut disk_sums: HashMap<PartKey, Part, FixedState> = HashMap::default();
+        let mut leaving: Vec<Contribution> = Vec::new();
+        for b in interval_partials {
+            let sealed = b
+                .column_by_name(SEALED_COLUMN)
+                .and_then(|c| c.as_any().downcast_ref::<BooleanArray>())
+                .ok_or(crate::Error::MissingColumn(SEALED_COLUMN))?;
+            for (i, (key, row)) in partial_rows(b, dicts, &partial_fixes)?.into_iter().enumerate() {
+                if sealed.value(i) {
+                    self.sealed_through = self.sealed_through.max(key.2);
+                    on_disk.insert(key, row);
+                } else {
+                    held_partials.push((key, row));
+                }
+            }
+        }
         let mut evict = vec![false; self.calls.len()];
         // Legs do not change while rows are read back: one MOS per call for every batch.
         let call_mos = self.call_mos();
@@ -1151,7 +1289,9 @@ impl CallFold {
                     None => {
                         self.sealed_fp.insert(self.hasher.hash_one(key));
                         if let Some(k) = k {
-                            self.sealed_parts.entry(k.key).or_default().apply(k, p, 1);
+                            let sums =
+                                if on_disk.contains_key(&k.key) { &mut disk_sums } else { &mut self.sealed_parts };
+                            sums.entry(k.key).or_default().apply(k, p, 1);
                         }
                     }
                 }
@@ -1171,11 +1311,17 @@ impl CallFold {
                     evict[c] = true;
                     self.sealed_fp.insert(self.hasher.hash_one(self.calls[c].key));
                     if let Some(k) = &contributions[i] {
-                        self.sealed_parts.entry(k.key).or_default().apply(k, p, 1);
+                        let sums = if on_disk.contains_key(&k.key) { &mut disk_sums } else { &mut self.sealed_parts };
+                        sums.entry(k.key).or_default().apply(k, p, 1);
                     }
                 } else {
                     differ.push(i as u32);
                     self.unsealed.push(ids.value(i).to_string());
+                    // Its sealed partial comes back without it.
+                    if let Some(k) = contributions[i].filter(|k| on_disk.contains_key(&k.key)) {
+                        disk_sums.entry(k.key).or_default().apply(&k, p, 1);
+                        leaving.push(k);
+                    }
                 }
             }
             if !differ.is_empty() {
@@ -1213,44 +1359,22 @@ impl CallFold {
         if evict.iter().any(|e| *e) {
             self.compact(&evict, p);
         }
-        let partial_fixes = super::revisions::corrections_by_key(corrections, TABLE_INTERVAL_PARTIALS)?;
-        let mut restored: HashMap<PartKey, PartialRow, FixedState> = self.partials.drain(..).collect();
-        for b in interval_partials {
-            let tenants = string_column(b, "tenant_id")?;
-            let queues = string_column(b, "queue_id")?;
-            let starts = b
-                .column_by_name("interval_start")
-                .and_then(|c| c.as_any().downcast_ref::<TimestampMillisecondArray>())
-                .ok_or(crate::Error::MissingColumn("interval_start"))?;
-            let values: Vec<&Int64Array> = Part::COLUMNS.iter().map(|c| int64_column(b, c)).collect::<Result<_>>()?;
-            let revision = int64_column(b, "revision")?;
-            let computed = b
-                .column_by_name("computed_at")
-                .and_then(|c| c.as_any().downcast_ref::<TimestampMillisecondArray>())
-                .ok_or(crate::Error::MissingColumn("computed_at"))?;
-            for i in 0..b.num_rows() {
-                let key = (
-                    dicts.tenants.intern(tenants.value(i)),
-                    if queues.is_valid(i) { dicts.queues.intern(queues.value(i)) } else { NONE },
-                    starts.value(i),
-                );
-                let mut v: [Option<i64>; 13] =
-                    std::array::from_fn(|j| values[j].is_valid(i).then(|| values[j].value(i)));
-                let mut rev = revision.value(i);
-                for (r, column, value) in partial_fixes.get(&partial_key(dicts, &key)).into_iter().flatten() {
-                    if *r > revision.value(i) {
-                        if let Some(pos) = Part::COLUMNS.iter().position(|n| n == column) {
-                            v[pos] = value.as_deref().and_then(|s| s.parse().ok());
-                        }
-                        rev = rev.max(*r);
-                    }
-                }
-                restored.insert(
-                    key,
-                    PartialRow { part: Part::from_values(v), revision: rev as u32, computed_at: computed.value(i) },
-                );
+        for (key, row) in on_disk {
+            let sum = disk_sums.remove(&key).unwrap_or_default();
+            if sum == row.part && !leaving.iter().any(|k| k.key == key) {
+                continue;
             }
+            if sum.offered > 0 {
+                self.sealed_parts.insert(key, sum);
+            }
+            self.partials.push((key, row));
+            self.loaded.push(key);
         }
+        for k in &leaving {
+            self.unseal_contribution(k, p);
+        }
+        let mut restored: HashMap<PartKey, PartialRow, FixedState> = self.partials.drain(..).collect();
+        restored.extend(held_partials);
         self.partials = restored.into_iter().collect();
         self.partials.sort_unstable_by_key(|(k, _)| *k);
         Ok(())
@@ -1503,15 +1627,25 @@ impl CallFold {
     }
 
     /// `interval_partials` as last written (one row per tenant × entry queue × 15-minute
-    /// interval), in key order.
+    /// interval), in key order: the partials held, not those sealed.
     pub fn interval_partials(&self, dicts: &Dictionaries, p: &Params) -> Result<RecordBatch> {
-        let rows = &self.partials;
+        self.partials_batch(&self.partials, dicts, p, false)
+    }
+
+    fn partials_batch(
+        &self,
+        rows: &[(PartKey, PartialRow)],
+        dicts: &Dictionaries,
+        p: &Params,
+        sealed: bool,
+    ) -> Result<RecordBatch> {
         let n = rows.len();
         let mut columns: Vec<ArrayRef> = vec![
             Arc::new(dicts.tenants.column(rows.iter().map(|(k, _)| k.0))?),
             Arc::new(dicts.queues.column(rows.iter().map(|(k, _)| k.1))?),
             Arc::new(TimestampMillisecondArray::from_iter_values(rows.iter().map(|(k, _)| k.2)).with_timezone("UTC")),
             Arc::new(Int32Array::from_value(self.partition, n)),
+            Arc::new(BooleanArray::from(vec![sealed; n])),
         ];
         for i in 0..Part::COLUMNS.len() {
             columns.push(Arc::new(Int64Array::from_iter(rows.iter().map(|(_, r)| r.part.value(i)))));
@@ -1527,6 +1661,51 @@ impl CallFold {
         ]);
         Ok(RecordBatch::try_new(interval_partials_schema(), columns)?)
     }
+}
+
+/// Tenant, queue (NULL for none) and interval start of a partial key.
+fn key_names(dicts: &Dictionaries, k: &PartKey) -> (String, Option<String>, i64) {
+    (dicts.tenants.name(k.0).unwrap_or_default().to_string(), name(&dicts.queues, k.1).map(str::to_string), k.2)
+}
+
+/// The rows of an `interval_partials` batch by key, each patched by `fixes` (corrections of
+/// a later revision whose own commit did not land).
+fn partial_rows(b: &RecordBatch, dicts: &mut Dictionaries, fixes: &Fixes) -> Result<Vec<(PartKey, PartialRow)>> {
+    let tenants = string_column(b, "tenant_id")?;
+    let queues = string_column(b, "queue_id")?;
+    let starts = b
+        .column_by_name("interval_start")
+        .and_then(|c| c.as_any().downcast_ref::<TimestampMillisecondArray>())
+        .ok_or(crate::Error::MissingColumn("interval_start"))?;
+    let values: Vec<&Int64Array> = Part::COLUMNS.iter().map(|c| int64_column(b, c)).collect::<Result<_>>()?;
+    let revision = int64_column(b, "revision")?;
+    let computed = b
+        .column_by_name("computed_at")
+        .and_then(|c| c.as_any().downcast_ref::<TimestampMillisecondArray>())
+        .ok_or(crate::Error::MissingColumn("computed_at"))?;
+    let mut out = Vec::with_capacity(b.num_rows());
+    for i in 0..b.num_rows() {
+        let key = (
+            dicts.tenants.intern(tenants.value(i)),
+            if queues.is_valid(i) { dicts.queues.intern(queues.value(i)) } else { NONE },
+            starts.value(i),
+        );
+        let mut v: [Option<i64>; 13] = std::array::from_fn(|j| values[j].is_valid(i).then(|| values[j].value(i)));
+        let mut rev = revision.value(i);
+        for (r, column, value) in fixes.get(&partial_key(dicts, &key)).into_iter().flatten() {
+            if *r > revision.value(i) {
+                if let Some(pos) = Part::COLUMNS.iter().position(|n| n == column) {
+                    v[pos] = value.as_deref().and_then(|s| s.parse().ok());
+                }
+                rev = rev.max(*r);
+            }
+        }
+        out.push((
+            key,
+            PartialRow { part: Part::from_values(v), revision: rev as u32, computed_at: computed.value(i) },
+        ));
+    }
+    Ok(out)
 }
 
 /// The key text of an interval partial in `corrections`: `tenant/queue/interval_start`.
