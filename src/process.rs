@@ -644,12 +644,14 @@ impl Processor {
     /// [`CallFold::sealed_partials_needed`].
     async fn bring_back_partials(&mut self, p: Partition, unsealing: &[RecordBatch]) -> Result<()> {
         let Some(state) = self.parts.get_mut(&p) else { return Ok(()) };
+        // Partials a restart took back (`CallFold::restore`), then those read back here.
+        state.loaded_partials.extend(state.fold.take_loaded_partials(&self.decoder.dicts));
         let keys = state.fold.sealed_partials_needed(&mut self.decoder.dicts, unsealing)?;
         if keys.is_empty() {
             return Ok(());
         }
-        let rows =
-            self.store.read_where(TABLE_INTERVAL_PARTIALS, Some(&sealed_partials_filter(p, &keys)), false).await?;
+        let filter = format!("\"{PARTITION_COLUMN}\" = {p} AND \"{SEALED_COLUMN}\" AND {}", partial_intervals(&keys));
+        let rows = self.store.read_where(TABLE_INTERVAL_PARTIALS, Some(&filter), false).await?;
         state.fold.load_sealed_partials(&mut self.decoder.dicts, &rows)?;
         state.loaded_partials.extend(state.fold.take_loaded_partials(&self.decoder.dicts));
         if !state.loaded_partials.is_empty() {
@@ -659,11 +661,11 @@ impl Processor {
     }
 
     /// The sealed `interval_partials` files of partition `p` that hold partials `keys`, and
-    /// their other rows: the commit writes the rows and removes the files.
+    /// their other rows (see [`Processor::rewrite_sealed`]).
     async fn rewrite_sealed_partials(&self, p: Partition, keys: &[PartialKey]) -> Result<SealedRewrite> {
         let wanted: HashSet<(&str, Option<&str>, i64)> =
             keys.iter().map(|(t, q, s)| (t.as_str(), q.as_deref(), *s)).collect();
-        let matches = |b: &RecordBatch| -> Result<Vec<bool>> {
+        let leaving = |b: &RecordBatch| -> Result<Vec<bool>> {
             let (tenants, queues) = (string_column(b, "tenant_id")?, string_column(b, "queue_id")?);
             let starts = b
                 .column_by_name("interval_start")
@@ -676,31 +678,7 @@ impl Processor {
                 })
                 .collect())
         };
-        let mut files: Vec<String> = Vec::new();
-        for b in self.store.read_where(TABLE_INTERVAL_PARTIALS, Some(&sealed_partials_filter(p, keys)), true).await? {
-            let col = string_column(&b, FILE_COLUMN)?;
-            for (i, hit) in matches(&b)?.into_iter().enumerate() {
-                if hit {
-                    files.push(col.value(i).to_string());
-                }
-            }
-        }
-        files.sort_unstable();
-        files.dedup();
-        if files.is_empty() {
-            return Ok(SealedRewrite { rows: Vec::new(), files });
-        }
-        let filter = format!(
-            "\"{PARTITION_COLUMN}\" = {p} AND \"{SEALED_COLUMN}\" AND \"{FILE_COLUMN}\" IN ({})",
-            sql_list(&files)
-        );
-        let mut keep = Vec::new();
-        for b in self.store.read_where(TABLE_INTERVAL_PARTIALS, Some(&filter), true).await? {
-            let stay: BooleanArray = matches(&b)?.into_iter().map(|hit| Some(!hit)).collect();
-            let n = b.num_columns() - 1;
-            keep.push(filter_record_batch(&b.project(&(0..n).collect::<Vec<_>>())?, &stay)?);
-        }
-        Ok(SealedRewrite { rows: keep, files })
+        self.rewrite_sealed(TABLE_INTERVAL_PARTIALS, p, &partial_intervals(keys), leaving).await
     }
 
     /// Commits `call_facts` or `agent_legs`: the unsealed rows of the changed partitions from
@@ -746,31 +724,44 @@ impl Processor {
     }
 
     /// The sealed files of `table` in `partition` that hold rows of `calls`, and their other
-    /// rows: the commit writes the rows and removes the files.
-    async fn rewrite_sealed(&self, table: &str, partition: Partition, calls: &[String]) -> Result<SealedRewrite> {
-        let filter = format!(
-            "\"{PARTITION_COLUMN}\" = {partition} AND \"{SEALED_COLUMN}\" AND call_id IN ({})",
-            sql_list(calls)
-        );
+    /// rows (see [`Processor::rewrite_sealed`]).
+    async fn rewrite_sealed_calls(&self, table: &str, partition: Partition, calls: &[String]) -> Result<SealedRewrite> {
+        let ids: HashSet<&str> = calls.iter().map(String::as_str).collect();
+        let leaving = |b: &RecordBatch| -> Result<Vec<bool>> {
+            Ok(string_column(b, "call_id")?.iter().map(|id| id.is_some_and(|id| ids.contains(id))).collect())
+        };
+        self.rewrite_sealed(table, partition, &format!("call_id IN ({})", sql_list(calls)), leaving).await
+    }
+
+    /// The sealed files of `table` in `partition` that hold rows `leaving` picks out (among
+    /// the sealed rows that SQL condition `select` matches), and those files' other rows:
+    /// the commit writes the rows and removes the files.
+    async fn rewrite_sealed(
+        &self,
+        table: &str,
+        partition: Partition,
+        select: &str,
+        leaving: impl Fn(&RecordBatch) -> Result<Vec<bool>>,
+    ) -> Result<SealedRewrite> {
+        let sealed = format!("\"{PARTITION_COLUMN}\" = {partition} AND \"{SEALED_COLUMN}\"");
         let mut files: Vec<String> = Vec::new();
-        for b in self.store.read_where(table, Some(&filter), true).await? {
+        for b in self.store.read_where(table, Some(&format!("{sealed} AND {select}")), true).await? {
             let col = string_column(&b, FILE_COLUMN)?;
-            files.extend(col.iter().flatten().map(str::to_string));
+            files.extend(
+                leaving(&b)?.into_iter().enumerate().filter(|(_, hit)| *hit).map(|(i, _)| col.value(i).to_string()),
+            );
         }
         files.sort_unstable();
         files.dedup();
         if files.is_empty() {
             return Ok(SealedRewrite { rows: Vec::new(), files });
         }
-        let filter = format!(
-            "\"{PARTITION_COLUMN}\" = {partition} AND \"{SEALED_COLUMN}\" AND \"{FILE_COLUMN}\" IN ({}) AND call_id NOT IN ({})",
-            sql_list(&files),
-            sql_list(calls)
-        );
+        let filter = format!("{sealed} AND \"{FILE_COLUMN}\" IN ({})", sql_list(&files));
         let mut keep = Vec::new();
         for b in self.store.read_where(table, Some(&filter), true).await? {
+            let stay: BooleanArray = leaving(&b)?.into_iter().map(|hit| Some(!hit)).collect();
             let n = b.num_columns() - 1;
-            keep.push(b.project(&(0..n).collect::<Vec<_>>())?);
+            keep.push(filter_record_batch(&b.project(&(0..n).collect::<Vec<_>>())?, &stay)?);
         }
         Ok(SealedRewrite { rows: keep, files })
     }
@@ -937,9 +928,6 @@ impl Processor {
         self.refold().await?;
         let parts: Vec<Partition> = self.parts.keys().copied().collect();
         for p in parts {
-            // A restart may have taken sealed partials back already.
-            let state = self.parts.get_mut(&p).expect("listed");
-            state.loaded_partials.extend(state.fold.take_loaded_partials(&self.decoder.dicts));
             self.bring_back_partials(p, &[]).await?;
         }
         self.emit(end_of_time)?;
@@ -960,8 +948,8 @@ impl Processor {
         let mut rewrites: Vec<[SealedRewrite; 2]> = Vec::new();
         for (p, s) in &self.parts {
             if !s.unsealed.is_empty() {
-                let facts = self.rewrite_sealed(TABLE_CALL_FACTS, *p, &s.unsealed).await?;
-                let legs = self.rewrite_sealed(TABLE_AGENT_LEGS, *p, &s.unsealed).await?;
+                let facts = self.rewrite_sealed_calls(TABLE_CALL_FACTS, *p, &s.unsealed).await?;
+                let legs = self.rewrite_sealed_calls(TABLE_AGENT_LEGS, *p, &s.unsealed).await?;
                 rewrites.push([facts, legs]);
             }
         }
@@ -1029,19 +1017,15 @@ async fn report_lag(
     }
 }
 
-/// The sealed `interval_partials` rows of partition `p` in the intervals of `keys` (a
-/// superset of the keys' rows: the caller picks them out).
-fn sealed_partials_filter(p: Partition, keys: &[PartialKey]) -> String {
+/// An SQL condition on `interval_partials` that holds for the rows of partials `keys` (and
+/// others of their tenants and intervals: the caller picks the keys' rows out).
+fn partial_intervals(keys: &[PartialKey]) -> String {
     let mut starts: Vec<i64> = keys.iter().map(|k| k.2).collect();
     starts.sort_unstable();
     starts.dedup();
     let starts: Vec<String> = starts.iter().map(|s| format!("to_timestamp_millis({s})")).collect();
     let tenants: Vec<&str> = keys.iter().map(|k| k.0.as_str()).collect();
-    format!(
-        "\"{PARTITION_COLUMN}\" = {p} AND \"{SEALED_COLUMN}\" AND tenant_id IN ({}) AND interval_start IN ({})",
-        sql_list(&tenants),
-        starts.join(", ")
-    )
+    format!("tenant_id IN ({}) AND interval_start IN ({})", sql_list(&tenants), starts.join(", "))
 }
 
 /// `'a', 'b'`: SQL string literals (a list for IN; `NULL` when empty, which matches nothing).

@@ -164,6 +164,24 @@ fn partial_keys(b: &RecordBatch) -> Vec<(String, String, i64)> {
     (0..b.num_rows()).map(|i| (t.value(i).to_string(), q.value(i).to_string(), s.value(i))).collect()
 }
 
+/// `interval_partials` as the table holds it: the sealed rows but those `taken_back`
+/// (tenant, queue, interval start), and the rows `held`.
+fn partials_table(
+    sealed: &[RecordBatch],
+    taken_back: &[(String, Option<String>, i64)],
+    held: RecordBatch,
+) -> RecordBatch {
+    let gone: BTreeSet<(String, String, i64)> =
+        taken_back.iter().map(|(t, q, s)| (t.clone(), q.clone().unwrap_or_default(), *s)).collect();
+    let mut rows = Vec::new();
+    for b in sealed {
+        let keep: BooleanArray = partial_keys(b).iter().map(|k| Some(!gone.contains(k))).collect();
+        rows.push(filter_record_batch(b, &keep).unwrap());
+    }
+    rows.push(held);
+    concat_batches(&rows[0].schema(), &rows).unwrap()
+}
+
 /// A fold that saw `events` in arrival order, in slices, with the watermark following and
 /// three hours of state retention (longer than any call, so no event comes for a call
 /// already evicted: that takes the caller's re-fold), and what its emissions sealed.
@@ -261,15 +279,7 @@ fn partials_without_calls_held_are_sealed_and_come_back_for_late_calls() {
 
     // The table: the sealed rows not taken back, and the rows held, equal the partials of
     // the fold that saw every event at once.
-    let gone: BTreeSet<(String, String, i64)> =
-        loaded.iter().map(|(t, q, s)| (t.clone(), q.clone().unwrap_or_default(), *s)).collect();
-    let mut rows = Vec::new();
-    for b in &sealed_partials {
-        let keep: BooleanArray = partial_keys(b).iter().map(|k| Some(!gone.contains(k))).collect();
-        rows.push(filter_record_batch(b, &keep).unwrap());
-    }
-    rows.push(fold.interval_partials(&decoder.dicts, &params).unwrap());
-    let table = concat_batches(&rows[0].schema(), &rows).unwrap();
+    let table = partials_table(&sealed_partials, &loaded, fold.interval_partials(&decoder.dicts, &params).unwrap());
     let order = ["tenant_id", "queue_id", "interval_start"];
     assert_eq!(values(&sorted(&table, &order)), values(&sorted(&expected.interval_partials, &order)));
 }
@@ -345,15 +355,9 @@ fn a_restart_keeps_a_sealed_partial_only_if_its_sealed_calls_add_up_to_it() {
     let also = restarted.take_loaded_partials(&decoder.dicts);
     restarted.emit(&decoder.dicts, &params, 2, Horizon::END).unwrap();
 
-    let gone: BTreeSet<(String, String, i64)> =
-        loaded.iter().chain(&also).map(|(t, q, s)| (t.clone(), q.clone().unwrap_or_default(), *s)).collect();
-    let mut rows = Vec::new();
-    for b in &sealed_partials {
-        let keep: BooleanArray = partial_keys(b).iter().map(|k| Some(!gone.contains(k))).collect();
-        rows.push(filter_record_batch(b, &keep).unwrap());
-    }
-    rows.push(restarted.interval_partials(&decoder.dicts, &params).unwrap());
-    let table = concat_batches(&rows[0].schema(), &rows).unwrap();
+    let taken_back: Vec<_> = loaded.into_iter().chain(also).collect();
+    let table =
+        partials_table(&sealed_partials, &taken_back, restarted.interval_partials(&decoder.dicts, &params).unwrap());
     let order = ["tenant_id", "queue_id", "interval_start"];
     assert_eq!(values(&sorted(&table, &order)), values(&sorted(&expected.interval_partials, &order)));
 }

@@ -277,10 +277,7 @@ impl Contribution {
     fn of_rows(b: &RecordBatch, dicts: &mut Dictionaries) -> Result<Vec<Option<Contribution>>> {
         let tenants = string_column(b, "tenant_id")?;
         let queues = string_column(b, "queue_id")?;
-        let queued = b
-            .column_by_name("queued_at")
-            .and_then(|c| c.as_any().downcast_ref::<TimestampMillisecondArray>())
-            .ok_or(crate::Error::MissingColumn("queued_at"))?;
+        let queued = timestamp_column(b, "queued_at")?;
         let flag = |name: &'static str| -> Result<&BooleanArray> {
             b.column_by_name(name)
                 .and_then(|c| c.as_any().downcast_ref::<BooleanArray>())
@@ -1005,10 +1002,7 @@ impl CallFold {
         let names: Vec<String> = b.schema().fields().iter().map(|f| f.name().clone()).collect();
         let ids = string_column(b, "call_id")?;
         let revision = int64_column(b, "revision")?;
-        let computed = b
-            .column_by_name("computed_at")
-            .and_then(|c| c.as_any().downcast_ref::<TimestampMillisecondArray>())
-            .ok_or(crate::Error::MissingColumn("computed_at"))?;
+        let computed = timestamp_column(b, "computed_at")?;
         let mut out = Vec::with_capacity(b.num_rows());
         for (i, mut img) in images(b)?.into_iter().enumerate() {
             let key = dicts.ids.key(ids.value(i));
@@ -1673,16 +1667,10 @@ fn key_names(dicts: &Dictionaries, k: &PartKey) -> (String, Option<String>, i64)
 fn partial_rows(b: &RecordBatch, dicts: &mut Dictionaries, fixes: &Fixes) -> Result<Vec<(PartKey, PartialRow)>> {
     let tenants = string_column(b, "tenant_id")?;
     let queues = string_column(b, "queue_id")?;
-    let starts = b
-        .column_by_name("interval_start")
-        .and_then(|c| c.as_any().downcast_ref::<TimestampMillisecondArray>())
-        .ok_or(crate::Error::MissingColumn("interval_start"))?;
+    let starts = timestamp_column(b, "interval_start")?;
     let values: Vec<&Int64Array> = Part::COLUMNS.iter().map(|c| int64_column(b, c)).collect::<Result<_>>()?;
     let revision = int64_column(b, "revision")?;
-    let computed = b
-        .column_by_name("computed_at")
-        .and_then(|c| c.as_any().downcast_ref::<TimestampMillisecondArray>())
-        .ok_or(crate::Error::MissingColumn("computed_at"))?;
+    let computed = timestamp_column(b, "computed_at")?;
     let mut out = Vec::with_capacity(b.num_rows());
     for i in 0..b.num_rows() {
         let key = (
@@ -1721,6 +1709,12 @@ fn partial_key(dicts: &Dictionaries, key: &PartKey) -> String {
 fn string_column<'b>(b: &'b RecordBatch, name: &'static str) -> Result<&'b StringArray> {
     b.column_by_name(name)
         .and_then(|c| c.as_any().downcast_ref::<StringArray>())
+        .ok_or(crate::Error::MissingColumn(name))
+}
+
+fn timestamp_column<'b>(b: &'b RecordBatch, name: &'static str) -> Result<&'b TimestampMillisecondArray> {
+    b.column_by_name(name)
+        .and_then(|c| c.as_any().downcast_ref::<TimestampMillisecondArray>())
         .ok_or(crate::Error::MissingColumn(name))
 }
 
