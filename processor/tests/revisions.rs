@@ -7,7 +7,7 @@ use std::collections::BTreeSet;
 use arrow::array::{Array, BooleanArray, Int64Array, RecordBatch, StringArray, TimestampMillisecondArray};
 use arrow::compute::{concat_batches, filter_record_batch, lexsort_to_indices, take_record_batch, SortColumn};
 use ccstream_processor::batch::{DecodedBatch, Decoder};
-use ccstream_processor::kpi::{CallFold, Correction, Horizon, Params};
+use ccstream_processor::kpi::{CallFold, Correction, FoldOutput, Horizon, Params};
 
 mod common;
 
@@ -58,14 +58,19 @@ fn feed(fold: &mut CallFold, decoder: &mut Decoder, events: &RecordBatch) {
     fold.update(&decoded, &decoder.dicts);
 }
 
+/// The tables of a fold that saw every event at once.
+fn at_once(events: &RecordBatch, params: &Params) -> FoldOutput {
+    let mut decoder = Decoder::new();
+    let mut whole = CallFold::new(0);
+    feed(&mut whole, &mut decoder, events);
+    whole.output(&decoder.dicts, params, 1).unwrap()
+}
+
 #[test]
 fn late_events_revise_written_rows_and_name_every_change() {
     let events = common::fixture_events();
     let params = Params::default();
-    let mut decoder = Decoder::new();
-    let mut whole = CallFold::new(0);
-    feed(&mut whole, &mut decoder, &events);
-    let expected = whole.output(&decoder.dicts, &params, 1).unwrap();
+    let expected = at_once(&events, &params);
 
     let (on_time, late, late_calls) = split(&events, "call_answered", 25);
     assert_eq!(late_calls.len(), 25);
@@ -221,10 +226,7 @@ fn retained(events: &RecordBatch, params: &Params) -> Retained {
 fn partials_without_calls_held_are_sealed_and_come_back_for_late_calls() {
     let events = common::fixture_events();
     let params = Params::default();
-    let mut decoder = Decoder::new();
-    let mut whole = CallFold::new(0);
-    feed(&mut whole, &mut decoder, &events);
-    let expected = whole.output(&decoder.dicts, &params, 1).unwrap();
+    let expected = at_once(&events, &params);
 
     // Late: every event of ten calls, six hours or more before the last, in partials that
     // other calls share.
@@ -288,10 +290,7 @@ fn partials_without_calls_held_are_sealed_and_come_back_for_late_calls() {
 fn a_restart_keeps_a_sealed_partial_only_if_its_sealed_calls_add_up_to_it() {
     let events = common::fixture_events();
     let params = Params::default();
-    let mut decoder = Decoder::new();
-    let mut whole = CallFold::new(0);
-    feed(&mut whole, &mut decoder, &events);
-    let expected = whole.output(&decoder.dicts, &params, 1).unwrap();
+    let expected = at_once(&events, &params);
 
     // What a processor with three hours of retention committed: sealed rows and held rows.
     let Retained { fold, decoder, sealed_facts, sealed_legs, sealed_partials, .. } = retained(&events, &params);
