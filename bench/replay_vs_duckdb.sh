@@ -7,7 +7,8 @@
 # Needs: target/release/ccstream (cargo build --release), python3 with duckdb, and the
 # shared bench directory (SHARED_BENCH, default ../shared/bench). Prints one line per run:
 # engine, threads, wall, user and system seconds (CPU time swings less than wall time on a
-# shared VM), peak RSS (MB), and ccstream's own split.
+# shared VM), peak RSS (MB), and ccstream's own split. With HOLD=1, each round also runs
+# ccstream holding every call to the end (`--settle-after-ms 0`, the replay before settling).
 set -euo pipefail
 file=$1; threads=${2:-1}; runs=${3:-3}
 here=$(cd "$(dirname "$0")/.." && pwd)
@@ -26,6 +27,11 @@ measure() { # label, command...
 for i in $(seq "$runs"); do
   rm -rf "$out/cc" "$out/duck"
   measure ccstream taskset -c "$cpus" "$bin" replay --input "$file" --data "$out/cc" --events-table false --threads "$threads"
+  if [ "${HOLD:-0}" = 1 ]; then
+    rm -rf "$out/cc"
+    measure cc-hold taskset -c "$cpus" "$bin" replay --input "$file" --data "$out/cc" --events-table false \
+      --threads "$threads" --settle-after-ms 0
+  fi
   measure duckdb taskset -c "$cpus" python3 "$shared/duckdb_best.py" "$file" "$out/duck" "$threads"
 done
 rm -rf "$out/cc"

@@ -91,6 +91,8 @@ pub(crate) async fn run(args: DemoArgs) -> Result<()> {
         config: None,
         threads: 2,
         events_table: true,
+        settle_after_ms: 3_600_000,
+        settle_batch: 16_384,
         progress: "auto".into(),
         summary_json: false,
     })

@@ -1,7 +1,12 @@
 //! `ccstream replay`: recompute every table from canonical events files.
 //!
 //! Pass 1 reads only the columns the fold needs, decodes, folds, and writes `call_facts`,
-//! `agent_legs`, `interval_partials` and `dead_letters`. Pass 2 (unless
+//! `agent_legs`, `interval_partials` and `dead_letters`. Calls are written and forgotten as
+//! the input goes, once their latest event is `--settle-after-ms` behind their tenant's
+//! latest event: memory holds the recent calls, not the whole input. Should an event come
+//! for a call already written (input far out of time order), the pass is given up, its
+//! files deleted, and the input folded again holding every call: exact in any order,
+//! and a single pass on input in time order. Pass 2 (unless
 //! `--events-table false`) reads every column again and writes the first copy of each
 //! valid event to `events`. Each table is replaced in one Delta commit, so running replay
 //! again rebuilds the same tables, and a failed run leaves the previous ones readable.
@@ -25,7 +30,7 @@ use arrow::datatypes::Date32Type;
 use ccstream_ingest::file::records::source_name;
 use ccstream_ingest::file::{discover, parquet_rows, Chunk, FileReader, Format, InputFile, ReadOptions};
 use ccstream_processor::batch::{group_rows, to_events_schema, DecodedBatch, Decoder, JsonDecoder, FOLD_COLUMNS};
-use ccstream_processor::kpi::{CallFold, Horizon};
+use ccstream_processor::kpi::{CallFold, Horizon, Params};
 use ccstream_processor::sink::{Overwrite, TableStore};
 use ccstream_schemas::{
     agent_legs_schema, call_facts_schema, corrections_schema, dead_letters_schema, events_schema, TABLE_AGENT_LEGS,
@@ -59,6 +64,13 @@ pub(crate) struct ReplayArgs {
     /// Progress bar on stderr: auto (when it is a terminal), always or never
     #[arg(long, env = "CCSTREAM_PROGRESS", default_value = "auto", value_parser = ["auto", "always", "never"])]
     pub(crate) progress: String,
+    /// Write and forget a call once its latest event is this far (ms) behind its tenant's
+    /// latest event, so memory holds recent calls only; 0 holds every call to the end
+    #[arg(long, env = "CCSTREAM_SETTLE_AFTER_MS", default_value_t = 3_600_000, value_parser = clap::value_parser!(i64).range(0..))]
+    pub(crate) settle_after_ms: i64,
+    /// Calls written and forgotten at a time, at least (settling compacts the state)
+    #[arg(long, env = "CCSTREAM_SETTLE_BATCH", default_value_t = 16_384, value_parser = clap::value_parser!(u64).range(1..))]
+    pub(crate) settle_batch: u64,
     /// Print the summary as one JSON object instead of text
     #[arg(long, env = "CCSTREAM_SUMMARY_JSON", default_value_t = false)]
     pub(crate) summary_json: bool,
@@ -73,6 +85,11 @@ pub(crate) struct Summary {
     pub(crate) duplicate_copies: u64,
     pub(crate) events: u64,
     pub(crate) calls: u64,
+    /// Calls written and forgotten before the end of the input (`--settle-after-ms`).
+    pub(crate) settled_calls: u64,
+    /// Whether the input had to be folded again holding every call (an event came for a
+    /// call already settled).
+    pub(crate) folded_again: bool,
     pub(crate) call_facts_rows: u64,
     pub(crate) agent_legs_rows: u64,
     pub(crate) interval_partials_rows: u64,
@@ -318,118 +335,22 @@ pub(crate) async fn run(args: ReplayArgs) -> Result<Summary> {
     let now = now_ms();
     let mut summary = Summary { files: files.len(), ..Summary::default() };
 
-    // ---- pass 1: fold
-    let opts = ReadOptions {
-        columns: Some(FOLD_COLUMNS.iter().map(|c| c.to_string()).collect()),
-        fold_hints: true,
-        ..ReadOptions::default()
+    let ctx = Pass { args: &args, files: &files, store: &store, params: &params, now, total_bytes, start };
+    let settle = (args.settle_after_ms > 0).then_some(args.settle_after_ms);
+    let keep = match ctx.derived_tables(settle, &mut summary).await? {
+        Some(keep) => keep,
+        None => {
+            eprintln!(
+                "replay: an event came for a call written {} ms or more before its tenant's latest \
+                 event (input out of time order); folding the input again, holding every call",
+                args.settle_after_ms
+            );
+            summary = Summary { files: files.len(), folded_again: true, ..Summary::default() };
+            ctx.derived_tables(None, &mut summary)
+                .await?
+                .ok_or_else(|| anyhow::anyhow!("a pass that holds every call finishes"))?
+        }
     };
-    let bar = progress_bar(&args.progress, total_bytes, "fold");
-    let mut source = Source::new(Framer::new(files.clone(), opts, now), args.threads);
-    let mut decoder = Decoder::new();
-    let mut decoded = DecodedBatch::default();
-    let mut fold = CallFold::new(0);
-    // Size the state from what the input says of itself: Parquet footers give row counts;
-    // JSON lines are about 250 bytes.
-    let rows_hint: u64 = files.iter().map(|f| parquet_rows(f).unwrap_or(f.bytes / 250)).sum();
-    fold.reserve_for_events(rows_hint as usize);
-    let mut dead = Vec::new();
-    let mut keep: Vec<bool> = Vec::new();
-    let mut read_time = Duration::ZERO;
-    let mut fold_time = Duration::ZERO;
-    while let Some(framed) = source.next()? {
-        read_time += framed.read_time;
-        bar.inc(framed.bytes);
-        summary.rows_read += framed.batch.num_rows() as u64 + framed.rejects.len() as u64;
-        dead.extend(framed.rejects);
-        if framed.batch.num_rows() == 0 {
-            continue;
-        }
-        let t = Instant::now();
-        decoder.decode(&framed.batch, &mut decoded)?;
-        fold.update(&decoded, &decoder.dicts);
-        if args.events_table {
-            keep.extend_from_slice(fold.first_copy());
-        }
-        fold_time += t.elapsed();
-        for (r, reason) in decoded.invalid.drain(..) {
-            let raw = row_json(&framed.batch, r);
-            dead.push(DeadLetter::new(&files[framed.file], Some(framed.lines[r]), reason, &raw));
-        }
-    }
-    bar.finish_and_clear();
-    let stats = fold.stats();
-    summary.dead_letters = dead.len() as u64;
-    summary.duplicate_copies = stats.duplicates;
-    summary.events = stats.call_events + stats.other_events;
-    summary.calls = fold.calls() as u64;
-    summary.read_s = read_time.as_secs_f64();
-    summary.fold_s = fold_time.as_secs_f64();
-
-    // Each table is built in slices on this thread and encoded as it is built by its own
-    // task (in parallel when there are cores for it): no table-sized arrays, ever.
-    const SLICE_ROWS: usize = 64 * 1024;
-    const FILE_ROWS: usize = 256 * 1024;
-    let mut output_time = Duration::ZERO;
-    let t = Instant::now();
-    // The end of time: every call is written, as revision 1.
-    fold.emit(&decoder.dicts, &params, now, Horizon::END)?;
-    output_time += t.elapsed();
-    let dicts = &decoder.dicts;
-    let mut facts_out = TableWriter::new(
-        store.overwrite_streaming(TABLE_CALL_FACTS, call_facts_schema(), FILE_ROWS).await?,
-        args.threads,
-    );
-    let mut legs_out = TableWriter::new(
-        store.overwrite_streaming(TABLE_AGENT_LEGS, agent_legs_schema(), FILE_ROWS).await?,
-        args.threads,
-    );
-    let mut facts = fold.call_facts_slices(dicts, &params, SLICE_ROWS);
-    let mut legs = fold.agent_legs_slices(dicts, &params, SLICE_ROWS);
-    // A failed build or write returns before the commits: the writers are dropped, nothing
-    // is committed, and the previous tables stay as they were.
-    loop {
-        let built = Instant::now();
-        let (f, l) = (facts.next().transpose()?, legs.next().transpose()?);
-        output_time += built.elapsed();
-        if f.is_none() && l.is_none() {
-            break;
-        }
-        if let Some(f) = f {
-            summary.call_facts_rows += f.num_rows() as u64;
-            facts_out.write(f).await?;
-        }
-        if let Some(l) = l {
-            summary.agent_legs_rows += l.num_rows() as u64;
-            legs_out.write(l).await?;
-        }
-    }
-    // The slices borrow the fold, which is forgotten below.
-    drop((facts, legs));
-    facts_out.commit().await?;
-    legs_out.commit().await?;
-    let built = Instant::now();
-    let partials = fold.interval_partials(dicts, &params)?;
-    let dead_batch = dead_letters_batch(&dead, now)?;
-    output_time += built.elapsed();
-    summary.interval_partials_rows = partials.num_rows() as u64;
-    // A replay is revision 1 of everything: corrections of earlier runs go.
-    let (c, d, e) = tokio::join!(
-        store.replace(TABLE_INTERVAL_PARTIALS, partials, SLICE_ROWS),
-        store.replace(TABLE_DEAD_LETTERS, dead_batch, SLICE_ROWS),
-        store.replace(TABLE_CORRECTIONS, RecordBatch::new_empty(corrections_schema()), SLICE_ROWS),
-    );
-    c?;
-    d?;
-    e?;
-    summary.output_s = output_time.as_secs_f64();
-    let t = t.elapsed().saturating_sub(output_time);
-    summary.write_s = t.as_secs_f64();
-    summary.tables_s = start.elapsed().as_secs_f64();
-    // Returning the fold's memory page by page costs more than the process exit does.
-    std::mem::forget(fold);
-    std::mem::forget(decoder);
-    summary.events_per_s = summary.events as f64 / summary.tables_s.max(1e-9);
 
     // ---- pass 2: the events table
     if args.events_table {
@@ -441,6 +362,178 @@ pub(crate) async fn run(args: ReplayArgs) -> Result<Summary> {
     print_summary(&summary, &args);
     Ok(summary)
 }
+
+/// What a pass over the input works with.
+struct Pass<'a> {
+    args: &'a ReplayArgs,
+    files: &'a Arc<Vec<InputFile>>,
+    store: &'a TableStore,
+    params: &'a Params,
+    now: i64,
+    total_bytes: u64,
+    start: Instant,
+}
+
+impl Pass<'_> {
+    /// Pass 1: reads, decodes and folds the input and commits the derived tables. With
+    /// `settle` (ms), calls that far behind their tenant's latest event are written and
+    /// forgotten as the input goes ([`CallFold::settle`]); if an event then comes for one
+    /// of them, the files written so far are deleted, nothing is committed, and `None` says
+    /// to fold again without settling. Returns, per input row, whether it was the first copy
+    /// of a valid event (for the `events` table; empty without it).
+    async fn derived_tables(&self, settle: Option<i64>, summary: &mut Summary) -> Result<Option<Vec<bool>>> {
+        let (args, files, store, params, now) = (self.args, self.files, self.store, self.params, self.now);
+        let opts = ReadOptions {
+            columns: Some(FOLD_COLUMNS.iter().map(|c| c.to_string()).collect()),
+            fold_hints: true,
+            ..ReadOptions::default()
+        };
+        let bar = progress_bar(&args.progress, self.total_bytes, "fold");
+        let mut source = Source::new(Framer::new(files.clone(), opts, now), args.threads);
+        let mut decoder = Decoder::new();
+        let mut decoded = DecodedBatch::default();
+        let mut fold = CallFold::new(0);
+        // Size the state from what the input says of itself: Parquet footers give row
+        // counts; JSON lines are about 250 bytes. Settling holds an hour or so of calls,
+        // and a key hash of each call settled.
+        let rows_hint = files.iter().map(|f| parquet_rows(f).unwrap_or(f.bytes / 250)).sum::<u64>() as usize;
+        match settle {
+            Some(_) => fold.reserve_for_settling(rows_hint),
+            None => fold.reserve_for_events(rows_hint),
+        }
+        // Each table is written in slices and encoded as it is built (by a task of its own
+        // when there are threads for it): no table-sized arrays, ever. A failed build or
+        // write returns before the commits: the writers are dropped, nothing is committed,
+        // and the previous tables stay as they were.
+        let mut facts_out = TableWriter::new(
+            store.overwrite_streaming(TABLE_CALL_FACTS, call_facts_schema(), FILE_ROWS).await?,
+            args.threads,
+        );
+        let mut legs_out = TableWriter::new(
+            store.overwrite_streaming(TABLE_AGENT_LEGS, agent_legs_schema(), FILE_ROWS).await?,
+            args.threads,
+        );
+        let mut dead = Vec::new();
+        let mut keep: Vec<bool> = Vec::new();
+        let (mut read_time, mut fold_time) = (Duration::ZERO, Duration::ZERO);
+        let (mut output_time, mut write_time) = (Duration::ZERO, Duration::ZERO);
+        let mut settled = 0u64;
+        while let Some(framed) = source.next()? {
+            read_time += framed.read_time;
+            bar.inc(framed.bytes);
+            summary.rows_read += framed.batch.num_rows() as u64 + framed.rejects.len() as u64;
+            dead.extend(framed.rejects);
+            if framed.batch.num_rows() == 0 {
+                continue;
+            }
+            let t = Instant::now();
+            decoder.decode(&framed.batch, &mut decoded)?;
+            fold.update(&decoded, &decoder.dicts);
+            if args.events_table {
+                keep.extend_from_slice(fold.first_copy());
+            }
+            fold_time += t.elapsed();
+            for (r, reason) in decoded.invalid.drain(..) {
+                let raw = row_json(&framed.batch, r);
+                dead.push(DeadLetter::new(&files[framed.file], Some(framed.lines[r]), reason, &raw));
+            }
+            let Some(after_ms) = settle else { continue };
+            if fold.refolding() {
+                bar.finish_and_clear();
+                drop(source);
+                facts_out.abandon().await?;
+                legs_out.abandon().await?;
+                return Ok(None);
+            }
+            let t = Instant::now();
+            let out = fold.settle(&decoder.dicts, params, now, after_ms, args.settle_batch as usize, SLICE_ROWS)?;
+            output_time += t.elapsed();
+            if let Some(out) = out {
+                let t = Instant::now();
+                settled += out.calls;
+                summary.call_facts_rows += out.call_facts.iter().map(|b| b.num_rows() as u64).sum::<u64>();
+                summary.agent_legs_rows += out.agent_legs.iter().map(|b| b.num_rows() as u64).sum::<u64>();
+                for b in out.call_facts {
+                    facts_out.write(b).await?;
+                }
+                for b in out.agent_legs {
+                    legs_out.write(b).await?;
+                }
+                write_time += t.elapsed();
+            }
+        }
+        bar.finish_and_clear();
+        let stats = fold.stats();
+        summary.dead_letters = dead.len() as u64;
+        summary.duplicate_copies = stats.duplicates;
+        summary.events = stats.call_events + stats.other_events;
+        summary.calls = settled + fold.calls() as u64;
+        summary.settled_calls = settled;
+
+        let t = Instant::now();
+        // The end of time: every call left is written, as revision 1.
+        fold.emit(&decoder.dicts, params, now, Horizon::END)?;
+        output_time += t.elapsed();
+        let dicts = &decoder.dicts;
+        let mut facts = fold.call_facts_slices(dicts, params, SLICE_ROWS);
+        let mut legs = fold.agent_legs_slices(dicts, params, SLICE_ROWS);
+        loop {
+            let built = Instant::now();
+            let (f, l) = (facts.next().transpose()?, legs.next().transpose()?);
+            output_time += built.elapsed();
+            if f.is_none() && l.is_none() {
+                break;
+            }
+            let t = Instant::now();
+            if let Some(f) = f {
+                summary.call_facts_rows += f.num_rows() as u64;
+                facts_out.write(f).await?;
+            }
+            if let Some(l) = l {
+                summary.agent_legs_rows += l.num_rows() as u64;
+                legs_out.write(l).await?;
+            }
+            write_time += t.elapsed();
+        }
+        // The slices borrow the fold, which is forgotten below.
+        drop((facts, legs));
+        let t = Instant::now();
+        facts_out.commit().await?;
+        legs_out.commit().await?;
+        write_time += t.elapsed();
+        let built = Instant::now();
+        let partials = fold.interval_partials(dicts, params)?;
+        let dead_batch = dead_letters_batch(&dead, now)?;
+        output_time += built.elapsed();
+        summary.interval_partials_rows = partials.num_rows() as u64;
+        // A replay is revision 1 of everything: corrections of earlier runs go.
+        let t = Instant::now();
+        let (c, d, e) = tokio::join!(
+            store.replace(TABLE_INTERVAL_PARTIALS, partials, SLICE_ROWS),
+            store.replace(TABLE_DEAD_LETTERS, dead_batch, SLICE_ROWS),
+            store.replace(TABLE_CORRECTIONS, RecordBatch::new_empty(corrections_schema()), SLICE_ROWS),
+        );
+        c?;
+        d?;
+        e?;
+        write_time += t.elapsed();
+        summary.read_s = read_time.as_secs_f64();
+        summary.fold_s = fold_time.as_secs_f64();
+        summary.output_s = output_time.as_secs_f64();
+        summary.write_s = write_time.as_secs_f64();
+        summary.tables_s = self.start.elapsed().as_secs_f64();
+        summary.events_per_s = summary.events as f64 / summary.tables_s.max(1e-9);
+        // Returning the fold's memory page by page costs more than the process exit does.
+        std::mem::forget(fold);
+        std::mem::forget(decoder);
+        Ok(Some(keep))
+    }
+}
+
+/// Rows per slice of a derived table handed to its writer.
+const SLICE_ROWS: usize = 64 * 1024;
+/// Rows per file of `call_facts` and `agent_legs`.
+const FILE_ROWS: usize = 256 * 1024;
 
 async fn write_events(
     args: &ReplayArgs,
@@ -486,11 +579,18 @@ async fn write_events(
 /// its memory reused before the next is built), or handed to a task of their own that
 /// encodes while the next slices are built. Nothing is committed unless
 /// [`TableWriter::commit`] is called: a writer dropped after a failure leaves the table as
-/// it was.
+/// it was, and [`TableWriter::abandon`] also deletes the files it stored.
 enum TableWriter {
     Inline(Box<Overwrite>),
-    /// Slices to write, then `None` to commit; the task's outcome.
-    Task(tokio::sync::mpsc::Sender<Option<RecordBatch>>, Option<tokio::task::JoinHandle<Result<()>>>),
+    /// What to do next; the task's outcome.
+    Task(tokio::sync::mpsc::Sender<Next>, Option<tokio::task::JoinHandle<Result<()>>>),
+}
+
+/// A writer task's next step.
+enum Next {
+    Write(RecordBatch),
+    Commit,
+    Abandon,
 }
 
 impl TableWriter {
@@ -498,19 +598,23 @@ impl TableWriter {
         if threads <= 1 {
             return TableWriter::Inline(Box::new(sink));
         }
-        let (tx, mut rx) = tokio::sync::mpsc::channel::<Option<RecordBatch>>(2);
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<Next>(2);
         let done = tokio::spawn(async move {
             let mut sink = sink;
             while let Some(item) = rx.recv().await {
                 match item {
-                    Some(batch) => sink.write(batch).await?,
-                    None => {
+                    Next::Write(batch) => sink.write(batch).await?,
+                    Next::Commit => {
                         sink.commit().await?;
+                        return Ok(());
+                    }
+                    Next::Abandon => {
+                        sink.abandon().await?;
                         return Ok(());
                     }
                 }
             }
-            // The sender went away without asking for a commit: the run failed.
+            // The sender went away without a word: the run failed.
             Ok(())
         });
         TableWriter::Task(tx, Some(done))
@@ -520,7 +624,7 @@ impl TableWriter {
         match self {
             TableWriter::Inline(sink) => Ok(sink.write(batch).await?),
             TableWriter::Task(tx, done) => {
-                if tx.send(Some(batch)).await.is_ok() {
+                if tx.send(Next::Write(batch)).await.is_ok() {
                     return Ok(());
                 }
                 // The task ended early: its error says why.
@@ -536,19 +640,33 @@ impl TableWriter {
                 sink.commit().await?;
                 Ok(())
             }
-            TableWriter::Task(tx, mut done) => {
-                if tx.send(None).await.is_err() {
-                    return Err(Self::ended(done.take()).await);
-                }
-                match done.take() {
-                    Some(task) => task.await?,
-                    None => Err(anyhow::anyhow!("the table writer had already stopped")),
-                }
-            }
+            TableWriter::Task(tx, done) => Self::finish(tx, done, Next::Commit).await,
         }
     }
 
-    /// Why a writer task stopped before it was asked to commit.
+    /// Gives the write up, deleting the files it stored.
+    async fn abandon(self) -> Result<()> {
+        match self {
+            TableWriter::Inline(sink) => Ok(sink.abandon().await?),
+            TableWriter::Task(tx, done) => Self::finish(tx, done, Next::Abandon).await,
+        }
+    }
+
+    async fn finish(
+        tx: tokio::sync::mpsc::Sender<Next>,
+        mut done: Option<tokio::task::JoinHandle<Result<()>>>,
+        last: Next,
+    ) -> Result<()> {
+        if tx.send(last).await.is_err() {
+            return Err(Self::ended(done.take()).await);
+        }
+        match done.take() {
+            Some(task) => task.await?,
+            None => Err(anyhow::anyhow!("the table writer had already stopped")),
+        }
+    }
+
+    /// Why a writer task stopped before it was told to finish.
     async fn ended(done: Option<tokio::task::JoinHandle<Result<()>>>) -> anyhow::Error {
         match done {
             Some(task) => match task.await {
@@ -596,8 +714,15 @@ fn print_summary(s: &Summary, args: &ReplayArgs) {
         return;
     }
     eprintln!(
-        "replayed {} file(s): {} rows read, {} dead letters, {} duplicate copies, {} events, {} calls",
-        s.files, s.rows_read, s.dead_letters, s.duplicate_copies, s.events, s.calls
+        "replayed {} file(s): {} rows read, {} dead letters, {} duplicate copies, {} events, {} calls ({} settled before the end{})",
+        s.files,
+        s.rows_read,
+        s.dead_letters,
+        s.duplicate_copies,
+        s.events,
+        s.calls,
+        s.settled_calls,
+        if s.folded_again { "; folded twice, the input being out of time order" } else { "" }
     );
     eprintln!(
         "tables in {}: call_facts {} rows, agent_legs {}, interval_partials {}, events {}",

@@ -6,7 +6,10 @@ mod common;
 use common::{ccstream, check_against, fixture, sql_csv};
 
 fn replay(input: &str, data: &std::path::Path, extra: &[&str]) -> serde_json::Value {
-    let input = fixture(input);
+    replay_path(&fixture(input), data, extra)
+}
+
+fn replay_path(input: &std::path::Path, data: &std::path::Path, extra: &[&str]) -> serde_json::Value {
     let mut args =
         vec!["replay", "--input", input.to_str().unwrap(), "--data", data.to_str().unwrap(), "--summary-json"];
     args.extend_from_slice(extra);
@@ -73,4 +76,109 @@ fn replay_is_idempotent() {
     assert_eq!(first, dump(&data));
     let counts = sql_csv(&data, "SELECT (SELECT count(*) FROM events) AS e, (SELECT count(*) FROM call_facts) AS c");
     assert_eq!(counts.lines().nth(1), Some("10306,1500"), "a second replay replaces, never appends");
+}
+
+/// The JSON Lines fixture (with its malformed lines) cut into ten files under `dir/name/`,
+/// so that a replay folds it in ten batches; `latest_first` reverses the lines' order.
+fn fixture_in_ten_files(dir: &std::path::Path, name: &str, latest_first: bool) -> std::path::PathBuf {
+    let mut text = String::new();
+    std::io::Read::read_to_string(
+        &mut flate2::read::GzDecoder::new(std::fs::File::open(fixture("oracle/events.jsonl.gz")).unwrap()),
+        &mut text,
+    )
+    .unwrap();
+    let mut lines: Vec<&str> = text.lines().collect();
+    if latest_first {
+        lines.reverse();
+    }
+    let out = dir.join(name);
+    std::fs::create_dir_all(&out).unwrap();
+    for (i, part) in lines.chunks(lines.len().div_ceil(10)).enumerate() {
+        std::fs::write(out.join(format!("part-{i:02}.jsonl")), part.join("\n")).unwrap();
+    }
+    out
+}
+
+#[test]
+fn calls_settled_as_the_input_goes_equal_oracle() {
+    // Bursts of 20 calls 10 minutes behind: most calls are written and forgotten long
+    // before the input ends.
+    let dir = tempfile::tempdir().unwrap();
+    let input = fixture_in_ten_files(dir.path(), "in_order", false);
+    for threads in ["1", "2"] {
+        let data = dir.path().join(format!("data{threads}"));
+        let s =
+            replay_path(&input, &data, &["--threads", threads, "--settle-after-ms", "600000", "--settle-batch", "20"]);
+        assert!(s["settled_calls"].as_u64().unwrap() > 1_000, "most calls settle before the end: {s}");
+        assert_eq!(s["folded_again"], false, "{s}");
+        assert_eq!(s["calls"], 1_500);
+        assert_eq!(s["call_facts_rows"], 1_500);
+        assert_eq!(s["dead_letters"], 94);
+        assert_eq!(s["events_rows"], 10_306);
+        check_against(&data, "expected");
+        let revisions = sql_csv(&data, "SELECT min(revision) AS lo, max(revision) AS hi FROM call_facts");
+        assert_eq!(revisions.lines().nth(1), Some("1,1"), "{revisions}");
+    }
+}
+
+#[test]
+fn input_out_of_time_order_is_folded_again_exactly() {
+    // Latest first: calls are settled, then their earlier events come.
+    let dir = tempfile::tempdir().unwrap();
+    let input = fixture_in_ten_files(dir.path(), "latest_first", true);
+    for threads in ["1", "2"] {
+        let data = dir.path().join(format!("data{threads}"));
+        let s =
+            replay_path(&input, &data, &["--threads", threads, "--settle-after-ms", "600000", "--settle-batch", "20"]);
+        assert_eq!(s["folded_again"], true, "{s}");
+        assert_eq!(s["settled_calls"], 0, "the second pass holds every call: {s}");
+        assert_eq!(s["calls"], 1_500);
+        assert_eq!(s["dead_letters"], 94);
+        assert_eq!(s["events_rows"], 10_306);
+        check_against(&data, "expected");
+        // Only the committed files are on disk: the given-up pass left none behind.
+        for table in ["call_facts", "agent_legs"] {
+            assert_eq!(parquet_files(&data.join(table)), committed_files(&data.join(table)), "{table}");
+        }
+    }
+}
+
+/// The `.parquet` files under `dir` (paths relative to it).
+fn parquet_files(dir: &std::path::Path) -> std::collections::BTreeSet<String> {
+    let mut out = std::collections::BTreeSet::new();
+    let mut todo = vec![dir.to_path_buf()];
+    while let Some(d) = todo.pop() {
+        for entry in std::fs::read_dir(&d).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                todo.push(path);
+            } else if path.extension().is_some_and(|e| e == "parquet") {
+                out.insert(path.strip_prefix(dir).unwrap().display().to_string());
+            }
+        }
+    }
+    out
+}
+
+/// The files a Delta table's log adds and does not remove.
+fn committed_files(table: &std::path::Path) -> std::collections::BTreeSet<String> {
+    let mut out = std::collections::BTreeSet::new();
+    let mut logs: Vec<_> = std::fs::read_dir(table.join("_delta_log"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "json"))
+        .collect();
+    logs.sort();
+    for log in logs {
+        for line in std::fs::read_to_string(&log).unwrap().lines() {
+            let action: serde_json::Value = serde_json::from_str(line).unwrap();
+            if let Some(path) = action["add"]["path"].as_str() {
+                out.insert(path.to_string());
+            }
+            if let Some(path) = action["remove"]["path"].as_str() {
+                out.remove(path);
+            }
+        }
+    }
+    out
 }

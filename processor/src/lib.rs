@@ -48,6 +48,13 @@ pub enum Error {
         #[source]
         source: deltalake::ObjectStoreError,
     },
+    #[error("deleting file {path} of {table} (a write given up): {source}")]
+    DeleteFile {
+        table: String,
+        path: String,
+        #[source]
+        source: deltalake::ObjectStoreError,
+    },
     #[error("statistics of a file of {table}: {source}")]
     FileStats {
         table: String,

@@ -840,6 +840,22 @@ impl Overwrite {
         Ok(())
     }
 
+    /// Gives the write up: deletes the files it stored (no commit names them), so the table
+    /// is as it was and holds no unreferenced files of this write.
+    pub async fn abandon(self) -> Result<()> {
+        for action in &self.adds {
+            let Action::Add(add) = action else { continue };
+            let delete = |source| Error::DeleteFile { table: self.name.clone(), path: add.path.clone(), source };
+            let location =
+                deltalake::Path::parse(&add.path).map_err(|source| delete(ObjectStoreError::InvalidPath { source }))?;
+            match self.files.delete(&location).await {
+                Ok(()) | Err(ObjectStoreError::NotFound { .. }) => {}
+                Err(e) => return Err(delete(e)),
+            }
+        }
+        Ok(())
+    }
+
     /// Records application transactions `(app_id, version)` in the same commit (the
     /// processor's consumed offsets: they land with the rows or not at all).
     pub fn with_transactions(&mut self, transactions: &[(String, i64)]) {

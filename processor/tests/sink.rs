@@ -333,3 +333,39 @@ async fn compacting_a_partition_keeps_its_rows_in_fewer_files() {
         }
     }
 }
+
+/// Every `.parquet` file under `dir`, as paths relative to it.
+fn parquet_files(dir: &std::path::Path) -> std::collections::BTreeSet<String> {
+    let mut out = std::collections::BTreeSet::new();
+    let mut todo = vec![dir.to_path_buf()];
+    while let Some(d) = todo.pop() {
+        for entry in std::fs::read_dir(&d).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                todo.push(path);
+            } else if path.extension().is_some_and(|e| e == "parquet") {
+                out.insert(path.strip_prefix(dir).unwrap().display().to_string());
+            }
+        }
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_abandoned_write_leaves_the_table_and_its_files_as_they_were() {
+    let events = fixture_events();
+    let dir = tempfile::tempdir().unwrap();
+    let store = overwrite_events(dir.path(), &[events.slice(0, 300)]).await;
+    let table = dir.path().join(TABLE_EVENTS);
+    let files_before = parquet_files(&table);
+    // A replacement that flushes after every batch, so files are stored before it is given up.
+    let mut w = store.overwrite_streaming(TABLE_EVENTS, events_schema(), 1).await.unwrap();
+    w.write(events.slice(300, 400)).await.unwrap();
+    w.write(events.slice(700, 400)).await.unwrap();
+    w.write(events.slice(1100, 1)).await.unwrap();
+    assert!(parquet_files(&table).len() > files_before.len(), "the replacement stored files");
+    w.abandon().await.unwrap();
+    assert_eq!(parquet_files(&table), files_before, "no file of the abandoned write is left");
+    let back = store.read_where(TABLE_EVENTS, None, false).await.unwrap();
+    assert_eq!(rows(&back), rows(&[events.slice(0, 300)]), "the table reads as before");
+}

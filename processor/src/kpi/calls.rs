@@ -261,6 +261,17 @@ pub struct Emission {
     pub changed: bool,
 }
 
+/// What one [`CallFold::settle`] wrote and forgot.
+#[derive(Debug, Default)]
+pub struct Settled {
+    /// Calls forgotten.
+    pub calls: u64,
+    /// Their `call_facts` rows (revision 1).
+    pub call_facts: Vec<RecordBatch>,
+    /// Their `agent_legs` rows.
+    pub agent_legs: Vec<RecordBatch>,
+}
+
 impl Contribution {
     fn of(c: &CallAcc) -> Self {
         Contribution {
@@ -351,6 +362,9 @@ pub struct CallFold {
     sealed_fp: hashbrown::HashSet<u64, FixedState>,
     /// The evicted calls' contributions to the interval partials.
     sealed_parts: HashMap<PartKey, Part, FixedState>,
+    /// The settled calls' contributions to the interval partials ([`CallFold::settle`]):
+    /// settled in time order, they fill dense runs.
+    settled_parts: Grouping,
     /// New calls whose fingerprint is sealed: their earlier events and sealed rows are to be
     /// read back ([`CallFold::refold_ids`], [`CallFold::unseal`]).
     refold: Vec<u32>,
@@ -396,6 +410,7 @@ impl CallFold {
             partials: Vec::new(),
             sealed_fp: hashbrown::HashSet::with_hasher(FixedState::with_seed(0x5ea1_ed00)),
             sealed_parts: HashMap::default(),
+            settled_parts: Grouping::default(),
             refold: Vec::new(),
             unsealed: Vec::new(),
             stale_max: Vec::new(),
@@ -488,6 +503,12 @@ impl CallFold {
         self.legs.reserve(calls);
         self.eid_blocks.reserve(events / 3);
         self.eid_next.reserve(events / 3);
+    }
+
+    /// Reserves room for the fingerprints of about `events / 6` settled calls (see
+    /// [`CallFold::reserve_for_events`]), so the set is not rebuilt as it grows.
+    pub fn reserve_for_settling(&mut self, events: usize) {
+        self.sealed_fp.reserve(events / 6);
     }
 
     /// The position of call `key` in `calls`, adding it if new.
@@ -851,6 +872,80 @@ impl CallFold {
         self.seal_partials(dicts, p, horizon, em)
     }
 
+    /// Batch mode (`replay`, where every call is written once, at the end of the input):
+    /// writes and forgets the calls whose latest event is more than `after_ms` behind the
+    /// latest event of their tenant, so the state holds the calls of the last `after_ms`
+    /// rather than every call of the input. Their rows are revision 1, stamped `now`, in
+    /// batches of at most `rows` calls; their contributions to the interval partials stay
+    /// (the partials of [`CallFold::emit`] at the end of time include them).
+    ///
+    /// Call [`CallFold::reserve_for_settling`] first with the input's size, if known.
+    ///
+    /// Calls are forgotten in bursts of at least `min_calls`, and at least a quarter of the
+    /// calls held, so compacting the state is amortized; `None` until then.
+    ///
+    /// Exactness holds only if no event of a forgotten call comes later: the fold notices
+    /// one (a new call with a forgotten call's fingerprint, [`CallFold::refolding`]), and
+    /// the caller must then discard what it wrote and fold the input again without this.
+    pub fn settle(
+        &mut self,
+        dicts: &Dictionaries,
+        p: &Params,
+        now: i64,
+        after_ms: i64,
+        min_calls: usize,
+        rows: usize,
+    ) -> Result<Option<Settled>> {
+        if !self.refold.is_empty() || self.calls.len() < min_calls {
+            return Ok(None);
+        }
+        // The latest event of each tenant is that of a call held: the call that has it is
+        // never behind it, so it is never forgotten.
+        let mut latest: Vec<i64> = Vec::new();
+        for c in &self.calls {
+            let t = c.tenant as usize;
+            if t >= latest.len() {
+                latest.resize(t + 1, MAX_NONE);
+            }
+            latest[t] = latest[t].max(c.last_ms);
+        }
+        let expired: Vec<bool> = self
+            .calls
+            .iter()
+            .map(|c| c.revision == 0 && c.last_ms < latest[c.tenant as usize].saturating_sub(after_ms))
+            .collect();
+        let n = expired.iter().filter(|e| **e).count();
+        if n < min_calls || n * 4 < self.calls.len() {
+            return Ok(None);
+        }
+        let gone: Vec<u32> = (0..self.calls.len() as u32).filter(|&c| expired[c as usize]).collect();
+        for &c in &gone {
+            let acc = &mut self.calls[c as usize];
+            acc.revision = 1;
+            acc.computed_at = now;
+            acc.dirty = false;
+        }
+        let call_mos = self.call_mos();
+        let mut out = Settled { calls: n as u64, ..Settled::default() };
+        for chunk in gone.chunks(rows.max(1)) {
+            out.call_facts.push(self.call_facts(chunk, dicts, p, &call_mos)?);
+        }
+        let legs: Vec<&LegAcc> = self.legs.iter().filter(|l| l.n_answered > 0 && expired[l.call as usize]).collect();
+        for chunk in legs.chunks(rows.max(1)) {
+            out.agent_legs.push(self.legs_batch(chunk, dicts, p, false)?);
+        }
+        for &c in &gone {
+            let acc = self.calls[c as usize];
+            if acc.queued_ms != MIN_NONE {
+                let k = Contribution::of(&acc);
+                self.settled_parts.slot(k.key).apply(&k, p, 1);
+            }
+            self.sealed_fp.insert(self.hasher.hash_one(acc.key));
+        }
+        self.compact(&expired, p);
+        Ok(Some(out))
+    }
+
     /// Seals the written partials that no call held contributes to any more and whose
     /// interval ended before the retention horizon: their rows go to the emission, sealed,
     /// and leave memory with their sealed contributions.
@@ -889,50 +984,61 @@ impl CallFold {
                 None => {}
             }
         }
+        // In place, keeping each vector's memory: the state's pages stay the same ones.
         let mut remap = vec![u32::MAX; self.calls.len()];
-        let mut calls = Vec::with_capacity(self.calls.len() - drop.iter().filter(|d| **d).count());
-        for (i, c) in self.calls.iter().enumerate() {
+        let mut kept = 0;
+        for i in 0..self.calls.len() {
             if !drop[i] {
-                remap[i] = calls.len() as u32;
-                calls.push(*c);
+                remap[i] = kept as u32;
+                self.calls[kept] = self.calls[i];
+                kept += 1;
             }
         }
+        self.calls.truncate(kept);
         let mut leg_remap = vec![NO_LEG; self.legs.len()];
-        let mut legs = Vec::with_capacity(calls.len());
-        for (j, l) in self.legs.iter().enumerate() {
+        let mut kept = 0;
+        for (j, slot) in leg_remap.iter_mut().enumerate() {
+            let l = self.legs[j];
             if remap[l.call as usize] != u32::MAX {
-                leg_remap[j] = legs.len() as u32;
-                legs.push(LegAcc { call: remap[l.call as usize], ..*l });
+                *slot = kept as u32;
+                self.legs[kept] = LegAcc { call: remap[l.call as usize], ..l };
+                kept += 1;
             }
         }
+        self.legs.truncate(kept);
         let relink = |l: u32| if l == NO_LEG { NO_LEG } else { leg_remap[l as usize] };
-        for l in &mut legs {
+        for l in &mut self.legs {
             l.next = relink(l.next);
         }
-        let mut blocks = Vec::with_capacity(self.eid_blocks.len() / 2);
-        let mut next = Vec::with_capacity(self.eid_blocks.len() / 2);
-        for c in &mut calls {
-            c.first_leg = relink(c.first_leg);
-            // Copy the chain head first, each block pointing at the copy of its successor.
+        // Event-id blocks: those of the calls kept move down, in order; then every link
+        // (chain heads and successors) follows its block.
+        let mut block_remap = vec![NO_BLOCK; self.eid_blocks.len()];
+        for c in &self.calls {
             let mut b = c.eid_block;
-            let mut prev: Option<usize> = None;
-            c.eid_block = NO_BLOCK;
             while b != NO_BLOCK {
-                let id = blocks.len();
-                blocks.push(self.eid_blocks[b as usize]);
-                next.push(NO_BLOCK);
-                match prev {
-                    None => c.eid_block = id as u32,
-                    Some(p) => next[p] = id as u32,
-                }
-                prev = Some(id);
+                block_remap[b as usize] = 0;
                 b = self.eid_next[b as usize];
             }
         }
-        self.calls = calls;
-        self.legs = legs;
-        self.eid_blocks = blocks;
-        self.eid_next = next;
+        let mut kept = 0;
+        for (b, slot) in block_remap.iter_mut().enumerate() {
+            if *slot != NO_BLOCK {
+                *slot = kept as u32;
+                self.eid_blocks[kept] = self.eid_blocks[b];
+                self.eid_next[kept] = self.eid_next[b];
+                kept += 1;
+            }
+        }
+        self.eid_blocks.truncate(kept);
+        self.eid_next.truncate(kept);
+        let follow = |b: u32| if b == NO_BLOCK { NO_BLOCK } else { block_remap[b as usize] };
+        for n in &mut self.eid_next {
+            *n = follow(*n);
+        }
+        for c in &mut self.calls {
+            c.first_leg = relink(c.first_leg);
+            c.eid_block = follow(c.eid_block);
+        }
         self.index.clear();
         for (i, c) in self.calls.iter().enumerate() {
             let hash = self.hasher.hash_one(c.key);
@@ -1166,6 +1272,7 @@ impl CallFold {
             let k = Contribution::of(c);
             grouping.slot(k.key).apply(&k, p, 1);
         }
+        grouping.add_all(&self.settled_parts);
         for (key, part) in &self.sealed_parts {
             grouping.slot(*key).merge(part);
         }

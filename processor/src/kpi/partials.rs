@@ -270,6 +270,21 @@ impl Grouping {
         &mut self.parts[*slot as usize]
     }
 
+    /// Adds every partial of `other` to this grouping's.
+    pub(super) fn add_all(&mut self, other: &Grouping) {
+        for run in &other.runs {
+            for (i, &s) in run.slots.iter().enumerate() {
+                if s != EMPTY {
+                    let key = (run.pair.0, run.pair.1, (run.first + i as i64) * PARTIAL_INTERVAL_MS);
+                    self.slot(key).merge(&other.parts[s as usize]);
+                }
+            }
+        }
+        for (key, &s) in &other.spill {
+            self.slot(*key).merge(&other.parts[s as usize]);
+        }
+    }
+
     /// Every partial that any contribution touched, sorted by key, as rows not written yet
     /// (revision 0).
     pub(super) fn finish(mut self) -> Vec<(PartKey, PartialRow)> {
@@ -339,6 +354,7 @@ mod tests {
         fn groups_like_a_map(
             calls in prop::collection::vec((0u32..3, 0u32..4, interval(), 0i64..60_000, any::<bool>()), 0..600),
             sealed in prop::collection::vec((0u32..3, 0u32..4, interval(), 0i64..60_000, any::<bool>()), 0..20),
+            settled in prop::collection::vec((0u32..3, 0u32..4, interval(), 0i64..60_000, any::<bool>()), 0..300),
         ) {
             let p = Params::default();
             let mut grouping = Grouping::default();
@@ -355,6 +371,14 @@ mod tests {
                 grouping.slot(c.key).merge(&part);
                 reference.entry(c.key).or_default().merge(&part);
             }
+            // Contributions grouped apart, then added as a whole.
+            let mut apart = Grouping::default();
+            for &(t, q, i, w, a) in &settled {
+                let c = contribution((t, q, i * PARTIAL_INTERVAL_MS), w, a);
+                apart.slot(c.key).apply(&c, &p, 1);
+                reference.entry(c.key).or_default().apply(&c, &p, 1);
+            }
+            grouping.add_all(&apart);
             let got: Vec<(PartKey, Part)> = grouping.finish().into_iter().map(|(k, r)| (k, r.part)).collect();
             prop_assert_eq!(got, reference.into_iter().collect::<Vec<_>>());
         }
