@@ -1,12 +1,12 @@
 //! `ccstream replay`: recompute every table from canonical events files.
 //!
 //! Pass 1 reads only the columns the fold needs, decodes, folds, and writes `call_facts`,
-//! `agent_legs`, `interval_partials` and `dead_letters`. Calls are written and forgotten as
-//! the input goes, once their latest event is `--settle-after-ms` behind their tenant's
-//! latest event: memory holds the recent calls, not the whole input. Should an event come
-//! for a call already written (input far out of time order), the pass is given up, its
-//! files deleted, and the input folded again holding every call: exact in any order,
-//! and a single pass on input in time order. Pass 2 (unless
+//! `agent_legs`, `interval_partials` and `dead_letters`. Complete calls are written and
+//! forgotten as the input goes, once their latest event is `--settle-after-ms` behind their
+//! tenant's latest event: memory holds the recent and open calls, not the whole input. If
+//! an event came for a call already written (input far out of time order), the pass is
+//! given up at its end, its files deleted, and the input folded again holding every call:
+//! exact in any order, and a single pass on input in time order. Pass 2 (unless
 //! `--events-table false`) reads every column again and writes the first copy of each
 //! valid event to `events`. Each table is replaced in one Delta commit, so running replay
 //! again rebuilds the same tables, and a failed run leaves the previous ones readable.
@@ -376,9 +376,9 @@ struct Pass<'a> {
 
 impl Pass<'_> {
     /// Pass 1: reads, decodes and folds the input and commits the derived tables. With
-    /// `settle` (ms), calls that far behind their tenant's latest event are written and
-    /// forgotten as the input goes ([`CallFold::settle`]); if an event then comes for one
-    /// of them, the files written so far are deleted, nothing is committed, and `None` says
+    /// `settle` (ms), complete calls that far behind their tenant's latest event are written
+    /// and forgotten as the input goes ([`CallFold::settle`]); if an event came for one of
+    /// them after all, the files written are deleted, nothing is committed, and `None` says
     /// to fold again without settling. Returns, per input row, whether it was the first copy
     /// of a valid event (for the `events` table; empty without it).
     async fn derived_tables(&self, settle: Option<i64>, summary: &mut Summary) -> Result<Option<Vec<bool>>> {
@@ -398,7 +398,7 @@ impl Pass<'_> {
         // and a key hash of each call settled.
         let rows_hint = files.iter().map(|f| parquet_rows(f).unwrap_or(f.bytes / 250)).sum::<u64>() as usize;
         match settle {
-            Some(_) => fold.reserve_for_settling(rows_hint),
+            Some(_) => fold.begin_settling(rows_hint),
             None => fold.reserve_for_events(rows_hint),
         }
         // Each table is written in slices and encoded as it is built (by a task of its own
@@ -438,13 +438,6 @@ impl Pass<'_> {
                 dead.push(DeadLetter::new(&files[framed.file], Some(framed.lines[r]), reason, &raw));
             }
             let Some(after_ms) = settle else { continue };
-            if fold.refolding() {
-                bar.finish_and_clear();
-                drop(source);
-                facts_out.abandon().await?;
-                legs_out.abandon().await?;
-                return Ok(None);
-            }
             let t = Instant::now();
             let out = fold.settle(&decoder.dicts, params, now, after_ms, args.settle_batch as usize, SLICE_ROWS)?;
             output_time += t.elapsed();
@@ -463,6 +456,11 @@ impl Pass<'_> {
             }
         }
         bar.finish_and_clear();
+        if settle.is_some() && fold.settled_call_seen_again() {
+            facts_out.abandon().await?;
+            legs_out.abandon().await?;
+            return Ok(None);
+        }
         let stats = fold.stats();
         summary.dead_letters = dead.len() as u64;
         summary.duplicate_copies = stats.duplicates;

@@ -365,6 +365,11 @@ pub struct CallFold {
     /// The settled calls' contributions to the interval partials ([`CallFold::settle`]):
     /// settled in time order, they fill dense runs.
     settled_parts: Grouping,
+    /// Batch mode ([`CallFold::begin_settling`]): the key hash of every call added.
+    created: Vec<u64>,
+    settling: bool,
+    /// Whether [`CallFold::settle`] forgot any call.
+    settled_any: bool,
     /// New calls whose fingerprint is sealed: their earlier events and sealed rows are to be
     /// read back ([`CallFold::refold_ids`], [`CallFold::unseal`]).
     refold: Vec<u32>,
@@ -411,6 +416,9 @@ impl CallFold {
             sealed_fp: hashbrown::HashSet::with_hasher(FixedState::with_seed(0x5ea1_ed00)),
             sealed_parts: HashMap::default(),
             settled_parts: Grouping::default(),
+            created: Vec::new(),
+            settling: false,
+            settled_any: false,
             refold: Vec::new(),
             unsealed: Vec::new(),
             stale_max: Vec::new(),
@@ -505,10 +513,24 @@ impl CallFold {
         self.eid_next.reserve(events / 3);
     }
 
-    /// Reserves room for the fingerprints of about `events / 6` settled calls (see
-    /// [`CallFold::reserve_for_events`]), so the set is not rebuilt as it grows.
-    pub fn reserve_for_settling(&mut self, events: usize) {
-        self.sealed_fp.reserve(events / 6);
+    /// Batch mode: from now on, the key hash of every call the fold adds is recorded, so
+    /// that [`CallFold::settled_call_seen_again`] can tell whether a settled call came
+    /// back. `events` is a hint of the input's size (see [`CallFold::reserve_for_events`]).
+    pub fn begin_settling(&mut self, events: usize) {
+        self.settling = true;
+        self.created.reserve(events / 6);
+    }
+
+    /// Batch mode, at the end of the input: whether an event came for a call already
+    /// settled ([`CallFold::settle`]), which the fold then took for a new call. A settled
+    /// call leaves the index, so a key added twice is one settled and seen again. (Two
+    /// calls whose 64-bit key hashes collide look the same: a needless second pass.)
+    pub fn settled_call_seen_again(&mut self) -> bool {
+        if !self.settled_any {
+            return false;
+        }
+        self.created.sort_unstable();
+        self.created.windows(2).any(|w| w[0] == w[1])
     }
 
     /// The position of call `key` in `calls`, adding it if new.
@@ -523,6 +545,9 @@ impl CallFold {
                 let c = calls.len();
                 calls.push(CallAcc::new(key, tenant));
                 e.insert(c as u32);
+                if self.settling {
+                    self.created.push(hash);
+                }
                 if !self.sealed_fp.is_empty() && self.sealed_fp.contains(&hash) {
                     self.refold.push(c as u32);
                 }
@@ -873,20 +898,21 @@ impl CallFold {
     }
 
     /// Batch mode (`replay`, where every call is written once, at the end of the input):
-    /// writes and forgets the calls whose latest event is more than `after_ms` behind the
-    /// latest event of their tenant, so the state holds the calls of the last `after_ms`
-    /// rather than every call of the input. Their rows are revision 1, stamped `now`, in
+    /// writes and forgets the complete calls (abandoned, or ended with every leg wrapped
+    /// up) whose latest event is more than `after_ms` behind the latest event of their
+    /// tenant, so the state holds the calls of the last `after_ms` and the open ones rather
+    /// than every call of the input. (A call still open may be hours long: its next event
+    /// would undo the pass.) Their rows are revision 1, stamped `now`, in
     /// batches of at most `rows` calls; their contributions to the interval partials stay
     /// (the partials of [`CallFold::emit`] at the end of time include them).
-    ///
-    /// Call [`CallFold::reserve_for_settling`] first with the input's size, if known.
     ///
     /// Calls are forgotten in bursts of at least `min_calls`, and at least a quarter of the
     /// calls held, so compacting the state is amortized; `None` until then.
     ///
-    /// Exactness holds only if no event of a forgotten call comes later: the fold notices
-    /// one (a new call with a forgotten call's fingerprint, [`CallFold::refolding`]), and
-    /// the caller must then discard what it wrote and fold the input again without this.
+    /// Exactness holds only if no event of a forgotten call comes later. Call
+    /// [`CallFold::begin_settling`] before the first event, and
+    /// [`CallFold::settled_call_seen_again`] after the last: if it says so, the caller
+    /// must discard what it wrote and fold the input again without settling.
     pub fn settle(
         &mut self,
         dicts: &Dictionaries,
@@ -896,7 +922,7 @@ impl CallFold {
         min_calls: usize,
         rows: usize,
     ) -> Result<Option<Settled>> {
-        if !self.refold.is_empty() || self.calls.len() < min_calls {
+        if !self.settling || self.calls.len() < min_calls {
             return Ok(None);
         }
         // The latest event of each tenant is that of a call held: the call that has it is
@@ -912,7 +938,7 @@ impl CallFold {
         let expired: Vec<bool> = self
             .calls
             .iter()
-            .map(|c| c.revision == 0 && c.last_ms < latest[c.tenant as usize].saturating_sub(after_ms))
+            .map(|c| c.revision == 0 && c.complete() && c.last_ms < latest[c.tenant as usize].saturating_sub(after_ms))
             .collect();
         let n = expired.iter().filter(|e| **e).count();
         if n < min_calls || n * 4 < self.calls.len() {
@@ -935,13 +961,13 @@ impl CallFold {
             out.agent_legs.push(self.legs_batch(chunk, dicts, p, false)?);
         }
         for &c in &gone {
-            let acc = self.calls[c as usize];
+            let acc = &self.calls[c as usize];
             if acc.queued_ms != MIN_NONE {
-                let k = Contribution::of(&acc);
+                let k = Contribution::of(acc);
                 self.settled_parts.slot(k.key).apply(&k, p, 1);
             }
-            self.sealed_fp.insert(self.hasher.hash_one(acc.key));
         }
+        self.settled_any = true;
         self.compact(&expired, p);
         Ok(Some(out))
     }
