@@ -99,23 +99,34 @@ fn fixture_in_ten_files(dir: &std::path::Path, name: &str, latest_first: bool) -
     out
 }
 
+/// Replays the fixture in ten files (see [`fixture_in_ten_files`]) with 1 and then 2
+/// threads, settling bursts of 20 calls 10 minutes behind; checks what holds either way
+/// (every call, dead letter and event counted once, tables equal to the oracle's) and
+/// returns each run's data directory and summary.
+fn settling_replays(dir: &std::path::Path, latest_first: bool) -> Vec<(std::path::PathBuf, serde_json::Value)> {
+    let input = fixture_in_ten_files(dir, "input", latest_first);
+    let mut out = Vec::new();
+    for threads in ["1", "2"] {
+        let data = dir.join(format!("data{threads}"));
+        let args = ["--threads", threads, "--settle-after-ms", "600000", "--settle-batch", "20"];
+        let s = replay_path(&input, &data, &args);
+        assert_eq!(s["calls"], 1_500, "{s}");
+        assert_eq!(s["call_facts_rows"], 1_500, "{s}");
+        assert_eq!(s["dead_letters"], 94, "{s}");
+        assert_eq!(s["events_rows"], 10_306, "{s}");
+        check_against(&data, "expected");
+        out.push((data, s));
+    }
+    out
+}
+
 #[test]
 fn calls_settled_as_the_input_goes_equal_oracle() {
-    // Bursts of 20 calls 10 minutes behind: most calls are written and forgotten long
-    // before the input ends.
+    // In order: most calls are written and forgotten long before the input ends.
     let dir = tempfile::tempdir().unwrap();
-    let input = fixture_in_ten_files(dir.path(), "in_order", false);
-    for threads in ["1", "2"] {
-        let data = dir.path().join(format!("data{threads}"));
-        let s =
-            replay_path(&input, &data, &["--threads", threads, "--settle-after-ms", "600000", "--settle-batch", "20"]);
+    for (data, s) in settling_replays(dir.path(), false) {
         assert!(s["settled_calls"].as_u64().unwrap() > 1_000, "most calls settle before the end: {s}");
         assert_eq!(s["folded_again"], false, "{s}");
-        assert_eq!(s["calls"], 1_500);
-        assert_eq!(s["call_facts_rows"], 1_500);
-        assert_eq!(s["dead_letters"], 94);
-        assert_eq!(s["events_rows"], 10_306);
-        check_against(&data, "expected");
         let revisions = sql_csv(&data, "SELECT min(revision) AS lo, max(revision) AS hi FROM call_facts");
         assert_eq!(revisions.lines().nth(1), Some("1,1"), "{revisions}");
     }
@@ -125,17 +136,9 @@ fn calls_settled_as_the_input_goes_equal_oracle() {
 fn input_out_of_time_order_is_folded_again_exactly() {
     // Latest first: calls are settled, then their earlier events come.
     let dir = tempfile::tempdir().unwrap();
-    let input = fixture_in_ten_files(dir.path(), "latest_first", true);
-    for threads in ["1", "2"] {
-        let data = dir.path().join(format!("data{threads}"));
-        let s =
-            replay_path(&input, &data, &["--threads", threads, "--settle-after-ms", "600000", "--settle-batch", "20"]);
+    for (data, s) in settling_replays(dir.path(), true) {
         assert_eq!(s["folded_again"], true, "{s}");
         assert_eq!(s["settled_calls"], 0, "the second pass holds every call: {s}");
-        assert_eq!(s["calls"], 1_500);
-        assert_eq!(s["dead_letters"], 94);
-        assert_eq!(s["events_rows"], 10_306);
-        check_against(&data, "expected");
         // Only the committed files are on disk: the given-up pass left none behind.
         for table in ["call_facts", "agent_legs"] {
             assert_eq!(parquet_files(&data.join(table)), committed_files(&data.join(table)), "{table}");
