@@ -444,19 +444,17 @@ impl Pass<'_> {
             if let Some(out) = out {
                 let t = Instant::now();
                 settled += out.calls;
-                summary.call_facts_rows += out.call_facts.iter().map(|b| b.num_rows() as u64).sum::<u64>();
-                summary.agent_legs_rows += out.agent_legs.iter().map(|b| b.num_rows() as u64).sum::<u64>();
                 for b in out.call_facts {
-                    facts_out.write(b).await?;
+                    facts_out.write_counted(b, &mut summary.call_facts_rows).await?;
                 }
                 for b in out.agent_legs {
-                    legs_out.write(b).await?;
+                    legs_out.write_counted(b, &mut summary.agent_legs_rows).await?;
                 }
                 write_time += t.elapsed();
             }
         }
         bar.finish_and_clear();
-        if settle.is_some() && fold.settled_call_seen_again() {
+        if fold.settled_call_seen_again() {
             facts_out.abandon().await?;
             legs_out.abandon().await?;
             return Ok(None);
@@ -484,12 +482,10 @@ impl Pass<'_> {
             }
             let t = Instant::now();
             if let Some(f) = f {
-                summary.call_facts_rows += f.num_rows() as u64;
-                facts_out.write(f).await?;
+                facts_out.write_counted(f, &mut summary.call_facts_rows).await?;
             }
             if let Some(l) = l {
-                summary.agent_legs_rows += l.num_rows() as u64;
-                legs_out.write(l).await?;
+                legs_out.write_counted(l, &mut summary.agent_legs_rows).await?;
             }
             write_time += t.elapsed();
         }
@@ -629,6 +625,12 @@ impl TableWriter {
                 Err(Self::ended(done.take()).await)
             }
         }
+    }
+
+    /// Writes `batch`, adding its rows to `rows`.
+    async fn write_counted(&mut self, batch: RecordBatch, rows: &mut u64) -> Result<()> {
+        *rows += batch.num_rows() as u64;
+        self.write(batch).await
     }
 
     /// Commits what was written.

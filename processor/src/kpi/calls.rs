@@ -873,17 +873,10 @@ impl CallFold {
         if n == 0 || (n * 4 < self.calls.len() && n < 1 << 16) {
             return Ok(());
         }
-        let call_mos = self.call_mos();
         let gone: Vec<u32> = (0..self.calls.len() as u32).filter(|&c| expired[c as usize]).collect();
-        for chunk in gone.chunks(64 * 1024) {
-            let accs: Vec<&CallAcc> = chunk.iter().map(|&c| &self.calls[c as usize]).collect();
-            let mos: Vec<f64> = chunk.iter().map(|&c| call_mos[c as usize]).collect();
-            em.sealed_facts.push(self.facts_batch(&accs, &mos, dicts, p, true)?);
-        }
-        let legs: Vec<&LegAcc> = self.legs.iter().filter(|l| l.n_answered > 0 && expired[l.call as usize]).collect();
-        if !legs.is_empty() {
-            em.sealed_legs.push(self.legs_batch(&legs, dicts, p, true)?);
-        }
+        let (facts, legs) = self.leaving_rows(&gone, &expired, dicts, p, true, 64 * 1024)?;
+        em.sealed_facts.extend(facts);
+        em.sealed_legs.extend(legs);
         for &c in &gone {
             let acc = self.calls[c as usize];
             if acc.queued_ms != MIN_NONE {
@@ -951,15 +944,8 @@ impl CallFold {
             acc.computed_at = now;
             acc.dirty = false;
         }
-        let call_mos = self.call_mos();
-        let mut out = Settled { calls: n as u64, ..Settled::default() };
-        for chunk in gone.chunks(rows.max(1)) {
-            out.call_facts.push(self.call_facts(chunk, dicts, p, &call_mos)?);
-        }
-        let legs: Vec<&LegAcc> = self.legs.iter().filter(|l| l.n_answered > 0 && expired[l.call as usize]).collect();
-        for chunk in legs.chunks(rows.max(1)) {
-            out.agent_legs.push(self.legs_batch(chunk, dicts, p, false)?);
-        }
+        let (call_facts, agent_legs) = self.leaving_rows(&gone, &expired, dicts, p, false, rows)?;
+        let out = Settled { calls: n as u64, call_facts, agent_legs };
         for &c in &gone {
             let acc = &self.calls[c as usize];
             if acc.queued_ms != MIN_NONE {
@@ -970,6 +956,29 @@ impl CallFold {
         self.settled_any = true;
         self.compact(&expired, p);
         Ok(Some(out))
+    }
+
+    /// The `call_facts` and `agent_legs` rows of the calls at positions `gone` (marked in
+    /// `leaving`), about to leave the state, `sealed` or not, in batches of at most `rows`.
+    fn leaving_rows(
+        &self,
+        gone: &[u32],
+        leaving: &[bool],
+        dicts: &Dictionaries,
+        p: &Params,
+        sealed: bool,
+        rows: usize,
+    ) -> Result<(Vec<RecordBatch>, Vec<RecordBatch>)> {
+        let mut facts = Vec::new();
+        for chunk in gone.chunks(rows.max(1)) {
+            let accs: Vec<&CallAcc> = chunk.iter().map(|&c| &self.calls[c as usize]).collect();
+            let mos: Vec<f64> = chunk.iter().map(|&c| self.mos_of(c as usize)).collect();
+            facts.push(self.facts_batch(&accs, &mos, dicts, p, sealed)?);
+        }
+        let legs: Vec<&LegAcc> = self.legs.iter().filter(|l| l.n_answered > 0 && leaving[l.call as usize]).collect();
+        let legs =
+            legs.chunks(rows.max(1)).map(|chunk| self.legs_batch(chunk, dicts, p, sealed)).collect::<Result<_>>()?;
+        Ok((facts, legs))
     }
 
     /// Seals the written partials that no call held contributes to any more and whose
