@@ -1277,7 +1277,8 @@ mod tests {
 
     /// The fixture's lines split in two files, in order.
     fn halves(dir: &Path) -> (PathBuf, PathBuf) {
-        let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/oracle/events.jsonl.gz");
+        let fixture = Path::new(&std::env::var("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"))
+            .join("tests/fixtures/oracle/events.jsonl.gz");
         let gz = flate2::read::GzDecoder::new(std::fs::File::open(fixture).unwrap());
         let lines: Vec<String> = std::io::BufReader::new(gz).lines().map(Result::unwrap).collect();
         let (a, b) = (dir.join("a.jsonl"), dir.join("b.jsonl"));

@@ -23,7 +23,8 @@ fn tool(name: &str) -> PathBuf {
 }
 
 fn rules_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("dashboards/prometheus")
+    Path::new(&std::env::var("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"))
+        .join("dashboards/prometheus")
 }
 
 /// Runs `promtool ARGS` (with `stdin` as its input) and fails the test with its output

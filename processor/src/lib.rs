@@ -61,6 +61,8 @@ pub enum Error {
         #[source]
         source: serde_json::Error,
     },
+    #[error("the fold settled calls and was emitted at the end of time: it takes no more emits")]
+    FoldEnded,
     #[error("table location {location:?} is not a valid URL or path: {reason}")]
     Location { location: String, reason: String },
 }

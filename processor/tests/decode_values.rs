@@ -15,7 +15,8 @@ use ccstream_schemas::{encode_event, events_schema, Event};
 
 /// The oracle fixture's JSON lines, one per event (with its malformed lines).
 fn fixture_lines() -> Vec<String> {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/oracle/events.jsonl.gz");
+    let path = Path::new(&std::env::var("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"))
+        .join("../tests/fixtures/oracle/events.jsonl.gz");
     let mut text = String::new();
     flate2::read::GzDecoder::new(std::fs::File::open(path).unwrap()).read_to_string(&mut text).unwrap();
     text.lines().filter(|l| !l.trim().is_empty()).map(str::to_string).collect()

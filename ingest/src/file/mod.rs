@@ -325,7 +325,8 @@ mod tests {
     /// same batches, with a projection and fold hints.
     #[test]
     fn mapped_and_read_parquet_agree() {
-        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/oracle/events.parquet");
+        let path = Path::new(&std::env::var("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"))
+            .join("../tests/fixtures/oracle/events.parquet");
         let opts = ReadOptions {
             columns: Some(vec!["event_id".into(), "call_id".into(), "occurred_at".into()]),
             fold_hints: true,

@@ -370,6 +370,9 @@ pub struct CallFold {
     settling: bool,
     /// Whether [`CallFold::settle`] forgot any call.
     settled_any: bool,
+    /// Whether `settled_parts` went into the partials of an emit at the end of time (moved,
+    /// not copied: nothing may come after it).
+    settled_spent: bool,
     /// New calls whose fingerprint is sealed: their earlier events and sealed rows are to be
     /// read back ([`CallFold::refold_ids`], [`CallFold::unseal`]).
     refold: Vec<u32>,
@@ -419,6 +422,7 @@ impl CallFold {
             created: Vec::new(),
             settling: false,
             settled_any: false,
+            settled_spent: false,
             refold: Vec::new(),
             unsealed: Vec::new(),
             stale_max: Vec::new(),
@@ -792,6 +796,9 @@ impl CallFold {
     /// get revision 1; written calls that changed, and the interval partials, get a new
     /// revision and corrections when their values differ. Stamps new revisions `now`.
     pub fn emit(&mut self, dicts: &Dictionaries, p: &Params, now: i64, horizon: Horizon) -> Result<Emission> {
+        if self.settled_spent {
+            return Err(crate::Error::FoldEnded);
+        }
         let mut em = Emission::default();
         let mut old_images: Vec<(u32, Image)> = Vec::new();
         let mut snapshots: Vec<(u32, CallAcc, f64)> = Vec::new();
@@ -854,7 +861,7 @@ impl CallFold {
             }
         }
         if em.changed {
-            self.emit_partials(dicts, p, now, &mut em);
+            self.emit_partials(dicts, p, now, horizon == Horizon::END, &mut em);
         }
         self.evict(dicts, p, horizon, &mut em)?;
         Ok(em)
@@ -1298,8 +1305,15 @@ impl CallFold {
     /// The recomputed groups become the written rows: each takes its revision from the row
     /// it replaces (+ 1 if its values changed), a new one revision 1, and a row without a
     /// group is gone. One table per emission, never a copy of it.
-    fn emit_partials(&mut self, dicts: &Dictionaries, p: &Params, now: i64, em: &mut Emission) {
-        let mut grouping = Grouping::default();
+    fn emit_partials(&mut self, dicts: &Dictionaries, p: &Params, now: i64, end: bool, em: &mut Emission) {
+        // Settled calls' contributions (a replay's whole month, most of its partials) are
+        // the grouping to add to: at the end of time they are moved, not copied.
+        let mut grouping = if end && self.settled_any {
+            self.settled_spent = true;
+            std::mem::take(&mut self.settled_parts)
+        } else {
+            self.settled_parts.clone()
+        };
         for c in &self.calls {
             if c.queued_ms == MIN_NONE || c.revision == 0 {
                 continue;
@@ -1307,7 +1321,6 @@ impl CallFold {
             let k = Contribution::of(c);
             grouping.slot(k.key).apply(&k, p, 1);
         }
-        grouping.add_all(&self.settled_parts);
         for (key, part) in &self.sealed_parts {
             grouping.slot(*key).merge(part);
         }

@@ -166,7 +166,7 @@ pub(super) struct Contribution {
 pub(super) type PartKey = (u32, u32, i64);
 
 /// Sums contributions by interval partial (see the module doc).
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 pub(super) struct Grouping {
     /// (tenant, entry queue) → position in `runs`.
     pairs: HashMap<(u32, u32), u32, FixedState>,
@@ -174,7 +174,7 @@ pub(super) struct Grouping {
     /// The pair looked up last and its run.
     last: Option<((u32, u32), usize)>,
     /// The partials, in order of creation.
-    parts: Vec<Part>,
+    parts: Parts,
     /// Partials outside their pair's run → position in `parts`.
     spill: HashMap<PartKey, u32, FixedState>,
 }
@@ -184,12 +184,49 @@ fn row(part: Part) -> PartialRow {
     PartialRow { part, revision: 0, computed_at: 0 }
 }
 
+/// The partials of a [`Grouping`], in blocks of [`Parts::BLOCK`]: a growing list never
+/// copies itself (a `Vec` of a few hundred thousand partials would write each one up to
+/// twice more, into fresh pages, as it doubles).
+#[derive(Debug, Default, Clone)]
+struct Parts {
+    blocks: Vec<Vec<Part>>,
+    len: usize,
+}
+
+impl Parts {
+    const BLOCK: usize = 4096;
+
+    fn len(&self) -> usize {
+        self.len
+    }
+
+    fn push(&mut self, part: Part) {
+        if self.len == self.blocks.len() * Self::BLOCK {
+            self.blocks.push(Vec::with_capacity(Self::BLOCK));
+        }
+        self.blocks.last_mut().expect("a block has room").push(part);
+        self.len += 1;
+    }
+
+    #[inline]
+    fn get(&self, i: u32) -> &Part {
+        let i = i as usize;
+        &self.blocks[i / Self::BLOCK][i % Self::BLOCK]
+    }
+
+    #[inline]
+    fn get_mut(&mut self, i: u32) -> &mut Part {
+        let i = i as usize;
+        &mut self.blocks[i / Self::BLOCK][i % Self::BLOCK]
+    }
+}
+
 /// No partial in this slot.
 const EMPTY: u32 = u32::MAX;
 
 /// One pair's intervals: slot `i` holds the position in `parts` of interval number
 /// `first + i`, or [`EMPTY`].
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 struct Run {
     pair: (u32, u32),
     first: i64,
@@ -267,22 +304,7 @@ impl Grouping {
             *slot = self.parts.len() as u32;
             self.parts.push(Part::default());
         }
-        &mut self.parts[*slot as usize]
-    }
-
-    /// Adds every partial of `other` to this grouping's.
-    pub(super) fn add_all(&mut self, other: &Grouping) {
-        for run in &other.runs {
-            for (i, &s) in run.slots.iter().enumerate() {
-                if s != EMPTY {
-                    let key = (run.pair.0, run.pair.1, (run.first + i as i64) * PARTIAL_INTERVAL_MS);
-                    self.slot(key).merge(&other.parts[s as usize]);
-                }
-            }
-        }
-        for (key, &s) in &other.spill {
-            self.slot(*key).merge(&other.parts[s as usize]);
-        }
+        self.parts.get_mut(*slot)
     }
 
     /// Every partial that any contribution touched, sorted by key, as rows not written yet
@@ -297,7 +319,7 @@ impl Grouping {
                     .iter()
                     .enumerate()
                     .filter(|(_, &s)| s != EMPTY)
-                    .map(|(i, &s)| ((t, q, (run.first + i as i64) * PARTIAL_INTERVAL_MS), row(self.parts[s as usize]))),
+                    .map(|(i, &s)| ((t, q, (run.first + i as i64) * PARTIAL_INTERVAL_MS), row(*self.parts.get(s)))),
             );
         }
         if self.spill.is_empty() {
@@ -306,7 +328,7 @@ impl Grouping {
         // A spilled interval may also have a slot in its pair's run (the run grew over it
         // later): merge the two sorted lists, adding up equal keys.
         let mut spill: Vec<(PartKey, PartialRow)> =
-            self.spill.drain().map(|(k, s)| (k, row(self.parts[s as usize]))).collect();
+            self.spill.drain().map(|(k, s)| (k, row(*self.parts.get(s)))).collect();
         spill.sort_unstable_by_key(|e| e.0);
         let mut merged = Vec::with_capacity(out.len() + spill.len());
         let mut spill = spill.into_iter().peekable();
@@ -341,6 +363,10 @@ mod tests {
         }
     }
 
+    fn settled_keys(settled: &[(u32, u32, i64, i64, bool)]) -> usize {
+        settled.iter().map(|&(t, q, i, _, _)| (t, q, i)).collect::<std::collections::BTreeSet<_>>().len()
+    }
+
     /// Interval numbers: mostly near each pair's recent ones, some far off in either
     /// direction, as late and stray calls are.
     fn interval() -> impl Strategy<Value = i64> {
@@ -357,8 +383,15 @@ mod tests {
             settled in prop::collection::vec((0u32..3, 0u32..4, interval(), 0i64..60_000, any::<bool>()), 0..300),
         ) {
             let p = Params::default();
-            let mut grouping = Grouping::default();
             let mut reference: BTreeMap<PartKey, Part> = BTreeMap::new();
+            // Contributions grouped apart (settled calls'), then added to (as an emit does).
+            let mut apart = Grouping::default();
+            for &(t, q, i, w, a) in &settled {
+                let c = contribution((t, q, i * PARTIAL_INTERVAL_MS), w, a);
+                apart.slot(c.key).apply(&c, &p, 1);
+                reference.entry(c.key).or_default().apply(&c, &p, 1);
+            }
+            let mut grouping = apart.clone();
             for &(t, q, i, w, a) in &calls {
                 let c = contribution((t, q, i * PARTIAL_INTERVAL_MS), w, a);
                 grouping.slot(c.key).apply(&c, &p, 1);
@@ -371,14 +404,8 @@ mod tests {
                 grouping.slot(c.key).merge(&part);
                 reference.entry(c.key).or_default().merge(&part);
             }
-            // Contributions grouped apart, then added as a whole.
-            let mut apart = Grouping::default();
-            for &(t, q, i, w, a) in &settled {
-                let c = contribution((t, q, i * PARTIAL_INTERVAL_MS), w, a);
-                apart.slot(c.key).apply(&c, &p, 1);
-                reference.entry(c.key).or_default().apply(&c, &p, 1);
-            }
-            grouping.add_all(&apart);
+            // The copy is apart from what it was copied from.
+            prop_assert_eq!(apart.finish().len(), settled_keys(&settled));
             let got: Vec<(PartKey, Part)> = grouping.finish().into_iter().map(|(k, r)| (k, r.part)).collect();
             prop_assert_eq!(got, reference.into_iter().collect::<Vec<_>>());
         }
