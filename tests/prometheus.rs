@@ -60,6 +60,15 @@ fn get(addr: &str, path: &str) -> (String, String) {
 
 /// A PromQL instant query against Prometheus at `addr`: the result vector.
 fn query(addr: &str, promql: &str) -> Vec<serde_json::Value> {
+    match try_query(addr, promql) {
+        Ok(result) => result,
+        Err(status) => panic!("{promql}: {status}"),
+    }
+}
+
+/// [`query`], or the status line and body of a response other than 200 (Prometheus answers
+/// 503 while it starts).
+fn try_query(addr: &str, promql: &str) -> Result<Vec<serde_json::Value>, String> {
     let encoded: String = promql
         .bytes()
         .map(|b| {
@@ -71,9 +80,11 @@ fn query(addr: &str, promql: &str) -> Vec<serde_json::Value> {
         })
         .collect();
     let (status, body) = get(addr, &format!("/api/v1/query?query={encoded}"));
-    assert!(status.contains(" 200"), "{promql}: {status} {body}");
+    if !status.contains(" 200") {
+        return Err(format!("{status} {body}"));
+    }
     let v: serde_json::Value = serde_json::from_str(&body).unwrap();
-    v["data"]["result"].as_array().cloned().unwrap_or_default()
+    Ok(v["data"]["result"].as_array().cloned().unwrap_or_default())
 }
 
 fn free_port() -> u16 {
@@ -174,10 +185,10 @@ fn prometheus_scrapes_the_processor_and_evaluates_the_rules() {
     let prom_log = || std::fs::read_to_string(dir.path().join("prometheus.log")).unwrap_or_default();
     loop {
         assert!(Instant::now() < deadline, "Prometheus did not scrape the processor within 90 s:\n{}", prom_log());
+        // Until its storage is ready, Prometheus answers 503.
         let ready = std::net::TcpStream::connect(&prom_addr).is_ok()
-            && query(&prom_addr, "sum(ccstream_kpi_offered_calls_total)")
-                .first()
-                .is_some_and(|r| r["value"][1].as_str() == Some("1500"));
+            && try_query(&prom_addr, "sum(ccstream_kpi_offered_calls_total)")
+                .is_ok_and(|r| r.first().is_some_and(|r| r["value"][1].as_str() == Some("1500")));
         if ready {
             break;
         }

@@ -49,6 +49,9 @@ pub const NO_CALL: IdKey = 0;
 pub struct Names {
     ids: HashMap<Box<str>, u32, FixedState>,
     names: Vec<Box<str>>,
+    /// Every name as one column (the values of [`Names::dictionary`] columns), built when
+    /// first asked for since a name was added.
+    all: std::sync::OnceLock<ArrayRef>,
 }
 
 impl Names {
@@ -59,7 +62,30 @@ impl Names {
         let id = self.names.len() as u32;
         self.names.push(s.into());
         self.ids.insert(s.into(), id);
+        self.all.take();
         id
+    }
+
+    /// The names of `ids` as a dictionary column: the ids are its keys, every name interned
+    /// its values (shared by all such columns until a name is added), so no name is copied
+    /// or hashed per row; writers keep only the values a file uses. [`NONE`] (or an id
+    /// never interned) is NULL.
+    pub fn dictionary(&self, ids: impl ExactSizeIterator<Item = u32>) -> Result<ArrayRef> {
+        let n = self.names.len() as u32;
+        let values = self.all.get_or_init(|| Arc::new(StringArray::from_iter_values(self.names.iter())));
+        let mut keys = Vec::with_capacity(ids.len());
+        let mut nulls = NullBufferBuilder::new(ids.len());
+        for id in ids {
+            if id < n {
+                keys.push(id as i32);
+                nulls.append_non_null();
+            } else {
+                keys.push(0);
+                nulls.append_null();
+            }
+        }
+        let keys = Int32Array::new(keys.into(), nulls.finish());
+        Ok(Arc::new(DictionaryArray::<Int32Type>::try_new(keys, values.clone())?))
     }
 
     pub fn name(&self, id: u32) -> Option<&str> {

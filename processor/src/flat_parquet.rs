@@ -197,6 +197,39 @@ impl<W: Write + Send> FlatWriter<W> {
 
     /// Writes `batch` as one row group.
     pub fn write(&mut self, batch: &RecordBatch) -> Result<()> {
+        self.write_batches(std::slice::from_ref(batch))
+    }
+
+    /// Writes `batches`, in order, as one row group: their rows are encoded where they
+    /// are, not first concatenated into one batch (each batch's rows start a new page).
+    pub fn write_batches(&mut self, batches: &[RecordBatch]) -> Result<()> {
+        for batch in batches {
+            self.check(batch)?;
+        }
+        if batches.iter().all(|b| b.num_rows() == 0) {
+            return Ok(());
+        }
+        let mut group = self.file.next_row_group()?;
+        let mut arrays = Vec::with_capacity(batches.len());
+        for i in 0..self.schema.fields().len() {
+            arrays.clear();
+            arrays.extend(batches.iter().map(|b| b.column(i)).filter(|a| !a.is_empty()));
+            let chunk = ChunkEncoder {
+                col: self.descr.column(i),
+                plan: &self.plans[i],
+                codecs: &mut self.codecs,
+                raw: &mut self.raw,
+            };
+            let (bytes, close) = chunk.encode(&arrays)?;
+            group.append_column(&bytes, close)?;
+        }
+        group.close()?;
+        Ok(())
+    }
+
+    /// An error unless `batch`'s columns are the file's (dictionary-encoded text standing
+    /// for text).
+    fn check(&self, batch: &RecordBatch) -> Result<()> {
         if batch.num_columns() != self.schema.fields().len() {
             return Err(FlatError::Schema(format!(
                 "{} columns, the file has {}",
@@ -204,12 +237,7 @@ impl<W: Write + Send> FlatWriter<W> {
                 self.schema.fields().len()
             )));
         }
-        if batch.num_rows() == 0 {
-            return Ok(());
-        }
-        let mut group = self.file.next_row_group()?;
-        for (i, array) in batch.columns().iter().enumerate() {
-            let field = self.schema.field(i);
+        for (array, field) in batch.columns().iter().zip(self.schema.fields()) {
             let same = match (array.data_type(), field.data_type()) {
                 (a, f) if a == f => true,
                 (DataType::Dictionary(_, v), DataType::Utf8) => **v == DataType::Utf8,
@@ -224,16 +252,7 @@ impl<W: Write + Send> FlatWriter<W> {
                     field.data_type()
                 )));
             }
-            let chunk = ChunkEncoder {
-                col: self.descr.column(i),
-                plan: &self.plans[i],
-                codecs: &mut self.codecs,
-                raw: &mut self.raw,
-            };
-            let (bytes, close) = chunk.encode(array)?;
-            group.append_column(&bytes, close)?;
         }
-        group.close()?;
         Ok(())
     }
 
@@ -273,11 +292,12 @@ struct Dictionary<'a> {
 }
 
 impl ChunkEncoder<'_> {
-    fn encode(self, array: &ArrayRef) -> Result<(Bytes, ColumnCloseResult)> {
+    /// The column chunk of `arrays`' rows, in order.
+    fn encode(self, arrays: &[&ArrayRef]) -> Result<(Bytes, ColumnCloseResult)> {
         let ChunkEncoder { col, plan, codecs, raw } = self;
-        let rows = array.len();
+        let rows: usize = arrays.iter().map(|a| a.len()).sum();
         let nullable = col.max_def_level() > 0;
-        if !nullable && array.null_count() > 0 {
+        if !nullable && arrays.iter().any(|a| a.null_count() > 0) {
             return Err(FlatError::Unsupported {
                 column: col.name().to_string(),
                 what: "nulls in a required column".into(),
@@ -289,7 +309,7 @@ impl ChunkEncoder<'_> {
         let mut dictionary_offset = None;
         let mut data_offset = None;
         let dictionary = match plan.values {
-            Values::DictionaryText => dictionary_of(array),
+            Values::DictionaryText => dictionary_of(arrays),
             _ => None,
         };
         let values_encoding = match (plan.values, &dictionary) {
@@ -321,10 +341,11 @@ impl ChunkEncoder<'_> {
             }
             // Rows with a value before each page, to find a page's dictionary indices.
             let mut valued_before = 0usize;
-            let mut start = 0;
-            while start < rows {
-                let len = PAGE_ROWS.min(rows - start);
-                let slice = array.slice(start, len);
+            let page_slices = arrays
+                .iter()
+                .flat_map(|a| (0..a.len()).step_by(PAGE_ROWS).map(|at| a.slice(at, PAGE_ROWS.min(a.len() - at))));
+            for slice in page_slices {
+                let len = slice.len();
                 raw.clear();
                 if nullable {
                     let at = raw.len();
@@ -363,7 +384,6 @@ impl ChunkEncoder<'_> {
                 data_offset.get_or_insert(spec.offset as i64);
                 compressed += spec.compressed_size as i64;
                 uncompressed += spec.uncompressed_size as i64;
-                start += len;
             }
         }
         if nullable {
@@ -380,7 +400,7 @@ impl ChunkEncoder<'_> {
             .set_data_page_offset(data_offset.unwrap_or(0))
             .set_dictionary_page_offset(dictionary_offset);
         if plan.statistics {
-            if let Some(s) = statistics(array) {
+            if let Some(s) = statistics(arrays) {
                 meta = meta.set_statistics(s);
             }
         }
@@ -396,17 +416,25 @@ impl ChunkEncoder<'_> {
     }
 }
 
-/// Min, max and null count of an integer or time column.
-fn statistics(array: &ArrayRef) -> Option<Statistics> {
-    let nulls = Some(array.null_count() as u64);
-    let minmax = |v: &[i64]| (v.iter().min().copied(), v.iter().max().copied());
-    match array.data_type() {
+/// Min, max and null count of an integer or time column made of `arrays`.
+fn statistics(arrays: &[&ArrayRef]) -> Option<Statistics> {
+    let nulls = Some(arrays.iter().map(|a| a.null_count() as u64).sum());
+    let min_max = |values: &dyn Fn(&ArrayRef) -> Cow<'_, [i64]>| {
+        let (mut min, mut max) = (None::<i64>, None::<i64>);
+        for a in arrays {
+            let v = values(a);
+            min = v.iter().copied().chain(min).min();
+            max = v.iter().copied().chain(max).max();
+        }
+        (min, max)
+    };
+    match arrays.first()?.data_type() {
         DataType::Int64 | DataType::Timestamp(TimeUnit::Microsecond, _) => {
-            let (min, max) = minmax(&int64_values(array));
+            let (min, max) = min_max(&|a| int64_values(a.as_ref()));
             Some(Statistics::int64(min, max, None, nulls, false))
         }
         DataType::Int8 | DataType::Int32 | DataType::Date32 => {
-            let (min, max) = minmax(&int32_values(array));
+            let (min, max) = min_max(&|a| Cow::Owned(int32_values(a.as_ref())));
             Some(Statistics::int32(min.map(|v| v as i32), max.map(|v| v as i32), None, nulls, false))
         }
         _ => None,
@@ -629,50 +657,63 @@ fn rle_dictionary_indices(indices: &[u32], dictionary_len: usize, out: &mut Vec<
     bit_pack(indices.iter().map(|&i| i as u64).chain(padding), width, out);
 }
 
-/// The dictionary of a text column chunk: a dictionary array's own (every entry, used or
-/// not), or the distinct values of plain text in order of appearance; `None` when it would
-/// pass [`MAX_DICTIONARY_BYTES`].
-fn dictionary_of(array: &ArrayRef) -> Option<Dictionary<'_>> {
-    if let DataType::Dictionary(_, _) = array.data_type() {
-        // The values the keys use, in order of first use: a dictionary array's values may
-        // be many more than a chunk's (every name a process has seen, say).
-        let d: &DictionaryArray<Int32Type> = array.as_dictionary::<Int32Type>();
-        let values = d.values().as_string::<i32>();
-        if values.null_count() > 0 {
-            return None;
-        }
-        let mut slot = vec![u32::MAX; values.len()];
-        let mut used: Vec<&[u8]> = Vec::new();
-        let mut bytes = 0;
-        let mut index = |k: i32| {
-            let s = &mut slot[k as usize];
-            if *s == u32::MAX {
-                *s = used.len() as u32;
-                let v = values.value(k as usize).as_bytes();
-                bytes += v.len();
-                used.push(v);
+/// The dictionary of a text column chunk made of `arrays` (text, or dictionary arrays of
+/// text): the distinct values in order of first use (of a dictionary array, only the values
+/// its keys use: its values may be many more than a chunk's, every name a process has seen,
+/// say); `None` when it would pass [`MAX_DICTIONARY_BYTES`].
+fn dictionary_of<'a>(arrays: &[&'a ArrayRef]) -> Option<Dictionary<'a>> {
+    let mut d = DictionaryBuilder::default();
+    d.indices.reserve(arrays.iter().map(|a| a.len() - a.null_count()).sum());
+    for array in arrays {
+        if let DataType::Dictionary(_, _) = array.data_type() {
+            // Each distinct key is looked up once; its rows reuse the index.
+            let a: &'a DictionaryArray<Int32Type> = array.as_dictionary::<Int32Type>();
+            let values = a.values().as_string::<i32>();
+            if values.null_count() > 0 {
+                return None;
             }
-            *s
-        };
-        let keys = d.keys();
-        let indices: Vec<u32> = match keys.nulls().filter(|n| n.null_count() > 0) {
-            None => keys.values().iter().map(|&k| index(k)).collect(),
-            Some(n) => n.valid_indices().map(|i| index(keys.values()[i])).collect(),
-        };
-        return (bytes <= MAX_DICTIONARY_BYTES).then_some(Dictionary { values: used, indices });
+            let mut slot = vec![u32::MAX; values.len()];
+            let keys = a.keys();
+            let valid: Box<dyn Iterator<Item = usize>> = match keys.nulls().filter(|n| n.null_count() > 0) {
+                None => Box::new(0..keys.len()),
+                Some(n) => Box::new(n.valid_indices()),
+            };
+            for i in valid {
+                let k = keys.values()[i] as usize;
+                if slot[k] == u32::MAX {
+                    slot[k] = d.index(values.value(k).as_bytes())?;
+                }
+                d.indices.push(slot[k]);
+            }
+        } else {
+            for v in array.as_string::<i32>().iter().flatten() {
+                let i = d.index(v.as_bytes())?;
+                d.indices.push(i);
+            }
+        }
     }
-    let s = array.as_string::<i32>();
-    // Values of up to 16 bytes (names, enums: nearly every value) are keyed by their bytes
-    // as two words and a length, hashed and compared as integers; longer ones by the bytes.
-    let mut short: hashbrown::HashMap<(u64, u64, usize), u32, foldhash::fast::FixedState> =
-        hashbrown::HashMap::default();
-    let mut long: hashbrown::HashMap<&[u8], u32, foldhash::fast::FixedState> = hashbrown::HashMap::default();
-    let mut values: Vec<&[u8]> = Vec::new();
-    let mut bytes = 0;
-    let mut indices = Vec::with_capacity(s.len() - s.null_count());
-    for v in s.iter().flatten() {
-        let v = v.as_bytes();
-        let next = values.len() as u32;
+    Some(Dictionary { values: d.values, indices: d.indices })
+}
+
+/// Distinct text values and each row's index, as [`dictionary_of`] finds them.
+#[derive(Default)]
+struct DictionaryBuilder<'a> {
+    /// Values of up to 16 bytes (names, enums: nearly every value), keyed by their bytes as
+    /// two words and a length, hashed and compared as integers.
+    short: hashbrown::HashMap<(u64, u64, usize), u32, foldhash::fast::FixedState>,
+    /// Longer ones, by their bytes.
+    long: hashbrown::HashMap<&'a [u8], u32, foldhash::fast::FixedState>,
+    values: Vec<&'a [u8]>,
+    bytes: usize,
+    indices: Vec<u32>,
+}
+
+impl<'a> DictionaryBuilder<'a> {
+    /// The index of `v`, added if new; `None` once the values pass
+    /// [`MAX_DICTIONARY_BYTES`].
+    #[inline]
+    fn index(&mut self, v: &'a [u8]) -> Option<u32> {
+        let next = self.values.len() as u32;
         let i = if v.len() <= 16 {
             let mut words = [0u8; 16];
             words[..v.len()].copy_from_slice(v);
@@ -682,20 +723,19 @@ fn dictionary_of(array: &ArrayRef) -> Option<Dictionary<'_>> {
                 u64::from_le_bytes(b.try_into().expect("8 bytes")),
                 v.len(),
             );
-            *short.entry(key).or_insert(next)
+            *self.short.entry(key).or_insert(next)
         } else {
-            *long.entry(v).or_insert(next)
+            *self.long.entry(v).or_insert(next)
         };
         if i == next {
-            bytes += v.len();
-            if bytes > MAX_DICTIONARY_BYTES {
+            self.bytes += v.len();
+            if self.bytes > MAX_DICTIONARY_BYTES {
                 return None;
             }
-            values.push(v);
+            self.values.push(v);
         }
-        indices.push(i);
+        Some(i)
     }
-    Some(Dictionary { values, indices })
 }
 
 #[cfg(test)]
@@ -834,12 +874,14 @@ mod tests {
 
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(48))]
-        /// Any batch of the supported types, sliced anywhere and split into row groups,
-        /// reads back equal through the parquet crate's reader, with every codec.
+        /// Any batch of the supported types, sliced anywhere and split into row groups (the
+        /// second of two batches), reads back equal through the parquet crate's reader,
+        /// with every codec.
         #[test]
         fn files_read_back_equal(
             rows in proptest::collection::vec(row(), 0..300),
             cut in 0usize..300,
+            cut2 in 0usize..300,
             skip in 0usize..9,
             codec in prop_oneof![
                 Just(Compression::UNCOMPRESSED),
@@ -850,11 +892,13 @@ mod tests {
             let whole = batch(&rows);
             let skip = skip.min(whole.num_rows());
             let whole = whole.slice(skip, whole.num_rows() - skip);
-            let cut = cut.min(whole.num_rows());
+            let n = whole.num_rows();
+            let cut = cut.min(n);
+            let cut2 = cut2.clamp(cut, n);
             let mut out = Vec::new();
             let mut w = FlatWriter::try_new(&mut out, schema(), props(codec)).unwrap();
             w.write(&whole.slice(0, cut)).unwrap();
-            w.write(&whole.slice(cut, whole.num_rows() - cut)).unwrap();
+            w.write_batches(&[whole.slice(cut, cut2 - cut), whole.slice(cut2, n - cut2)]).unwrap();
             w.close().unwrap();
             let back = read(out);
             let back = arrow::compute::concat_batches(&schema(), &back).unwrap();
@@ -922,6 +966,41 @@ mod tests {
         }
         let back = arrow::compute::concat_batches(&schema, &read(out)).unwrap();
         let expected = StringArray::from(vec![Some("ccc"), None, Some("a"), Some("ccc"), Some("bb")]);
+        assert_eq!(back.column(0).as_string::<i32>(), &expected);
+    }
+
+    #[test]
+    fn batches_of_one_row_group_share_its_dictionary() {
+        let schema = Arc::new(Schema::new(vec![Field::new("name", DataType::Utf8, true)]));
+        let dict = |keys: Vec<Option<i32>>, values: Vec<&str>| -> RecordBatch {
+            let d: ArrayRef = Arc::new(
+                DictionaryArray::<Int32Type>::try_new(keys.into(), Arc::new(StringArray::from(values))).unwrap(),
+            );
+            RecordBatch::try_new(Arc::new(Schema::new(vec![Field::new("name", d.data_type().clone(), true)])), vec![d])
+                .unwrap()
+        };
+        // Two dictionary arrays with different values, then plain text: one dictionary of
+        // the three distinct values used.
+        let a = dict(vec![Some(1), None, Some(0)], vec!["x", "y", "never"]);
+        let b = dict(vec![Some(0), Some(0), Some(1)], vec!["y", "a longer value than sixteen bytes"]);
+        let c = RecordBatch::try_new(schema.clone(), vec![Arc::new(StringArray::from(vec![Some("x"), None]))]).unwrap();
+        let mut out = Vec::new();
+        let props = WriterProperties::builder().set_dictionary_enabled(true).build();
+        let mut w = FlatWriter::try_new(&mut out, schema.clone(), props).unwrap();
+        w.write_batches(&[a, b, c]).unwrap();
+        let meta = w.close().unwrap();
+        assert_eq!(meta.num_row_groups(), 1);
+        let file = parquet::file::reader::SerializedFileReader::new(Bytes::from(out.clone())).unwrap();
+        let mut pages =
+            parquet::file::reader::FileReader::get_row_group(&file, 0).unwrap().get_column_page_reader(0).unwrap();
+        match pages.get_next_page().unwrap() {
+            Some(Page::DictionaryPage { num_values, .. }) => assert_eq!(num_values, 3),
+            other => panic!("{other:?}"),
+        }
+        let back = arrow::compute::concat_batches(&schema, &read(out)).unwrap();
+        let long = "a longer value than sixteen bytes";
+        let expected =
+            StringArray::from(vec![Some("y"), None, Some("x"), Some("y"), Some("y"), Some(long), Some("x"), None]);
         assert_eq!(back.column(0).as_string::<i32>(), &expected);
     }
 

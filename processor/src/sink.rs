@@ -417,9 +417,7 @@ struct OpenFile {
     values: IndexMap<String, Scalar>,
     /// The columns the file holds (those that are not partition values), by index.
     columns: Vec<usize>,
-    /// The rows' schema (these columns).
-    schema: SchemaRef,
-    /// The file's: the same, with dictionary-encoded text as text.
+    /// The file's schema: these columns, with dictionary-encoded text as text.
     file_schema: SchemaRef,
     file: FlatWriter<Chunks>,
     gathered: Vec<RecordBatch>,
@@ -430,12 +428,12 @@ impl OpenFile {
     fn new(values: IndexMap<String, Scalar>, first: &RecordBatch, props: &WriterProperties) -> FlatResult<Self> {
         let columns: Vec<usize> =
             (0..first.num_columns()).filter(|&i| !values.contains_key(first.schema().field(i).name())).collect();
-        let schema = Arc::new(first.schema().project(&columns)?);
+        let schema = first.schema().project(&columns)?;
         // Dictionary-encoded text is the table's text: the file says so (and holds the
         // dictionary's keys, see `FlatWriter`).
         let file_schema = without_dictionaries(&schema);
         let file = FlatWriter::try_new(Chunks::default(), file_schema.clone(), props.clone())?;
-        Ok(OpenFile { values, columns, schema, file_schema, file, gathered: Vec::new(), gathered_rows: 0 })
+        Ok(OpenFile { values, columns, file_schema, file, gathered: Vec::new(), gathered_rows: 0 })
     }
 
     /// Adds `run`'s rows after the file's others.
@@ -458,16 +456,15 @@ impl OpenFile {
         Ok(())
     }
 
-    /// Writes the gathered short runs as one row group.
+    /// Writes the gathered short runs as one row group (encoded where they are).
     fn write_gathered(&mut self) -> FlatResult<()> {
-        let batch = match self.gathered.as_slice() {
-            [] => return Ok(()),
-            [one] => one.clone(),
-            _ => arrow::compute::concat_batches(&self.schema, self.gathered.iter())?,
-        };
+        if self.gathered.is_empty() {
+            return Ok(());
+        }
+        self.file.write_batches(&self.gathered)?;
         self.gathered.clear();
         self.gathered_rows = 0;
-        self.file.write(&batch)
+        Ok(())
     }
 
     /// The finished file's bytes, with its metadata.

@@ -11,8 +11,10 @@ use ccstream_processor::kpi::{CallFold, Correction, FoldOutput, Horizon, Params}
 
 mod common;
 
-fn strings<'a>(b: &'a RecordBatch, name: &str) -> &'a StringArray {
-    b.column_by_name(name).unwrap().as_any().downcast_ref::<StringArray>().unwrap()
+/// Column `name` of `b` as text (the fold's rows hold names as dictionary columns).
+fn strings(b: &RecordBatch, name: &str) -> StringArray {
+    let column = arrow::compute::cast(b.column_by_name(name).unwrap(), &arrow::datatypes::DataType::Utf8).unwrap();
+    column.as_any().downcast_ref::<StringArray>().unwrap().clone()
 }
 
 fn sorted(batch: &RecordBatch, keys: &[&str]) -> RecordBatch {

@@ -30,16 +30,17 @@
 
 use std::hash::BuildHasher;
 use std::ops::Range;
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
 
 use arrow::array::{
     Array, ArrayRef, BooleanArray, Date32Array, Float64Array, Int32Array, Int64Array, RecordBatch, StringArray,
     TimestampMillisecondArray,
 };
 use arrow::compute::filter_record_batch;
+use arrow::datatypes::{DataType, SchemaRef};
 use ccstream_schemas::{
-    agent_legs_schema, call_facts_schema, interval_partials_schema, EventType, IdKey, MS_PER_DAY, PARTIAL_INTERVAL_MS,
-    SEALED_COLUMN, TABLE_CALL_FACTS, TABLE_INTERVAL_PARTIALS,
+    agent_legs_schema, call_facts_schema, interval_partials_schema, with_dictionaries, EventType, IdKey, MS_PER_DAY,
+    PARTIAL_INTERVAL_MS, SEALED_COLUMN, TABLE_CALL_FACTS, TABLE_INTERVAL_PARTIALS,
 };
 use foldhash::fast::FixedState;
 use hashbrown::HashMap;
@@ -1615,9 +1616,9 @@ impl CallFold {
         };
         let columns: Vec<ArrayRef> = vec![
             Arc::new(dicts.ids.column(calls.iter().map(|c| c.key))?),
-            Arc::new(dicts.tenants.column(calls.iter().map(|c| c.tenant))?),
-            Arc::new(dicts.queues.column(calls.iter().map(|c| c.entry_queue))?),
-            Arc::new(dicts.queues.column(calls.iter().map(|c| c.final_queue))?),
+            dicts.tenants.dictionary(calls.iter().map(|c| c.tenant))?,
+            dicts.queues.dictionary(calls.iter().map(|c| c.entry_queue))?,
+            dicts.queues.dictionary(calls.iter().map(|c| c.final_queue))?,
             ts(&|c| opt(c.queued_ms, MIN_NONE)),
             ts(&|c| opt(c.answered_ms, MIN_NONE)),
             ts(&|c| opt(c.abandoned_ms, MIN_NONE)),
@@ -1650,7 +1651,7 @@ impl CallFold {
                 TimestampMillisecondArray::from_iter_values(calls.iter().map(|c| c.computed_at)).with_timezone("UTC"),
             ),
         ];
-        Ok(RecordBatch::try_new(call_facts_schema(), columns)?)
+        Ok(RecordBatch::try_new(facts_rows_schema(), columns)?)
     }
 
     fn agent_legs(&self, range: Range<usize>, dicts: &Dictionaries, p: &Params) -> Result<RecordBatch> {
@@ -1677,8 +1678,8 @@ impl CallFold {
         let class: Vec<(bool, bool)> = legs.iter().map(|l| p.cqd.classify(l.media)).collect();
         let columns: Vec<ArrayRef> = vec![
             Arc::new(dicts.ids.column(legs.iter().map(|l| call(l).key))?),
-            Arc::new(dicts.agents.column(legs.iter().map(|l| l.agent))?),
-            Arc::new(dicts.tenants.column(legs.iter().map(|l| l.tenant))?),
+            dicts.agents.dictionary(legs.iter().map(|l| l.agent))?,
+            dicts.tenants.dictionary(legs.iter().map(|l| l.tenant))?,
             Arc::new(
                 TimestampMillisecondArray::from_iter_values(legs.iter().map(|l| l.answered_ms)).with_timezone("UTC"),
             ),
@@ -1707,7 +1708,7 @@ impl CallFold {
                     .with_timezone("UTC"),
             ),
         ];
-        Ok(RecordBatch::try_new(agent_legs_schema(), columns)?)
+        Ok(RecordBatch::try_new(legs_rows_schema(), columns)?)
     }
 
     /// `interval_partials` (one row per tenant × entry queue × 15-minute interval).
@@ -1812,6 +1813,20 @@ impl CallFold {
     }
 }
 
+/// `call_facts` rows as the fold builds them: [`call_facts_schema`] with its names as
+/// dictionary columns ([`crate::batch::Names::dictionary`]), which the table's files hold
+/// as text.
+fn facts_rows_schema() -> SchemaRef {
+    static SCHEMA: LazyLock<SchemaRef> = LazyLock::new(|| with_dictionaries(&call_facts_schema()));
+    SCHEMA.clone()
+}
+
+/// `agent_legs` rows as the fold builds them (see [`facts_rows_schema`]).
+fn legs_rows_schema() -> SchemaRef {
+    static SCHEMA: LazyLock<SchemaRef> = LazyLock::new(|| with_dictionaries(&agent_legs_schema()));
+    SCHEMA.clone()
+}
+
 /// Tenant, queue (NULL for none) and interval start of a partial key.
 fn key_names(dicts: &Dictionaries, k: &PartKey) -> (String, Option<String>, i64) {
     (dicts.tenants.name(k.0).unwrap_or_default().to_string(), name(&dicts.queues, k.1).map(str::to_string), k.2)
@@ -1861,10 +1876,15 @@ fn partial_key(dicts: &Dictionaries, key: &PartKey) -> String {
     )
 }
 
-fn string_column<'b>(b: &'b RecordBatch, name: &'static str) -> Result<&'b StringArray> {
-    b.column_by_name(name)
-        .and_then(|c| c.as_any().downcast_ref::<StringArray>())
-        .ok_or(crate::Error::MissingColumn(name))
+/// Text column `name` of `b`: a table's text as read back, or names as the fold's own rows
+/// hold them (dictionary columns, decoded here).
+fn string_column(b: &RecordBatch, name: &'static str) -> Result<StringArray> {
+    let column = b.column_by_name(name).ok_or(crate::Error::MissingColumn(name))?;
+    let text = match column.data_type() {
+        DataType::Dictionary(_, _) => arrow::compute::cast(column, &DataType::Utf8)?,
+        _ => column.clone(),
+    };
+    text.as_any().downcast_ref::<StringArray>().cloned().ok_or(crate::Error::MissingColumn(name))
 }
 
 fn timestamp_column<'b>(b: &'b RecordBatch, name: &'static str) -> Result<&'b TimestampMillisecondArray> {
