@@ -18,8 +18,21 @@ extern "C" {
 /// `mi_option_purge_delay` (the same index in mimalloc 2 and 3).
 const MI_OPTION_PURGE_DELAY: std::ffi::c_int = 15;
 
-/// `mi_option_allow_large_os_pages` (the same index in mimalloc 2 and 3).
-const MI_OPTION_ALLOW_LARGE_OS_PAGES: std::ffi::c_int = 6;
+#[cfg(target_os = "linux")]
+extern "C" {
+    /// glibc's `prctl(2)`.
+    fn prctl(
+        option: std::ffi::c_int,
+        arg2: std::ffi::c_ulong,
+        arg3: std::ffi::c_ulong,
+        arg4: std::ffi::c_ulong,
+        arg5: std::ffi::c_ulong,
+    ) -> std::ffi::c_int;
+}
+
+/// `PR_SET_THP_DISABLE` (linux/prctl.h).
+#[cfg(target_os = "linux")]
+const PR_SET_THP_DISABLE: std::ffi::c_int = 41;
 
 /// - Freed memory goes back to the OS after 1 s instead of mimalloc's 10 ms: batch buffers
 ///   freed between polls are reused instead of being returned and faulted in (zeroed) again
@@ -28,26 +41,32 @@ const MI_OPTION_ALLOW_LARGE_OS_PAGES: std::ffi::c_int = 6;
 ///   files (read and fold, then build and encode the tables; an encoder per column of every
 ///   file) free and allocate hundreds of MB, and returning it between them only means
 ///   faulting it in again (a 1e6-call backfill: −7 % wall time for +200 MB peak RSS).
-/// - Large (2 MiB) OS pages where the kernel offers them (transparent huge pages on
-///   `madvise`): the fold's state and the encoders' buffers fault in 512 times less often.
+/// - No transparent huge pages for the process (Linux): a first touch then zeroes 4 KiB,
+///   not 2 MiB, and only the pages written are ever backed. On VMs that hand freed memory
+///   back to the host, fresh memory costs milliseconds per MB, and huge pages doubled a
+///   replay's system time and tripled a backfill's (`docs/performance.md`, "Transparent
+///   huge pages off"). mimalloc reads its own THP option once, before `main`: the process
+///   flag is what can still be set here.
 ///
-/// The environment variables `MIMALLOC_PURGE_DELAY` and `MIMALLOC_ALLOW_LARGE_OS_PAGES`,
-/// when set, win.
+/// The environment variable `MIMALLOC_PURGE_DELAY`, when set, wins; with
+/// `MIMALLOC_ALLOW_THP` set, huge pages are left as the system has them.
 fn tune_allocator(command: &Command) {
     let ends = match command {
         Command::Replay(_) => true,
         Command::Process(args) => args.until_caught_up,
         _ => false,
     };
-    let purge_delay_ms = if ends { -1 } else { 1000 };
-    for (var, option, value) in [
-        ("MIMALLOC_PURGE_DELAY", MI_OPTION_PURGE_DELAY, purge_delay_ms),
-        ("MIMALLOC_ALLOW_LARGE_OS_PAGES", MI_OPTION_ALLOW_LARGE_OS_PAGES, 1),
-    ] {
-        if std::env::var_os(var).is_none() {
-            // SAFETY: mi_option_set only stores an option value; both values are valid.
-            unsafe { mi_option_set(option, value) };
-        }
+    if std::env::var_os("MIMALLOC_PURGE_DELAY").is_none() {
+        let purge_delay_ms = if ends { -1 } else { 1000 };
+        // SAFETY: mi_option_set only stores an option value; the value is valid.
+        unsafe { mi_option_set(MI_OPTION_PURGE_DELAY, purge_delay_ms) };
+    }
+    #[cfg(target_os = "linux")]
+    if std::env::var_os("MIMALLOC_ALLOW_THP").is_none() {
+        // SAFETY: PR_SET_THP_DISABLE takes a flag and three zeros (the kernel rejects
+        // anything else) and only sets that flag on the process; failing (an old kernel)
+        // changes nothing, so the result is ignored.
+        let _ = unsafe { prctl(PR_SET_THP_DISABLE, 1, 0, 0, 0) };
     }
 }
 
