@@ -20,14 +20,8 @@ const MI_OPTION_PURGE_DELAY: std::ffi::c_int = 15;
 
 #[cfg(target_os = "linux")]
 extern "C" {
-    /// glibc's `prctl(2)`.
-    fn prctl(
-        option: std::ffi::c_int,
-        arg2: std::ffi::c_ulong,
-        arg3: std::ffi::c_ulong,
-        arg4: std::ffi::c_ulong,
-        arg5: std::ffi::c_ulong,
-    ) -> std::ffi::c_int;
+    /// glibc's `prctl(2)` (variadic: the kernel takes four more `unsigned long`s).
+    fn prctl(option: std::ffi::c_int, ...) -> std::ffi::c_int;
 }
 
 /// `PR_SET_THP_DISABLE` (linux/prctl.h).
@@ -63,10 +57,12 @@ fn tune_allocator(command: &Command) {
     }
     #[cfg(target_os = "linux")]
     if std::env::var_os("MIMALLOC_ALLOW_THP").is_none() {
+        // Variadic arguments are passed as written: all four as `unsigned long`.
+        let (on, zero): (std::ffi::c_ulong, std::ffi::c_ulong) = (1, 0);
         // SAFETY: PR_SET_THP_DISABLE takes a flag and three zeros (the kernel rejects
         // anything else) and only sets that flag on the process; failing (an old kernel)
         // changes nothing, so the result is ignored.
-        let _ = unsafe { prctl(PR_SET_THP_DISABLE, 1, 0, 0, 0) };
+        let _ = unsafe { prctl(PR_SET_THP_DISABLE, on, zero, zero, zero) };
     }
 }
 

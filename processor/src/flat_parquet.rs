@@ -673,17 +673,27 @@ fn dictionary_of<'a>(arrays: &[&'a ArrayRef]) -> Option<Dictionary<'a>> {
                 return None;
             }
             let mut slot = vec![u32::MAX; values.len()];
-            let keys = a.keys();
-            let valid: Box<dyn Iterator<Item = usize>> = match keys.nulls().filter(|n| n.null_count() > 0) {
-                None => Box::new(0..keys.len()),
-                Some(n) => Box::new(n.valid_indices()),
-            };
-            for i in valid {
-                let k = keys.values()[i] as usize;
-                if slot[k] == u32::MAX {
-                    slot[k] = d.index(values.value(k).as_bytes())?;
+            let mut index = |k: i32, d: &mut DictionaryBuilder<'a>| -> Option<u32> {
+                let s = &mut slot[k as usize];
+                if *s == u32::MAX {
+                    *s = d.index(values.value(k as usize).as_bytes())?;
                 }
-                d.indices.push(slot[k]);
+                Some(*s)
+            };
+            let keys = a.keys();
+            match keys.nulls().filter(|n| n.null_count() > 0) {
+                None => {
+                    for &k in keys.values() {
+                        let i = index(k, &mut d)?;
+                        d.indices.push(i);
+                    }
+                }
+                Some(n) => {
+                    for r in n.valid_indices() {
+                        let i = index(keys.values()[r], &mut d)?;
+                        d.indices.push(i);
+                    }
+                }
             }
         } else {
             for v in array.as_string::<i32>().iter().flatten() {
@@ -942,66 +952,57 @@ mod tests {
         assert!(same(&back, &b));
     }
 
-    #[test]
-    fn dictionary_arrays_write_their_keys() {
+    /// A batch of one dictionary column of text, "name".
+    fn dictionary_batch(keys: Vec<Option<i32>>, values: Vec<&str>) -> RecordBatch {
+        let d: ArrayRef =
+            Arc::new(DictionaryArray::<Int32Type>::try_new(keys.into(), Arc::new(StringArray::from(values))).unwrap());
+        RecordBatch::try_new(Arc::new(Schema::new(vec![Field::new("name", d.data_type().clone(), true)])), vec![d])
+            .unwrap()
+    }
+
+    /// `batches` written as one row group of a file with one dictionary-enabled text
+    /// column, "name": the number of values in its dictionary page, and its rows read back.
+    fn dictionary_file(batches: &[RecordBatch]) -> (u32, StringArray) {
         let schema = Arc::new(Schema::new(vec![Field::new("name", DataType::Utf8, true)]));
-        let keys = arrow::array::Int32Array::from(vec![Some(2), None, Some(0), Some(2), Some(1)]);
-        // Values no key uses stay out of the file's dictionary.
-        let values = Arc::new(StringArray::from(vec!["a", "bb", "ccc", "unused", "also unused"]));
-        let d: ArrayRef = Arc::new(DictionaryArray::<Int32Type>::try_new(keys, values).unwrap());
-        let b =
-            RecordBatch::try_new(Arc::new(Schema::new(vec![Field::new("name", d.data_type().clone(), true)])), vec![d])
-                .unwrap();
         let mut out = Vec::new();
         let props = WriterProperties::builder().set_dictionary_enabled(true).build();
         let mut w = FlatWriter::try_new(&mut out, schema.clone(), props).unwrap();
-        w.write(&b).unwrap();
-        w.close().unwrap();
+        w.write_batches(batches).unwrap();
+        assert_eq!(w.close().unwrap().num_row_groups(), 1);
         let file = parquet::file::reader::SerializedFileReader::new(Bytes::from(out.clone())).unwrap();
         let mut pages =
             parquet::file::reader::FileReader::get_row_group(&file, 0).unwrap().get_column_page_reader(0).unwrap();
-        match pages.get_next_page().unwrap() {
-            Some(Page::DictionaryPage { num_values, .. }) => assert_eq!(num_values, 3),
+        let values = match pages.get_next_page().unwrap() {
+            Some(Page::DictionaryPage { num_values, .. }) => num_values,
             other => panic!("{other:?}"),
-        }
+        };
         let back = arrow::compute::concat_batches(&schema, &read(out)).unwrap();
-        let expected = StringArray::from(vec![Some("ccc"), None, Some("a"), Some("ccc"), Some("bb")]);
-        assert_eq!(back.column(0).as_string::<i32>(), &expected);
+        (values, back.column(0).as_string::<i32>().clone())
+    }
+
+    #[test]
+    fn dictionary_arrays_write_their_keys() {
+        // Values no key uses stay out of the file's dictionary.
+        let b = dictionary_batch(vec![Some(2), None, Some(0), Some(2), Some(1)], vec!["a", "bb", "ccc", "unused", "x"]);
+        let (values, back) = dictionary_file(&[b]);
+        assert_eq!(values, 3);
+        assert_eq!(back, StringArray::from(vec![Some("ccc"), None, Some("a"), Some("ccc"), Some("bb")]));
     }
 
     #[test]
     fn batches_of_one_row_group_share_its_dictionary() {
-        let schema = Arc::new(Schema::new(vec![Field::new("name", DataType::Utf8, true)]));
-        let dict = |keys: Vec<Option<i32>>, values: Vec<&str>| -> RecordBatch {
-            let d: ArrayRef = Arc::new(
-                DictionaryArray::<Int32Type>::try_new(keys.into(), Arc::new(StringArray::from(values))).unwrap(),
-            );
-            RecordBatch::try_new(Arc::new(Schema::new(vec![Field::new("name", d.data_type().clone(), true)])), vec![d])
-                .unwrap()
-        };
         // Two dictionary arrays with different values, then plain text: one dictionary of
         // the three distinct values used.
-        let a = dict(vec![Some(1), None, Some(0)], vec!["x", "y", "never"]);
-        let b = dict(vec![Some(0), Some(0), Some(1)], vec!["y", "a longer value than sixteen bytes"]);
-        let c = RecordBatch::try_new(schema.clone(), vec![Arc::new(StringArray::from(vec![Some("x"), None]))]).unwrap();
-        let mut out = Vec::new();
-        let props = WriterProperties::builder().set_dictionary_enabled(true).build();
-        let mut w = FlatWriter::try_new(&mut out, schema.clone(), props).unwrap();
-        w.write_batches(&[a, b, c]).unwrap();
-        let meta = w.close().unwrap();
-        assert_eq!(meta.num_row_groups(), 1);
-        let file = parquet::file::reader::SerializedFileReader::new(Bytes::from(out.clone())).unwrap();
-        let mut pages =
-            parquet::file::reader::FileReader::get_row_group(&file, 0).unwrap().get_column_page_reader(0).unwrap();
-        match pages.get_next_page().unwrap() {
-            Some(Page::DictionaryPage { num_values, .. }) => assert_eq!(num_values, 3),
-            other => panic!("{other:?}"),
-        }
-        let back = arrow::compute::concat_batches(&schema, &read(out)).unwrap();
         let long = "a longer value than sixteen bytes";
+        let a = dictionary_batch(vec![Some(1), None, Some(0)], vec!["x", "y", "never"]);
+        let b = dictionary_batch(vec![Some(0), Some(0), Some(1)], vec!["y", long]);
+        let text = Arc::new(Schema::new(vec![Field::new("name", DataType::Utf8, true)]));
+        let c = RecordBatch::try_new(text, vec![Arc::new(StringArray::from(vec![Some("x"), None]))]).unwrap();
+        let (values, back) = dictionary_file(&[a, b, c]);
+        assert_eq!(values, 3);
         let expected =
             StringArray::from(vec![Some("y"), None, Some("x"), Some("y"), Some("y"), Some(long), Some("x"), None]);
-        assert_eq!(back.column(0).as_string::<i32>(), &expected);
+        assert_eq!(back, expected);
     }
 
     #[test]
