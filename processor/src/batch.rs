@@ -66,26 +66,17 @@ impl Names {
         id
     }
 
-    /// The names of `ids` as a dictionary column: the ids are its keys, every name interned
-    /// its values (shared by all such columns until a name is added), so no name is copied
-    /// or hashed per row; writers keep only the values a file uses. [`NONE`] (or an id
-    /// never interned) is NULL.
+    /// The names of `ids` as a dictionary column: the ids are its keys, [`Names::values`]
+    /// its values, so no name is copied or hashed per row; writers keep only the values a
+    /// file uses. [`NONE`] (or an id never interned) is NULL.
     pub fn dictionary(&self, ids: impl ExactSizeIterator<Item = u32>) -> Result<ArrayRef> {
-        let n = self.names.len() as u32;
-        let values = self.all.get_or_init(|| Arc::new(StringArray::from_iter_values(self.names.iter())));
-        let mut keys = Vec::with_capacity(ids.len());
-        let mut nulls = NullBufferBuilder::new(ids.len());
-        for id in ids {
-            if id < n {
-                keys.push(id as i32);
-                nulls.append_non_null();
-            } else {
-                keys.push(0);
-                nulls.append_null();
-            }
-        }
-        let keys = Int32Array::new(keys.into(), nulls.finish());
-        Ok(Arc::new(DictionaryArray::<Int32Type>::try_new(keys, values.clone())?))
+        keyed(ids, self.values())
+    }
+
+    /// Every name interned, in id order, as one column (built again only once a name was
+    /// added): the values of [`Names::dictionary`] columns.
+    pub fn values(&self) -> &ArrayRef {
+        self.all.get_or_init(|| Arc::new(StringArray::from_iter_values(self.names.iter())))
     }
 
     pub fn name(&self, id: u32) -> Option<&str> {
@@ -111,6 +102,25 @@ impl Names {
     pub fn is_empty(&self) -> bool {
         self.names.is_empty()
     }
+}
+
+/// A dictionary column keyed by `ids` into `values` (names in id order); an id past them
+/// ([`NONE`]) is NULL.
+fn keyed(ids: impl ExactSizeIterator<Item = u32>, values: &ArrayRef) -> Result<ArrayRef> {
+    let n = values.len() as u32;
+    let mut keys = Vec::with_capacity(ids.len());
+    let mut nulls = NullBufferBuilder::new(ids.len());
+    for id in ids {
+        if id < n {
+            keys.push(id as i32);
+            nulls.append_non_null();
+        } else {
+            keys.push(0);
+            nulls.append_null();
+        }
+    }
+    let keys = Int32Array::new(keys.into(), nulls.finish());
+    Ok(Arc::new(DictionaryArray::<Int32Type>::try_new(keys, values.clone())?))
 }
 
 /// Ids that are not canonical UUIDs, interned to `OTHER_TAG | n` (see `ccstream_schemas::ids`).
@@ -566,8 +576,6 @@ pub struct EventsByPartition {
     /// The mean of `last_rows`: where a partition new since the last flush starts (the
     /// rows of the next day of traffic are mostly in partitions the last flush never saw).
     typical_rows: usize,
-    /// The queue and agent names as columns, built again only when names were added.
-    names: [Option<ArrayRef>; 2],
 }
 
 impl std::fmt::Debug for EventsByPartition {
@@ -613,16 +621,8 @@ impl EventsByPartition {
         self.last_rows.clear();
         self.last_rows.extend(self.parts.iter().map(|(key, columns)| (*key, columns.rows)));
         self.typical_rows = rows / self.parts.len().max(1);
-        for (cached, names) in self.names.iter_mut().zip([&dicts.queues, &dicts.agents]) {
-            if cached.as_ref().is_none_or(|c| c.len() != names.len()) {
-                *cached = Some(Arc::new(names.column(0..names.len() as u32)?));
-            }
-        }
-        let [queues, agents] = &self.names;
-        self.parts
-            .drain()
-            .map(|(_, columns)| columns.finish(events_rows_schema(), [queues.as_ref(), agents.as_ref()]))
-            .collect()
+        let names = [Some(dicts.queues.values()), Some(dicts.agents.values())];
+        self.parts.drain().map(|(_, columns)| columns.finish(events_rows_schema(), names)).collect()
     }
 }
 
@@ -719,13 +719,7 @@ impl NameColumn for Interned {
         let names = names.ok_or_else(|| {
             arrow::error::ArrowError::InvalidArgumentError("interned names without their dictionary".into())
         })?;
-        let ids = std::mem::take(&mut self.ids);
-        let keys = if ids.contains(&NONE) {
-            Int32Array::from_iter(ids.iter().map(|&id| (id != NONE).then_some(id as i32)))
-        } else {
-            Int32Array::from_iter_values(ids.iter().map(|&id| id as i32))
-        };
-        Ok(Arc::new(DictionaryArray::<Int32Type>::try_new(keys, names.clone())?))
+        keyed(std::mem::take(&mut self.ids).into_iter(), names)
     }
     fn event_types(types: Vec<i32>) -> Result<ArrayRef> {
         Dict::event_types(types)
