@@ -532,8 +532,16 @@ fn int64_values(a: &dyn Array) -> Cow<'_, [i64]> {
     };
     match a.nulls().filter(|n| n.null_count() > 0) {
         None => Cow::Borrowed(values),
-        Some(n) => Cow::Owned(n.valid_indices().map(|i| values[i]).collect()),
+        Some(n) => Cow::Owned(valued(n, |i| values[i])),
     }
+}
+
+/// `f` of each row with a value, in one allocation of the right size (the index iterator
+/// does not know its length, so a `collect` would grow the vector by doubling).
+fn valued<T>(nulls: &NullBuffer, f: impl Fn(usize) -> T) -> Vec<T> {
+    let mut out = Vec::with_capacity(nulls.len() - nulls.null_count());
+    out.extend(nulls.valid_indices().map(f));
+    out
 }
 
 /// Unsigned LEB128.
@@ -661,7 +669,7 @@ fn byte_stream_split(a: &dyn Array, out: &mut Vec<u8>) {
     let p = a.as_primitive::<Float64Type>();
     let values: Cow<'_, [f64]> = match p.nulls().filter(|n| n.null_count() > 0) {
         None => Cow::Borrowed(p.values()),
-        Some(n) => Cow::Owned(n.valid_indices().map(|i| p.values()[i]).collect()),
+        Some(n) => Cow::Owned(valued(n, |i| p.values()[i])),
     };
     let n = values.len();
     if n == 0 {
@@ -700,7 +708,7 @@ fn delta_length_text(a: &dyn Array, out: &mut Vec<u8>) {
             out.extend_from_slice(&data[offsets[0] as usize..offsets[a.len()] as usize]);
         }
         Some(n) => {
-            let lengths: Vec<i64> = n.valid_indices().map(|i| (offsets[i + 1] - offsets[i]) as i64).collect();
+            let lengths = valued(n, |i| (offsets[i + 1] - offsets[i]) as i64);
             delta_binary_packed(&lengths, true, out);
             for i in n.valid_indices() {
                 out.extend_from_slice(&data[offsets[i] as usize..offsets[i + 1] as usize]);
