@@ -21,11 +21,11 @@
 use std::sync::Arc;
 
 use arrow::array::{
-    Array, ArrayBuilder, ArrayRef, AsArray, BooleanBufferBuilder, Date32Array, Date32Builder, DictionaryArray,
-    Int32Array, Int64Array, NullBufferBuilder, PrimitiveArray, RecordBatch, StringArray, StringBuilder,
-    StringDictionaryBuilder, TimestampMillisecondArray, TimestampMillisecondBuilder, UInt32Array,
+    Array, ArrayBuilder, ArrayRef, AsArray, Date32Array, Date32Builder, DictionaryArray, Int32Array, Int64Array,
+    NullBufferBuilder, PrimitiveArray, RecordBatch, StringArray, StringBuilder, StringDictionaryBuilder,
+    TimestampMillisecondArray, TimestampMillisecondBuilder, UInt32Array,
 };
-use arrow::buffer::{NullBuffer, OffsetBuffer};
+use arrow::buffer::{BooleanBuffer, MutableBuffer, NullBuffer, OffsetBuffer};
 use arrow::compute::cast;
 use arrow::datatypes::{ArrowPrimitiveType, DataType, Float64Type, Int32Type, Int8Type, SchemaRef, TimeUnit};
 use ccstream_schemas::{
@@ -108,18 +108,12 @@ impl Names {
 /// ([`NONE`]) is NULL.
 fn keyed(ids: impl ExactSizeIterator<Item = u32>, values: &ArrayRef) -> Result<ArrayRef> {
     let n = values.len() as u32;
-    let mut keys = Vec::with_capacity(ids.len());
-    let mut nulls = NullBufferBuilder::new(ids.len());
-    for id in ids {
-        if id < n {
-            keys.push(id as i32);
-            nulls.append_non_null();
-        } else {
-            keys.push(0);
-            nulls.append_null();
-        }
-    }
-    let keys = Int32Array::new(keys.into(), nulls.finish());
+    // In passes over a vector (the validity packed 64 rows at a time, the keys in place),
+    // not a bit and a key appended per row.
+    let ids: Vec<u32> = ids.collect();
+    let nulls = NullBuffer::new(BooleanBuffer::collect_bool(ids.len(), |i| ids[i] < n));
+    let keys: Vec<i32> = ids.into_iter().map(|id| if id < n { id as i32 } else { 0 }).collect();
+    let keys = Int32Array::new(keys.into(), Some(nulls).filter(|n| n.null_count() > 0));
     Ok(Arc::new(DictionaryArray::<Int32Type>::try_new(keys, values.clone())?))
 }
 
@@ -827,19 +821,19 @@ impl<T: NameColumn, Q: NameColumn> EventColumns<T, Q> {
             Arc::new(self.occurred.finish()),
             Arc::new(self.ingested.finish()),
             Arc::new(self.priority.finish::<Int8Type>(n)),
-            Arc::new(self.ovf.finish(n)?),
-            Arc::new(self.ttype.finish(n)?),
-            Arc::new(self.target.finish(n)?),
-            Arc::new(self.disc.finish(n)?),
-            Arc::new(self.wcode.finish(n)?),
-            Arc::new(self.from_s.finish(n)?),
-            Arc::new(self.to_s.finish(n)?),
-            Arc::new(self.reason.finish(n)?),
+            Arc::new(self.ovf.finish(n)),
+            Arc::new(self.ttype.finish(n)),
+            Arc::new(self.target.finish(n)),
+            Arc::new(self.disc.finish(n)),
+            Arc::new(self.wcode.finish(n)),
+            Arc::new(self.from_s.finish(n)),
+            Arc::new(self.to_s.finish(n)),
+            Arc::new(self.reason.finish(n)),
             Arc::new(m0.finish::<Float64Type>(n)),
             Arc::new(m1.finish::<Float64Type>(n)),
             Arc::new(m2.finish::<Float64Type>(n)),
             Arc::new(m3.finish::<Float64Type>(n)),
-            Arc::new(self.payload.finish(n)?),
+            Arc::new(self.payload.finish(n)),
             Arc::new(self.day.finish()),
         ];
         Ok(RecordBatch::try_new(schema, columns)?)
@@ -875,14 +869,21 @@ impl<T: arrow::datatypes::ArrowNativeType> Sparse<T> {
             return PrimitiveArray::new_null(n);
         }
         let mut values = vec![T::default(); n];
-        let mut valid = BooleanBufferBuilder::new(n);
-        valid.append_n(n, false);
         for (&r, v) in self.rows.iter().zip(self.values) {
             values[r as usize] = v;
-            valid.set_bit(r as usize, true);
         }
-        PrimitiveArray::new(values.into(), Some(NullBuffer::new(valid.finish())))
+        PrimitiveArray::new(values.into(), Some(sparse_validity(&self.rows, n)))
     }
+}
+
+/// The validity of `n` rows of which only `rows` (increasing) have a value.
+fn sparse_validity(rows: &[u32], n: usize) -> NullBuffer {
+    let mut bits = MutableBuffer::new_null(n);
+    let slice = bits.as_slice_mut();
+    for &r in rows {
+        arrow::util::bit_util::set_bit(slice, r as usize);
+    }
+    NullBuffer::new(BooleanBuffer::new(bits.into(), 0, n))
 }
 
 /// A text column NULL in most rows, built from its values alone.
@@ -905,24 +906,27 @@ impl SparseText {
     }
 
     /// The column of `n` rows.
-    fn finish(self, n: usize) -> Result<StringArray> {
+    fn finish(self, n: usize) -> StringArray {
         if self.rows.is_empty() {
-            return Ok(StringArray::new_null(n));
+            return StringArray::new_null(n);
         }
-        let mut offsets: Vec<i32> = Vec::with_capacity(n + 1);
-        let mut valid = BooleanBufferBuilder::new(n);
-        valid.append_n(n, false);
-        offsets.push(0);
-        let mut end = 0;
+        // offsets[i + 1] ends row i: its own value's end, or the end before it when NULL.
+        // Ends grow with the rows, so that is the running maximum of the values' ends set
+        // in place: one pass over the rows, not a fill per gap.
+        let mut offsets = vec![0i32; n + 1];
         for (&r, &e) in self.rows.iter().zip(&self.ends) {
-            offsets.resize(r as usize + 1, end);
-            end = e;
-            offsets.push(end);
-            valid.set_bit(r as usize, true);
+            offsets[r as usize + 1] = e;
         }
-        offsets.resize(n + 1, end);
+        let mut end = 0;
+        for o in &mut offsets {
+            end = end.max(*o);
+            *o = end;
+        }
         let offsets = OffsetBuffer::new(offsets.into());
-        Ok(StringArray::try_new(offsets, self.bytes.into(), Some(NullBuffer::new(valid.finish())))?)
+        let nulls = Some(sparse_validity(&self.rows, n));
+        // SAFETY: `bytes` is whole `&str` values one after another, and every offset is 0 or
+        // the end of one of them (never past `bytes`): each row's range is valid UTF-8.
+        unsafe { StringArray::new_unchecked(offsets, self.bytes.into(), nulls) }
     }
 }
 
@@ -1038,7 +1042,10 @@ mod tests {
             for (row, v) in values.iter().enumerate() {
                 text.set(row, v.as_deref());
             }
-            prop_assert_eq!(text.finish(values.len()).unwrap(), StringArray::from(values.clone()));
+            let built = text.finish(values.len());
+            // Built without checks: the full validation (offsets, UTF-8 at every boundary) holds.
+            prop_assert!(built.to_data().validate_full().is_ok());
+            prop_assert_eq!(built, StringArray::from(values.clone()));
             let mut sparse = Sparse::<f64>::default();
             for (row, v) in numbers.iter().enumerate() {
                 sparse.set(row, *v);
