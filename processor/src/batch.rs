@@ -390,14 +390,24 @@ impl Decoder {
 
     fn ids(&mut self, a: &ArrayRef, out: &mut Vec<IdKey>, n: usize) -> Result<()> {
         let ids = &mut self.dicts.ids;
-        let key = |v: Option<&str>| match v {
+        let mut key = |v: Option<&str>| match v {
             Some(v) if !v.is_empty() => ids.key(v),
             _ => NO_CALL,
         };
         out.reserve(n);
+        // Over the row numbers, whose length the vector knows (an array's own iterator does
+        // not tell `extend` its length: a capacity check per id).
+        let nulls = a.logical_nulls();
+        let valid = |i: usize| nulls.as_ref().is_none_or(|n| n.is_valid(i));
         match a.data_type() {
-            DataType::Utf8View => out.extend(a.as_string_view().iter().map(key)),
-            DataType::Utf8 => out.extend(a.as_string::<i32>().iter().map(key)),
+            DataType::Utf8View => {
+                let s = a.as_string_view();
+                out.extend((0..s.len()).map(|i| key(valid(i).then(|| s.value(i)))));
+            }
+            DataType::Utf8 => {
+                let s = a.as_string::<i32>();
+                out.extend((0..s.len()).map(|i| key(valid(i).then(|| s.value(i)))));
+            }
             _ => out.extend(cast(a, &DataType::Utf8)?.as_string::<i32>().iter().map(key)),
         }
         Ok(())
