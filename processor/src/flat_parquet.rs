@@ -320,8 +320,9 @@ impl ChunkEncoder<'_> {
     /// The column chunk of `arrays`' rows, in order.
     fn encode(self, arrays: &[&ArrayRef]) -> Result<(Bytes, ColumnCloseResult)> {
         let ChunkEncoder { col, plan, codecs, raw, chosen } = self;
-        let small = matches!(plan.codec, Codec::Zstd(_)) && value_bytes(arrays) < SMALL_CHUNK_BYTES;
-        let may_fall_back = !small && plan.values == Values::ByteStreamSplit && matches!(plan.codec, Codec::Zstd(_));
+        let planned_zstd = matches!(plan.codec, Codec::Zstd(_));
+        let small = planned_zstd && value_bytes(arrays) < SMALL_CHUNK_BYTES;
+        let may_fall_back = planned_zstd && !small && plan.values == Values::ByteStreamSplit;
         let mut codec = if small { Codec::Snappy } else { chosen.unwrap_or(plan.codec) };
         let rows: usize = arrays.iter().map(|a| a.len()).sum();
         let nullable = col.max_def_level() > 0;
@@ -458,7 +459,8 @@ impl ChunkEncoder<'_> {
 }
 
 /// The bytes of the values of a column chunk made of `arrays`, as plain encoding would hold
-/// them (text and binary without their lengths); an upper bound for other types.
+/// them: text and binary without their lengths, fixed-width values with a value; 8 bytes a
+/// row with a value for the rest (dictionary keys).
 fn value_bytes(arrays: &[&ArrayRef]) -> usize {
     arrays
         .iter()
