@@ -38,36 +38,37 @@ pub const BINARY_VERSION: u8 = 1;
 
 /// The optional fields of the binary form, in the order their bits and values appear.
 /// `event_type` and `occurred_at` are always present and come first, typed.
+/// Each field's getter (to encode) and setter (to decode, in place).
 #[derive(Clone, Copy)]
 enum Slot {
-    Text(for<'e> fn(&'e Event<'_>) -> Option<&'e str>),
+    Text(for<'e> fn(&'e Event<'_>) -> Option<&'e str>, for<'e> fn(&mut Event<'e>, &'e str)),
     Time,
     Priority,
-    Float(fn(&Event<'_>) -> Option<f64>),
+    Float(fn(&Event<'_>) -> Option<f64>, fn(&mut Event<'_>, f64)),
 }
 
 const SLOTS: [Slot; 21] = [
-    Slot::Text(|e| e.event_id.as_deref()),
-    Slot::Text(|e| e.tenant_id.as_deref()),
-    Slot::Text(|e| e.source.as_deref()),
-    Slot::Text(|e| e.call_id.as_deref()),
-    Slot::Text(|e| e.queue_id.as_deref()),
-    Slot::Text(|e| e.agent_id.as_deref()),
+    Slot::Text(|e| e.event_id.as_deref(), |e, t| e.event_id = Some(Cow::Borrowed(t))),
+    Slot::Text(|e| e.tenant_id.as_deref(), |e, t| e.tenant_id = Some(Cow::Borrowed(t))),
+    Slot::Text(|e| e.source.as_deref(), |e, t| e.source = Some(Cow::Borrowed(t))),
+    Slot::Text(|e| e.call_id.as_deref(), |e, t| e.call_id = Some(Cow::Borrowed(t))),
+    Slot::Text(|e| e.queue_id.as_deref(), |e, t| e.queue_id = Some(Cow::Borrowed(t))),
+    Slot::Text(|e| e.agent_id.as_deref(), |e, t| e.agent_id = Some(Cow::Borrowed(t))),
     Slot::Time,
     Slot::Priority,
-    Slot::Text(|e| e.overflow_from_queue_id.as_deref()),
-    Slot::Text(|e| e.transfer_type.as_deref()),
-    Slot::Text(|e| e.target_agent_id.as_deref()),
-    Slot::Text(|e| e.disconnect_by.as_deref()),
-    Slot::Text(|e| e.wrapup_code.as_deref()),
-    Slot::Text(|e| e.from_state.as_deref()),
-    Slot::Text(|e| e.to_state.as_deref()),
-    Slot::Text(|e| e.state_reason.as_deref()),
-    Slot::Float(|e| e.jitter_ms),
-    Slot::Float(|e| e.packet_loss_rate),
-    Slot::Float(|e| e.round_trip_ms),
-    Slot::Float(|e| e.audio_degradation),
-    Slot::Text(|e| e.payload.as_deref()),
+    Slot::Text(|e| e.overflow_from_queue_id.as_deref(), |e, t| e.overflow_from_queue_id = Some(Cow::Borrowed(t))),
+    Slot::Text(|e| e.transfer_type.as_deref(), |e, t| e.transfer_type = Some(Cow::Borrowed(t))),
+    Slot::Text(|e| e.target_agent_id.as_deref(), |e, t| e.target_agent_id = Some(Cow::Borrowed(t))),
+    Slot::Text(|e| e.disconnect_by.as_deref(), |e, t| e.disconnect_by = Some(Cow::Borrowed(t))),
+    Slot::Text(|e| e.wrapup_code.as_deref(), |e, t| e.wrapup_code = Some(Cow::Borrowed(t))),
+    Slot::Text(|e| e.from_state.as_deref(), |e, t| e.from_state = Some(Cow::Borrowed(t))),
+    Slot::Text(|e| e.to_state.as_deref(), |e, t| e.to_state = Some(Cow::Borrowed(t))),
+    Slot::Text(|e| e.state_reason.as_deref(), |e, t| e.state_reason = Some(Cow::Borrowed(t))),
+    Slot::Float(|e| e.jitter_ms, |e, v| e.jitter_ms = Some(v)),
+    Slot::Float(|e| e.packet_loss_rate, |e, v| e.packet_loss_rate = Some(v)),
+    Slot::Float(|e| e.round_trip_ms, |e, v| e.round_trip_ms = Some(v)),
+    Slot::Float(|e| e.audio_degradation, |e, v| e.audio_degradation = Some(v)),
+    Slot::Text(|e| e.payload.as_deref(), |e, t| e.payload = Some(Cow::Borrowed(t))),
 ];
 
 /// Appends the binary form of `event` (already checked: `typed` is what
@@ -94,7 +95,7 @@ pub fn encode_event(event: &Event<'_>, typed: &Validated, out: &mut Vec<u8>) {
     let mut bits = 0u32;
     for (i, slot) in SLOTS.iter().enumerate() {
         let present = match *slot {
-            Slot::Text(get) => get(event).map(|t| {
+            Slot::Text(get, _) => get(event).map(|t| {
                 let mut n = t.len() as u64;
                 while n >= 0x80 {
                     out.push(n as u8 | 0x80);
@@ -105,7 +106,7 @@ pub fn encode_event(event: &Event<'_>, typed: &Validated, out: &mut Vec<u8>) {
             }),
             Slot::Time => typed.ingested_at_ms.map(|t| out.extend_from_slice(&t.to_le_bytes())),
             Slot::Priority => event.priority.map(|p| out.push(p as u8)),
-            Slot::Float(get) => get(event).map(|f| out.extend_from_slice(&f.to_le_bytes())),
+            Slot::Float(get, _) => get(event).map(|f| out.extend_from_slice(&f.to_le_bytes())),
         };
         bits |= (present.is_some() as u32) << i;
     }
@@ -157,18 +158,21 @@ impl<'a> Reader<'a> {
 /// returned [`Validated`]). Never panics, whatever the bytes.
 #[inline]
 pub fn decode_event(value: &[u8]) -> Result<(Event<'_>, Validated), EventError> {
-    let (e, typed) = decode_unchecked(value)?;
+    let mut e = Event::default();
+    let typed = decode_fields(value, &mut e)?;
     let typed = e.check(typed)?;
     Ok((e, typed))
 }
 
-/// [`decode_event`], the event pushed onto `out` (and taken off again if it fails its
-/// checks): built where it stays, instead of being moved (some 500 bytes) on its way there.
+/// [`decode_event`], the event pushed onto `out` (and taken off again if it is not valid):
+/// its fields are set where it stays, instead of being built and then moved (some 500 bytes)
+/// on its way there.
 #[inline]
 fn decode_event_into<'a>(value: &'a [u8], out: &mut Vec<(Event<'a>, Validated)>) -> Result<(), EventError> {
-    out.push(decode_unchecked(value)?);
+    let unset = Validated { event_type: EventType::ALL[0], occurred_at_ms: 0, ingested_at_ms: None };
+    out.push((Event::default(), unset));
     let (e, typed) = out.last_mut().expect("pushed above");
-    match e.check(*typed) {
+    match decode_fields(value, e).and_then(|t| e.check(t)) {
         Ok(checked) => {
             *typed = checked;
             Ok(())
@@ -180,9 +184,10 @@ fn decode_event_into<'a>(value: &'a [u8], out: &mut Vec<(Event<'a>, Validated)>)
     }
 }
 
-/// A binary event record's fields, read but not checked.
+/// Reads a binary event record's fields into `e` (a default event: fields absent from the
+/// record stay `None`), not checked; returns its typed fields.
 #[inline(always)]
-fn decode_unchecked(value: &[u8]) -> Result<(Event<'_>, Validated), EventError> {
+fn decode_fields<'a>(value: &'a [u8], e: &mut Event<'a>) -> Result<Validated, EventError> {
     let mut r = Reader { rest: value };
     let [magic, version] = r.fixed::<2>()?;
     if magic != BINARY_MAGIC {
@@ -199,51 +204,22 @@ fn decode_unchecked(value: &[u8]) -> Result<(Event<'_>, Validated), EventError> 
     let event_type = *EventType::ALL.get(code as usize).ok_or(EventError::Binary("unknown event_type"))?;
     let occurred_at_ms = i64::from_le_bytes(r.fixed::<8>()?);
     let mut typed = Validated { event_type, occurred_at_ms, ingested_at_ms: None };
-    let mut priority = None;
-    let mut texts: [Option<&str>; 21] = [None; 21];
-    let mut floats: [Option<f64>; 21] = [None; 21];
+    e.event_type = Some(Cow::Borrowed(event_type.as_str()));
     for (i, slot) in SLOTS.iter().enumerate() {
         if bits & (1 << i) == 0 {
             continue;
         }
-        match slot {
-            Slot::Text(_) => texts[i] = Some(r.text()?),
+        match *slot {
+            Slot::Text(_, set) => set(e, r.text()?),
             Slot::Time => typed.ingested_at_ms = Some(i64::from_le_bytes(r.fixed::<8>()?)),
-            Slot::Priority => priority = Some(r.fixed::<1>()?[0] as i8),
-            Slot::Float(_) => floats[i] = Some(f64::from_le_bytes(r.fixed::<8>()?)),
+            Slot::Priority => e.priority = Some(r.fixed::<1>()?[0] as i8),
+            Slot::Float(_, set) => set(e, f64::from_le_bytes(r.fixed::<8>()?)),
         }
     }
     if !r.rest.is_empty() {
         return Err(EventError::Binary("trailing bytes"));
     }
-    // Built in place, field by field: an `Event` is some 500 bytes, and every extra move
-    // of it is a copy per record.
-    let t = |i: usize| texts[i].map(Cow::Borrowed);
-    let e = Event {
-        event_id: t(0),
-        tenant_id: t(1),
-        source: t(2),
-        call_id: t(3),
-        queue_id: t(4),
-        agent_id: t(5),
-        event_type: Some(Cow::Borrowed(event_type.as_str())),
-        priority,
-        overflow_from_queue_id: t(8),
-        transfer_type: t(9),
-        target_agent_id: t(10),
-        disconnect_by: t(11),
-        wrapup_code: t(12),
-        from_state: t(13),
-        to_state: t(14),
-        state_reason: t(15),
-        jitter_ms: floats[16],
-        packet_loss_rate: floats[17],
-        round_trip_ms: floats[18],
-        audio_degradation: floats[19],
-        payload: t(20),
-        ..Event::default()
-    };
-    Ok((e, typed))
+    Ok(typed)
 }
 
 /// Reads a log record's value in either form: the event, checked, and its typed fields.
