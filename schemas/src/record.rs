@@ -47,28 +47,40 @@ enum Slot {
     Float(fn(&Event<'_>) -> Option<f64>, fn(&mut Event<'_>, f64)),
 }
 
+/// The slot of a text or float field: its getter and setter, of the same field.
+macro_rules! text {
+    ($field:ident) => {
+        Slot::Text(|e| e.$field.as_deref(), |e, t| e.$field = Some(Cow::Borrowed(t)))
+    };
+}
+macro_rules! float {
+    ($field:ident) => {
+        Slot::Float(|e| e.$field, |e, v| e.$field = Some(v))
+    };
+}
+
 const SLOTS: [Slot; 21] = [
-    Slot::Text(|e| e.event_id.as_deref(), |e, t| e.event_id = Some(Cow::Borrowed(t))),
-    Slot::Text(|e| e.tenant_id.as_deref(), |e, t| e.tenant_id = Some(Cow::Borrowed(t))),
-    Slot::Text(|e| e.source.as_deref(), |e, t| e.source = Some(Cow::Borrowed(t))),
-    Slot::Text(|e| e.call_id.as_deref(), |e, t| e.call_id = Some(Cow::Borrowed(t))),
-    Slot::Text(|e| e.queue_id.as_deref(), |e, t| e.queue_id = Some(Cow::Borrowed(t))),
-    Slot::Text(|e| e.agent_id.as_deref(), |e, t| e.agent_id = Some(Cow::Borrowed(t))),
+    text!(event_id),
+    text!(tenant_id),
+    text!(source),
+    text!(call_id),
+    text!(queue_id),
+    text!(agent_id),
     Slot::Time,
     Slot::Priority,
-    Slot::Text(|e| e.overflow_from_queue_id.as_deref(), |e, t| e.overflow_from_queue_id = Some(Cow::Borrowed(t))),
-    Slot::Text(|e| e.transfer_type.as_deref(), |e, t| e.transfer_type = Some(Cow::Borrowed(t))),
-    Slot::Text(|e| e.target_agent_id.as_deref(), |e, t| e.target_agent_id = Some(Cow::Borrowed(t))),
-    Slot::Text(|e| e.disconnect_by.as_deref(), |e, t| e.disconnect_by = Some(Cow::Borrowed(t))),
-    Slot::Text(|e| e.wrapup_code.as_deref(), |e, t| e.wrapup_code = Some(Cow::Borrowed(t))),
-    Slot::Text(|e| e.from_state.as_deref(), |e, t| e.from_state = Some(Cow::Borrowed(t))),
-    Slot::Text(|e| e.to_state.as_deref(), |e, t| e.to_state = Some(Cow::Borrowed(t))),
-    Slot::Text(|e| e.state_reason.as_deref(), |e, t| e.state_reason = Some(Cow::Borrowed(t))),
-    Slot::Float(|e| e.jitter_ms, |e, v| e.jitter_ms = Some(v)),
-    Slot::Float(|e| e.packet_loss_rate, |e, v| e.packet_loss_rate = Some(v)),
-    Slot::Float(|e| e.round_trip_ms, |e, v| e.round_trip_ms = Some(v)),
-    Slot::Float(|e| e.audio_degradation, |e, v| e.audio_degradation = Some(v)),
-    Slot::Text(|e| e.payload.as_deref(), |e, t| e.payload = Some(Cow::Borrowed(t))),
+    text!(overflow_from_queue_id),
+    text!(transfer_type),
+    text!(target_agent_id),
+    text!(disconnect_by),
+    text!(wrapup_code),
+    text!(from_state),
+    text!(to_state),
+    text!(state_reason),
+    float!(jitter_ms),
+    float!(packet_loss_rate),
+    float!(round_trip_ms),
+    float!(audio_degradation),
+    text!(payload),
 ];
 
 /// Appends the binary form of `event` (already checked: `typed` is what
