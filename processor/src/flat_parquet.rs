@@ -1121,12 +1121,6 @@ mod tests {
             Field::new("x", DataType::Float64, true),
         ]));
         let zstd = Compression::ZSTD(ZstdLevel::try_new(1).unwrap());
-        let props = WriterProperties::builder()
-            .set_compression(zstd)
-            .set_dictionary_enabled(false)
-            .set_column_encoding("id".into(), Encoding::DELTA_LENGTH_BYTE_ARRAY)
-            .set_column_encoding("x".into(), Encoding::BYTE_STREAM_SPLIT)
-            .build();
         // 36-byte ids and quarter steps (which zstd shrinks well): 100 rows are 3.6 KB of
         // ids and 400 B of floats (half null), 2,000 rows twenty times that.
         let batch = |rows: usize| {
@@ -1139,7 +1133,7 @@ mod tests {
             let b = batch(rows);
             assert_eq!(value_bytes(&[b.column(0)]), rows * 36);
             let mut out = Vec::new();
-            let mut w = FlatWriter::try_new(&mut out, schema.clone(), props.clone()).unwrap();
+            let mut w = FlatWriter::try_new(&mut out, schema.clone(), props(zstd)).unwrap();
             w.write(&b).unwrap();
             // A small row group after a large one is still Snappy: the choice is per chunk.
             w.write(&batch(50)).unwrap();
