@@ -344,10 +344,10 @@ impl Processor {
         let Some(state) = self.parts.get_mut(&p) else { return Ok(()) };
         let next = state.next;
         let recs = || run.iter().filter(move |r| r.offset >= next);
-        let Some(last) = recs().last() else { return Ok(()) };
-        state.next = last.offset + 1;
+        let (n, last) = recs().fold((0usize, None), |(n, _), r| (n + 1, Some(r.offset)));
+        let Some(last) = last else { return Ok(()) };
+        state.next = last + 1;
         state.last_records = Instant::now();
-        let n = recs().count();
         self.summary.records += n as u64;
         self.telemetry.records.inc_by(n as u64);
         let mut values: Vec<&[u8]> = Vec::with_capacity(n);

@@ -73,8 +73,11 @@ async fn read_all(
     records: Option<usize>,
 ) -> Result<(usize, usize, Instant), Box<dyn std::error::Error>> {
     let (mut read, mut bytes, mut last) = (0, 0, Instant::now());
+    // A count to reach waits as long as a slow broker may take; reading to the end stops at
+    // the first empty poll.
+    let timeout = Duration::from_secs(if records.is_some() { 10 } else { 2 });
     while records.is_none_or(|n| read < n) {
-        match consumer.poll(65_536, Duration::from_secs(2)).await? {
+        match consumer.poll(65_536, timeout).await? {
             Poll::Assigned(parts) => {
                 for p in parts {
                     consumer.seek(p, 0).await?;
