@@ -33,11 +33,13 @@ use std::ops::Range;
 use std::sync::{Arc, LazyLock};
 
 use arrow::array::{
-    Array, ArrayRef, BooleanArray, Date32Array, Float64Array, Int32Array, Int64Array, RecordBatch, StringArray,
-    TimestampMillisecondArray,
+    Array, ArrayRef, ArrowPrimitiveType, BooleanArray, Date32Array, Int32Array, Int64Array, PrimitiveArray,
+    RecordBatch, StringArray, TimestampMillisecondArray,
 };
+use arrow::buffer::{BooleanBuffer, NullBuffer, ScalarBuffer};
 use arrow::compute::filter_record_batch;
 use arrow::datatypes::{DataType, SchemaRef};
+use arrow::datatypes::{Float64Type, Int64Type, TimestampMillisecondType};
 use ccstream_schemas::{
     agent_legs_schema, call_facts_schema, interval_partials_schema, with_dictionaries, EventType, IdKey, MS_PER_DAY,
     PARTIAL_INTERVAL_MS, SEALED_COLUMN, TABLE_CALL_FACTS, TABLE_INTERVAL_PARTIALS,
@@ -1590,60 +1592,55 @@ impl CallFold {
         sealed: bool,
     ) -> Result<RecordBatch> {
         let n = calls.len();
-        let opt = |v: i64, none: i64| if v == none { None } else { Some(v) };
         let mut wait_ms = Vec::with_capacity(n);
         let mut hold_ms = Vec::with_capacity(n);
         let mut acw_ms = Vec::with_capacity(n);
         let mut handle_ms = Vec::with_capacity(n);
-        let mut answered = Vec::with_capacity(n);
-        let mut abandoned = Vec::with_capacity(n);
-        let mut complete = Vec::with_capacity(n);
         for c in calls {
             let lc = c.legs_complete();
             wait_ms.push(c.wait_ms());
             hold_ms.push(lc.then(|| c.sum_hold_ended - c.sum_hold_started));
             acw_ms.push(lc.then(|| c.sum_wrapup - c.sum_leg_end));
             handle_ms.push(c.handle_ms());
-            answered.push(c.answered());
-            abandoned.push(c.abandoned());
-            complete.push(lc);
         }
-        let secs = |v: &Option<i64>| v.map(|ms| ms as f64 / 1000.0);
-        let talk: Float64Array =
-            (0..n).map(|i| Some((handle_ms[i]? - hold_ms[i]? - acw_ms[i]?) as f64 / 1000.0)).collect();
-        let ts = |f: &dyn Fn(&CallAcc) -> Option<i64>| -> ArrayRef {
-            Arc::new(TimestampMillisecondArray::from_iter(calls.iter().map(|c| f(c))).with_timezone("UTC"))
+        let talk = |i: usize| Some(handle_ms[i]? - hold_ms[i]? - acw_ms[i]?);
+        let ts = |f: &dyn Fn(&CallAcc) -> i64, none: i64| -> ArrayRef {
+            Arc::new(
+                nullable::<TimestampMillisecondType>(n, |i| f(calls[i]), |i| f(calls[i]) != none).with_timezone("UTC"),
+            )
+        };
+        let ms = |v: &[Option<i64>]| -> ArrayRef {
+            Arc::new(nullable::<Int64Type>(n, |i| v[i].unwrap_or(0), |i| v[i].is_some()))
+        };
+        let secs = |v: &dyn Fn(usize) -> Option<i64>| -> ArrayRef {
+            Arc::new(nullable::<Float64Type>(n, |i| v(i).map_or(0.0, |ms| ms as f64 / 1000.0), |i| v(i).is_some()))
         };
         let columns: Vec<ArrayRef> = vec![
             Arc::new(dicts.ids.column(calls.iter().map(|c| c.key))?),
             dicts.tenants.dictionary(calls.iter().map(|c| c.tenant))?,
             dicts.queues.dictionary(calls.iter().map(|c| c.entry_queue))?,
             dicts.queues.dictionary(calls.iter().map(|c| c.final_queue))?,
-            ts(&|c| opt(c.queued_ms, MIN_NONE)),
-            ts(&|c| opt(c.answered_ms, MIN_NONE)),
-            ts(&|c| opt(c.abandoned_ms, MIN_NONE)),
-            ts(&|c| opt(c.ended_ms, MAX_NONE)),
-            Arc::new(BooleanArray::from(answered.clone())),
-            Arc::new(BooleanArray::from(abandoned.clone())),
-            Arc::new(Float64Array::from_iter(wait_ms.iter().map(secs))),
-            Arc::new(talk),
-            Arc::new(Float64Array::from_iter(hold_ms.iter().map(secs))),
-            Arc::new(Float64Array::from_iter(acw_ms.iter().map(secs))),
-            Arc::new(Float64Array::from_iter(handle_ms.iter().map(secs))),
-            Arc::new(BooleanArray::from_iter(
-                (0..n).map(|i| Some(answered[i] && wait_ms[i].is_some_and(|w| w <= p.sl_threshold_ms))),
-            )),
-            Arc::new(BooleanArray::from_iter(
-                (0..n).map(|i| Some(abandoned[i] && wait_ms[i].is_some_and(|w| w < p.short_abandon_ms))),
-            )),
-            Arc::new(BooleanArray::from_iter(calls.iter().map(|c| Some(c.n_transfers > 0)))),
+            ts(&|c| c.queued_ms, MIN_NONE),
+            ts(&|c| c.answered_ms, MIN_NONE),
+            ts(&|c| c.abandoned_ms, MIN_NONE),
+            ts(&|c| c.ended_ms, MAX_NONE),
+            flags(n, |i| calls[i].answered()),
+            flags(n, |i| calls[i].abandoned()),
+            secs(&|i| wait_ms[i]),
+            secs(&talk),
+            secs(&|i| hold_ms[i]),
+            secs(&|i| acw_ms[i]),
+            secs(&|i| handle_ms[i]),
+            flags(n, |i| calls[i].answered() && wait_ms[i].is_some_and(|w| w <= p.sl_threshold_ms)),
+            flags(n, |i| calls[i].abandoned() && wait_ms[i].is_some_and(|w| w < p.short_abandon_ms)),
+            flags(n, |i| calls[i].n_transfers > 0),
             Arc::new(Int64Array::from_iter_values(calls.iter().map(|c| c.n_transfers as i64))),
-            Arc::new(BooleanArray::from_iter(calls.iter().map(|c| Some(c.n_queued > 1)))),
+            flags(n, |i| calls[i].n_queued > 1),
             Arc::new(Int64Array::from_iter_values(calls.iter().map(|c| c.n_answered as i64))),
-            Arc::new(BooleanArray::from(complete)),
-            Arc::new(Int64Array::from(wait_ms)),
-            Arc::new(Int64Array::from(handle_ms)),
-            Arc::new(Float64Array::from_iter(call_mos.iter().map(|m| (!m.is_nan()).then_some(*m)))),
+            flags(n, |i| calls[i].legs_complete()),
+            ms(&wait_ms),
+            ms(&handle_ms),
+            Arc::new(nullable::<Float64Type>(n, |i| call_mos[i], |i| !call_mos[i].is_nan())),
             Arc::new(Int32Array::from_value(self.partition, n)),
             Arc::new(BooleanArray::from(vec![sealed; n])),
             Arc::new(Int64Array::from_iter_values(calls.iter().map(|c| c.revision as i64))),
@@ -1670,12 +1667,13 @@ impl CallFold {
             .collect();
         let hold = |l: &LegAcc| l.sum_hold_ended - l.sum_hold_started;
         let when = |f: &dyn Fn(&LegAcc) -> i64| -> ArrayRef {
-            Arc::new(Int64Array::from_iter(legs.iter().zip(&complete).map(|(l, &c)| c.then(|| f(l)))))
+            Arc::new(nullable::<Int64Type>(n, |i| if complete[i] { f(legs[i]) } else { 0 }, |i| complete[i]))
         };
         let media = |i: usize| -> ArrayRef {
-            Arc::new(Float64Array::from_iter(legs.iter().map(|l| (!l.media[i].is_nan()).then_some(l.media[i]))))
+            Arc::new(nullable::<Float64Type>(n, |r| legs[r].media[i], |r| !legs[r].media[i].is_nan()))
         };
         let class: Vec<(bool, bool)> = legs.iter().map(|l| p.cqd.classify(l.media)).collect();
+        let leg_mos: Vec<f64> = legs.iter().map(|l| mos(l.media[2], l.media[0], l.media[1])).collect();
         let columns: Vec<ArrayRef> = vec![
             Arc::new(dicts.ids.column(legs.iter().map(|l| call(l).key))?),
             dicts.agents.dictionary(legs.iter().map(|l| l.agent))?,
@@ -1684,7 +1682,7 @@ impl CallFold {
                 TimestampMillisecondArray::from_iter_values(legs.iter().map(|l| l.answered_ms)).with_timezone("UTC"),
             ),
             Arc::new(Date32Array::from_iter_values(legs.iter().map(|l| l.answered_ms.div_euclid(MS_PER_DAY) as i32))),
-            Arc::new(BooleanArray::from(complete.clone())),
+            flags(n, |i| complete[i]),
             when(&hold),
             when(&|l| l.leg_end_ms - l.answered_ms - hold(l)),
             when(&|l| l.wrapup_ms - l.leg_end_ms),
@@ -1694,12 +1692,9 @@ impl CallFold {
             media(1),
             media(2),
             media(3),
-            Arc::new(BooleanArray::from_iter(class.iter().map(|c| Some(c.0)))),
-            Arc::new(BooleanArray::from_iter(class.iter().map(|c| Some(c.1)))),
-            Arc::new(Float64Array::from_iter(legs.iter().map(|l| {
-                let m = mos(l.media[2], l.media[0], l.media[1]);
-                (!m.is_nan()).then_some(m)
-            }))),
+            flags(n, |i| class[i].0),
+            flags(n, |i| class[i].1),
+            Arc::new(nullable::<Float64Type>(n, |i| leg_mos[i], |i| !leg_mos[i].is_nan())),
             Arc::new(Int32Array::from_value(self.partition, n)),
             Arc::new(BooleanArray::from(vec![sealed; n])),
             Arc::new(Int64Array::from_iter_values(legs.iter().map(|l| call(l).revision as i64))),
@@ -1878,6 +1873,23 @@ fn partial_key(dicts: &Dictionaries, key: &PartKey) -> String {
 
 /// Text column `name` of `b`: a table's text as read back, or names as the fold's own rows
 /// hold them (dictionary columns, decoded here).
+/// A nullable primitive column: every row's value (anything where it has none) and whether
+/// it has one, packed 64 rows at a time — no builder appending an `Option` row by row.
+fn nullable<T: ArrowPrimitiveType>(
+    n: usize,
+    value: impl FnMut(usize) -> T::Native,
+    valid: impl FnMut(usize) -> bool,
+) -> PrimitiveArray<T> {
+    let values: ScalarBuffer<T::Native> = (0..n).map(value).collect();
+    let nulls = NullBuffer::new(BooleanBuffer::collect_bool(n, valid));
+    PrimitiveArray::new(values, (nulls.null_count() > 0).then_some(nulls))
+}
+
+/// A boolean column without NULLs, packed 64 rows at a time.
+fn flags(n: usize, f: impl FnMut(usize) -> bool) -> ArrayRef {
+    Arc::new(BooleanArray::new(BooleanBuffer::collect_bool(n, f), None))
+}
+
 fn string_column(b: &RecordBatch, name: &'static str) -> Result<StringArray> {
     let column = b.column_by_name(name).ok_or(crate::Error::MissingColumn(name))?;
     let text = match column.data_type() {
