@@ -1606,7 +1606,12 @@ impl CallFold {
         let talk = |i: usize| Some(handle_ms[i]? - hold_ms[i]? - acw_ms[i]?);
         let ts = |f: &dyn Fn(&CallAcc) -> i64, none: i64| -> ArrayRef {
             Arc::new(
-                nullable::<TimestampMillisecondType>(n, |i| f(calls[i]), |i| f(calls[i]) != none).with_timezone("UTC"),
+                nullable::<TimestampMillisecondType>(
+                    n,
+                    |i| Some(f(calls[i])).filter(|&v| v != none).unwrap_or(0),
+                    |i| f(calls[i]) != none,
+                )
+                .with_timezone("UTC"),
             )
         };
         let ms = |v: &[Option<i64>]| -> ArrayRef {
@@ -1871,10 +1876,9 @@ fn partial_key(dicts: &Dictionaries, key: &PartKey) -> String {
     )
 }
 
-/// Text column `name` of `b`: a table's text as read back, or names as the fold's own rows
-/// hold them (dictionary columns, decoded here).
-/// A nullable primitive column: every row's value (anything where it has none) and whether
-/// it has one, packed 64 rows at a time — no builder appending an `Option` row by row.
+/// A nullable primitive column: every row's value (0 where it has none, by the callers'
+/// convention) and whether it has one, packed 64 rows at a time — no builder appending an
+/// `Option` row by row.
 fn nullable<T: ArrowPrimitiveType>(
     n: usize,
     value: impl FnMut(usize) -> T::Native,
@@ -1890,6 +1894,8 @@ fn flags(n: usize, f: impl FnMut(usize) -> bool) -> ArrayRef {
     Arc::new(BooleanArray::new(BooleanBuffer::collect_bool(n, f), None))
 }
 
+/// Text column `name` of `b`: a table's text as read back, or names as the fold's own rows
+/// hold them (dictionary columns, decoded here).
 fn string_column(b: &RecordBatch, name: &'static str) -> Result<StringArray> {
     let column = b.column_by_name(name).ok_or(crate::Error::MissingColumn(name))?;
     let text = match column.data_type() {
