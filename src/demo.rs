@@ -91,6 +91,7 @@ pub(crate) async fn run(args: DemoArgs) -> Result<()> {
         config: None,
         threads: 2,
         events_table: true,
+        read_pages: true,
         settle_after_ms: 3_600_000,
         settle_batch: 16_384,
         progress: "auto".into(),

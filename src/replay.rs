@@ -28,8 +28,11 @@ use arrow::array::{
 use arrow::compute::take_record_batch;
 use arrow::datatypes::Date32Type;
 use ccstream_ingest::file::records::source_name;
-use ccstream_ingest::file::{discover, parquet_rows, Chunk, FileReader, Format, InputFile, ReadOptions};
+use ccstream_ingest::file::{
+    discover, map_parquet, parquet_rows, read_parquet_rows, Chunk, FileReader, Format, InputFile, ReadOptions,
+};
 use ccstream_processor::batch::{group_rows, to_events_schema, DecodedBatch, Decoder, JsonDecoder, FOLD_COLUMNS};
+use ccstream_processor::fold_parquet::{FoldParquet, ParquetBatch};
 use ccstream_processor::kpi::{CallFold, Horizon, Params};
 use ccstream_processor::sink::{Overwrite, TableStore};
 use ccstream_schemas::{
@@ -71,6 +74,11 @@ pub(crate) struct ReplayArgs {
     /// Calls written and forgotten at a time, at least (settling compacts the state)
     #[arg(long, env = "CCSTREAM_SETTLE_BATCH", default_value_t = 16_384, value_parser = clap::value_parser!(u64).range(1..))]
     pub(crate) settle_batch: u64,
+    /// Read Parquet files laid out the common way (flat; PLAIN or dictionary pages; Snappy,
+    /// zstd or no compression) page by page straight into the fold's columns; false reads
+    /// every file with the Arrow reader (the same tables, slower)
+    #[arg(long, env = "CCSTREAM_READ_PAGES", default_value_t = true, action = ArgAction::Set)]
+    pub(crate) read_pages: bool,
     /// Print the summary as one JSON object instead of text
     #[arg(long, env = "CCSTREAM_SUMMARY_JSON", default_value_t = false)]
     pub(crate) summary_json: bool,
@@ -133,11 +141,11 @@ impl DeadLetter {
     }
 }
 
-/// One framed piece of input: a record batch plus what is needed to trace its rows.
+/// One framed piece of input: its rows plus what is needed to trace them.
 #[derive(Debug)]
 struct Framed {
     file: usize,
-    batch: RecordBatch,
+    rows: Rows,
     /// 1-based line or row number of each row.
     lines: Vec<u64>,
     rejects: Vec<DeadLetter>,
@@ -146,18 +154,78 @@ struct Framed {
     read_time: Duration,
 }
 
+/// The rows of a framed piece.
+#[derive(Debug)]
+enum Rows {
+    /// A record batch: JSON lines decoded, or Parquet read by the Arrow reader.
+    Batch(RecordBatch),
+    /// Parquet read page by page straight into the fold's columns ([`FoldParquet`]).
+    Pages(Box<ParquetBatch>),
+}
+
+impl Rows {
+    fn len(&self) -> usize {
+        match self {
+            Rows::Batch(b) => b.num_rows(),
+            Rows::Pages(p) => p.len(),
+        }
+    }
+
+    /// The record batch, for the pass that reads every column (never read by pages).
+    fn batch(&self) -> Result<&RecordBatch> {
+        match self {
+            Rows::Batch(b) => Ok(b),
+            Rows::Pages(_) => anyhow::bail!("rows read by pages where a record batch was expected"),
+        }
+    }
+}
+
+/// An open input file.
+#[derive(Debug)]
+enum Reader {
+    General(FileReader),
+    Pages(Box<FoldParquet>),
+}
+
+/// What a reader gave.
+enum Piece {
+    Lines { first_line: u64, data: Vec<u8> },
+    Rows { first_row: u64, rows: Rows },
+}
+
 /// Reads files into [`Framed`] pieces (stage A).
 struct Framer {
     files: Arc<Vec<InputFile>>,
     opts: ReadOptions,
+    /// Read Parquet files laid out the common way page by page, straight into the fold's
+    /// columns (the fold's pass: `opts` name its columns).
+    pages: bool,
     json: JsonDecoder,
     next_file: usize,
-    current: Option<(FileReader, u64)>,
+    current: Option<(Reader, u64)>,
 }
 
 impl Framer {
-    fn new(files: Arc<Vec<InputFile>>, opts: ReadOptions, now_ms: i64) -> Self {
-        Framer { files, opts, json: JsonDecoder::new("file.jsonl", now_ms), next_file: 0, current: None }
+    fn new(files: Arc<Vec<InputFile>>, opts: ReadOptions, pages: bool, now_ms: i64) -> Self {
+        Framer { files, opts, pages, json: JsonDecoder::new("file.jsonl", now_ms), next_file: 0, current: None }
+    }
+
+    /// Opens `f`: by pages when it can (a Parquet file the page reader declines, e.g. one
+    /// with delta-encoded or gzip pages, is read by the Arrow reader instead).
+    fn open(&self, f: &InputFile) -> Result<Reader> {
+        if self.pages && f.format == Format::Parquet {
+            if let Some(r) = map_parquet(f)?.and_then(|bytes| FoldParquet::open(bytes).ok()) {
+                return Ok(Reader::Pages(Box::new(r)));
+            }
+        }
+        Ok(Reader::General(FileReader::open(f, &self.opts)?))
+    }
+
+    /// Takes back a page-read batch's buffers for the next batch.
+    fn recycle(&mut self, rows: Rows) {
+        if let (Some((Reader::Pages(r), _)), Rows::Pages(p)) = (&mut self.current, rows) {
+            r.recycle(*p);
+        }
     }
 
     fn next(&mut self) -> Result<Option<Framed>> {
@@ -167,22 +235,34 @@ impl Framer {
                 if self.next_file == self.files.len() {
                     return Ok(None);
                 }
-                let f = &self.files[self.next_file];
-                let reader = FileReader::open(f, &self.opts)?;
+                let reader = self.open(&self.files[self.next_file])?;
                 self.current = Some((reader, 0));
                 self.next_file += 1;
             }
             let file_idx = self.next_file - 1;
             let file = &self.files[file_idx];
             let (reader, done_bytes) = self.current.as_mut().expect("set above");
-            let chunk = reader.next_chunk()?;
-            let Some(chunk) = chunk else {
+            let (piece, total_rows) = match reader {
+                Reader::General(r) => (
+                    r.next_chunk()?.map(|c| match c {
+                        Chunk::Lines { first_line, data } => Piece::Lines { first_line, data },
+                        Chunk::Batch { first_row, batch } => Piece::Rows { first_row, rows: Rows::Batch(batch) },
+                    }),
+                    r.total_rows(),
+                ),
+                Reader::Pages(r) => (
+                    r.next_batch(self.opts.batch_rows)?
+                        .map(|p| Piece::Rows { first_row: p.first_row, rows: Rows::Pages(Box::new(p)) }),
+                    Some(r.total_rows()),
+                ),
+            };
+            let Some(piece) = piece else {
                 let rest = file.bytes.saturating_sub(*done_bytes);
                 self.current = None;
                 if rest > 0 {
                     return Ok(Some(Framed {
                         file: file_idx,
-                        batch: RecordBatch::new_empty(Arc::new(arrow::datatypes::Schema::empty())),
+                        rows: Rows::Batch(RecordBatch::new_empty(Arc::new(arrow::datatypes::Schema::empty()))),
                         lines: Vec::new(),
                         rejects: Vec::new(),
                         bytes: rest,
@@ -191,8 +271,8 @@ impl Framer {
                 }
                 continue;
             };
-            let framed = match chunk {
-                Chunk::Lines { first_line, data } => {
+            let framed = match piece {
+                Piece::Lines { first_line, data } => {
                     let mut lines = Vec::new();
                     let mut rejects = Vec::new();
                     let mut numbers = Vec::new();
@@ -225,15 +305,15 @@ impl Framer {
                     Framed {
                         file: file_idx,
                         lines: rows.iter().map(|&r| numbers[r as usize]).collect(),
-                        batch,
+                        rows: Rows::Batch(batch),
                         rejects,
                         bytes,
                         read_time: Duration::ZERO,
                     }
                 }
-                Chunk::Batch { first_row, batch } => {
-                    let n = batch.num_rows() as u64;
-                    let bytes = match reader.total_rows() {
+                Piece::Rows { first_row, rows } => {
+                    let n = rows.len() as u64;
+                    let bytes = match total_rows {
                         Some(total) if total > 0 => file.bytes * n / total,
                         _ => 0,
                     };
@@ -241,7 +321,7 @@ impl Framer {
                     Framed {
                         file: file_idx,
                         lines: (first_row + 1..=first_row + n).collect(),
-                        batch,
+                        rows,
                         rejects: Vec::new(),
                         bytes,
                         read_time: Duration::ZERO,
@@ -284,6 +364,14 @@ impl Source {
             })
             .expect("spawning a thread");
         Source::Thread(rx, Some(handle))
+    }
+
+    /// Gives a piece's rows back to the reader when it runs inline (their buffers are
+    /// reused); a reader thread has moved on.
+    fn recycle(&mut self, rows: Rows) {
+        if let Source::Inline(f) = self {
+            f.recycle(rows);
+        }
     }
 
     fn next(&mut self) -> Result<Option<Framed>> {
@@ -389,9 +477,10 @@ impl Pass<'_> {
             ..ReadOptions::default()
         };
         let bar = progress_bar(&args.progress, self.total_bytes, "fold");
-        let mut source = Source::new(Framer::new(files.clone(), opts, now), args.threads);
+        let mut source = Source::new(Framer::new(files.clone(), opts.clone(), args.read_pages, now), args.threads);
         let mut decoder = Decoder::new();
         let mut decoded = DecodedBatch::default();
+        let mut remap = Vec::new();
         let mut fold = CallFold::new(0);
         // Size the state from what the input says of itself: Parquet footers give row
         // counts; JSON lines are about 250 bytes. Settling holds an hour or so of calls,
@@ -418,25 +507,43 @@ impl Pass<'_> {
         let (mut read_time, mut fold_time) = (Duration::ZERO, Duration::ZERO);
         let (mut output_time, mut write_time) = (Duration::ZERO, Duration::ZERO);
         let mut settled = 0u64;
-        while let Some(framed) = source.next()? {
+        while let Some(mut framed) = source.next()? {
             read_time += framed.read_time;
             bar.inc(framed.bytes);
-            summary.rows_read += framed.batch.num_rows() as u64 + framed.rejects.len() as u64;
+            summary.rows_read += framed.rows.len() as u64 + framed.rejects.len() as u64;
             dead.extend(framed.rejects);
-            if framed.batch.num_rows() == 0 {
+            if framed.rows.len() == 0 {
                 continue;
             }
             let t = Instant::now();
-            decoder.decode(&framed.batch, &mut decoded)?;
-            fold.update(&decoded, &decoder.dicts);
+            let decoded = match &mut framed.rows {
+                Rows::Batch(batch) => {
+                    decoder.decode(batch, &mut decoded)?;
+                    &mut decoded
+                }
+                Rows::Pages(p) => p.adopt(&mut decoder.dicts, &mut remap),
+            };
+            fold.update(decoded, &decoder.dicts);
             if args.events_table {
                 keep.extend_from_slice(fold.first_copy());
             }
+            let invalid = std::mem::take(&mut decoded.invalid);
             fold_time += t.elapsed();
-            for (r, reason) in decoded.invalid.drain(..) {
-                let raw = row_json(&framed.batch, r);
-                dead.push(DeadLetter::new(&files[framed.file], Some(framed.lines[r]), reason, &raw));
+            let file = &files[framed.file];
+            let raws: Vec<Vec<u8>> = match &framed.rows {
+                Rows::Batch(batch) => invalid.iter().map(|&(r, _)| row_json(batch, r)).collect(),
+                // The rows again, read the general way, for their text (rare: invalid rows).
+                Rows::Pages(p) if !invalid.is_empty() => {
+                    let rows: Vec<u64> = invalid.iter().map(|&(r, _)| p.first_row + r as u64).collect();
+                    let batch = read_parquet_rows(file, &opts, &rows)?;
+                    (0..batch.num_rows()).map(|r| row_json(&batch, r)).collect()
+                }
+                Rows::Pages(_) => Vec::new(),
+            };
+            for ((r, reason), raw) in invalid.into_iter().zip(raws) {
+                dead.push(DeadLetter::new(file, Some(framed.lines[r]), reason, &raw));
             }
+            source.recycle(framed.rows);
             let Some(after_ms) = settle else { continue };
             let t = Instant::now();
             let out = fold.settle(&decoder.dicts, params, now, after_ms, args.settle_batch as usize, SLICE_ROWS)?;
@@ -538,12 +645,12 @@ async fn write_events(
     total_bytes: u64,
 ) -> Result<u64> {
     let bar = progress_bar(&args.progress, total_bytes, "events");
-    let mut source = Source::new(Framer::new(files.clone(), ReadOptions::default(), now), args.threads);
+    let mut source = Source::new(Framer::new(files.clone(), ReadOptions::default(), false, now), args.threads);
     let mut offset = 0usize;
     let mut sink = store.overwrite_streaming(TABLE_EVENTS, events_schema(), 1 << 20).await?;
     while let Some(framed) = source.next()? {
         bar.inc(framed.bytes);
-        let n = framed.batch.num_rows();
+        let n = framed.rows.len();
         if n == 0 {
             continue;
         }
@@ -552,7 +659,7 @@ async fn write_events(
         offset += n;
         // First copies only, grouped by the table's partitions (tenant and day): each
         // group goes to its partition's file as one run, with no split per batch.
-        let batch = to_events_schema(&framed.batch, source_name(files[framed.file].format), now)?;
+        let batch = to_events_schema(framed.rows.batch()?, source_name(files[framed.file].format), now)?;
         let tenants = batch.column_by_name("tenant_id").map(|c| c.as_string::<i32>());
         let days = batch.column_by_name("day").map(|c| c.as_primitive::<Date32Type>());
         let (Some(tenants), Some(days)) = (tenants, days) else {

@@ -244,7 +244,7 @@ impl DecodedBatch {
         self.etype.is_empty()
     }
 
-    fn clear(&mut self) {
+    pub(crate) fn clear(&mut self) {
         self.event_id.clear();
         self.call.clear();
         self.tenant.clear();
@@ -336,31 +336,19 @@ impl Decoder {
         // Validity: the same rules as `Event::validate`.
         let tenant_nulls = column(batch, "tenant_id")?.logical_nulls();
         let time_nulls = t.nulls();
-        for r in 0..n {
-            let reason = if out.event_id[r] == NO_CALL {
-                Some("missing required field `event_id`".to_string())
-            } else if tenant_nulls.as_ref().is_some_and(|b| b.is_null(r)) {
-                Some("missing required field `tenant_id`".to_string())
-            } else if time_nulls.is_some_and(|b| b.is_null(r)) {
-                Some("missing required field `occurred_at`".to_string())
-            } else if out.etype[r] == INVALID {
-                let et = column(batch, "event_type")?;
-                Some(if et.is_null(r) {
-                    "missing required field `event_type`".to_string()
-                } else {
-                    let s = cast(&et.slice(r, 1), &DataType::Utf8)?;
-                    format!("unknown event_type {:?}", s.as_string::<i32>().value(0))
-                })
-            } else if out.call[r] == NO_CALL && out.etype[r] <= EventType::WrapupEnded as u8 {
-                Some(format!("event_type {} needs a call_id", EventType::ALL[out.etype[r] as usize].as_str()))
-            } else {
-                None
-            };
-            if let Some(reason) = reason {
-                out.etype[r] = INVALID;
-                out.invalid.push((r, reason));
-            }
-        }
+        let et = column(batch, "event_type")?;
+        check_rows(
+            out,
+            |_, r| tenant_nulls.as_ref().is_some_and(|b| b.is_null(r)),
+            |r| time_nulls.is_some_and(|b| b.is_null(r)),
+            |r| {
+                if et.is_null(r) {
+                    return Ok(None);
+                }
+                let s = cast(&et.slice(r, 1), &DataType::Utf8)?;
+                Ok(Some(s.as_string::<i32>().value(0).to_string()))
+            },
+        )?;
         Ok(())
     }
 
@@ -448,6 +436,40 @@ impl Decoder {
         }
         Ok(())
     }
+}
+
+/// Marks the rows of `out` that are not valid events — the rules of `Event::validate`, in
+/// its order — with `etype == INVALID` and a reason in `out.invalid`. `type_text` gives the
+/// text of a row's event type that is not a known one (`None` when it is NULL).
+pub(crate) fn check_rows(
+    out: &mut DecodedBatch,
+    tenant_null: impl Fn(&DecodedBatch, usize) -> bool,
+    time_null: impl Fn(usize) -> bool,
+    mut type_text: impl FnMut(usize) -> Result<Option<String>>,
+) -> Result<()> {
+    for r in 0..out.len() {
+        let reason = if out.event_id[r] == NO_CALL {
+            Some("missing required field `event_id`".to_string())
+        } else if tenant_null(out, r) {
+            Some("missing required field `tenant_id`".to_string())
+        } else if time_null(r) {
+            Some("missing required field `occurred_at`".to_string())
+        } else if out.etype[r] == INVALID {
+            Some(match type_text(r)? {
+                None => "missing required field `event_type`".to_string(),
+                Some(s) => format!("unknown event_type {s:?}"),
+            })
+        } else if out.call[r] == NO_CALL && out.etype[r] <= EventType::WrapupEnded as u8 {
+            Some(format!("event_type {} needs a call_id", EventType::ALL[out.etype[r] as usize].as_str()))
+        } else {
+            None
+        };
+        if let Some(reason) = reason {
+            out.etype[r] = INVALID;
+            out.invalid.push((r, reason));
+        }
+    }
+    Ok(())
 }
 
 /// Appends `remap` of every key of `keys` to `out`, `none` for NULL keys: the keys are mapped

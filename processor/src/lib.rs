@@ -2,6 +2,8 @@
 //!
 //! - [`batch`]: JSON lines and record batches decoded into the typed, interned columns the
 //!   fold reads (no per-row allocation after warm-up).
+//! - [`fold_parquet`]: Parquet files of canonical events read page by page straight into
+//!   those columns.
 //! - [`kpi`]: the hot synchronous folds (call facts, agent legs, interval partials).
 //! - [`telemetry`]: every metric the processor exposes (names in one place).
 //! - [`sink`]: Delta tables on an object store (local directory by default); every table
@@ -9,6 +11,7 @@
 
 pub mod batch;
 pub mod flat_parquet;
+pub mod fold_parquet;
 pub mod kpi;
 pub mod sink;
 pub mod telemetry;
@@ -20,6 +23,8 @@ pub enum Error {
     MissingColumn(&'static str),
     #[error("column `{column}` has type {found}, which ccstream cannot read")]
     ColumnType { column: &'static str, found: String },
+    #[error("Parquet column `{column}`, row group {group}: {reason}")]
+    ParquetPage { column: &'static str, group: usize, reason: String },
     #[error("Arrow: {0}")]
     Arrow(#[from] arrow::error::ArrowError),
     #[error("writing Delta table {table} at {location}: {source}")]

@@ -17,6 +17,7 @@ use parquet::arrow::arrow_reader::{
     ArrowReaderMetadata, ArrowReaderOptions, ParquetRecordBatchReader, ParquetRecordBatchReaderBuilder,
 };
 use parquet::arrow::ProjectionMask;
+use parquet::errors::ParquetError;
 use parquet::file::reader::ChunkReader;
 
 use crate::{Error, Result};
@@ -172,13 +173,36 @@ fn map_file(f: &File) -> Option<bytes::Bytes> {
     Some(bytes::Bytes::from_owner(map))
 }
 
-/// A record batch reader over Parquet `source`, with `opts`' columns and batch size, and
-/// the file's row count. The footer is read once, also for the fold's schema hints.
-fn parquet_reader<T: ChunkReader + 'static>(
+/// A Parquet file's bytes, mapped into memory (`None` when it cannot be mapped: the caller
+/// reads it with [`FileReader`] instead). See [`map_file`] for the caveat.
+pub fn map_parquet(file: &InputFile) -> Result<Option<bytes::Bytes>> {
+    let f = File::open(&file.path).map_err(|source| Error::Read { path: file.path.display().to_string(), source })?;
+    Ok(map_file(&f))
+}
+
+/// Rows `rows` (0-based, ascending, within the file) of Parquet `file`, with `opts`'
+/// columns and hints, as one record batch: for tracing back rows read another way (dead
+/// letters).
+pub fn read_parquet_rows(file: &InputFile, opts: &ReadOptions, rows: &[u64]) -> Result<RecordBatch> {
+    use parquet::arrow::arrow_reader::RowSelection;
+    let path = file.path.display().to_string();
+    let pq = |source| Error::Parquet { path: path.clone(), source };
+    let f = File::open(&file.path).map_err(|source| Error::Read { path: path.clone(), source })?;
+    let (builder, total) = parquet_builder(&path, f, opts)?;
+    let ranges = rows.iter().map(|&r| r as usize..r as usize + 1);
+    let reader = builder.with_row_selection(RowSelection::from_consecutive_ranges(ranges, total as usize)).build();
+    let batches = reader.map_err(pq)?.collect::<Result<Vec<_>, _>>().map_err(|e| pq(e.into()))?;
+    let schema = batches.first().map(|b| b.schema()).ok_or_else(|| pq(ParquetError::General("no such rows".into())))?;
+    arrow::compute::concat_batches(&schema, &batches).map_err(|e| pq(e.into()))
+}
+
+/// A record batch reader builder over Parquet `source`, with `opts`' columns and batch
+/// size, and the file's row count. The footer is read once, also for the fold's schema hints.
+fn parquet_builder<T: ChunkReader + 'static>(
     path: &str,
     source: T,
     opts: &ReadOptions,
-) -> Result<(ParquetRecordBatchReader, u64)> {
+) -> Result<(ParquetRecordBatchReaderBuilder<T>, u64)> {
     let pq = |source| Error::Parquet { path: path.to_string(), source };
     let mut metadata = ArrowReaderMetadata::load(&source, ArrowReaderOptions::new()).map_err(pq)?;
     let rows = metadata.metadata().file_metadata().num_rows().max(0) as u64;
@@ -199,7 +223,18 @@ fn parquet_reader<T: ChunkReader + 'static>(
             builder.with_projection(mask)
         }
     };
-    Ok((builder.with_batch_size(opts.batch_rows).build().map_err(pq)?, rows))
+    Ok((builder.with_batch_size(opts.batch_rows), rows))
+}
+
+/// A record batch reader over Parquet `source` (see [`parquet_builder`]).
+fn parquet_reader<T: ChunkReader + 'static>(
+    path: &str,
+    source: T,
+    opts: &ReadOptions,
+) -> Result<(ParquetRecordBatchReader, u64)> {
+    let (builder, rows) = parquet_builder(path, source, opts)?;
+    let reader = builder.build().map_err(|source| Error::Parquet { path: path.to_string(), source })?;
+    Ok((reader, rows))
 }
 
 impl FileReader {
