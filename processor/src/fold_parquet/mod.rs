@@ -233,7 +233,7 @@ impl FoldParquet {
             |r| null_times.binary_search(&(r as u32)).is_ok(),
             |r| {
                 while unknown.next_if(|(u, _)| (*u as usize) < r).is_some() {}
-                Ok(unknown.next_if(|(u, _)| *u as usize == r).map(|(_, text)| text))
+                Ok(unknown.next_if(|(u, _)| *u as usize == r).map(|(_, text)| text.into()))
             },
         )?;
         self.group_left -= n;
@@ -454,6 +454,67 @@ fn eight(b: &[u8]) -> [u8; 8] {
     b.try_into().unwrap_or([0; 8])
 }
 
+/// A coded column's dictionary (see [`coded`]): each value's code, and the texts of the
+/// values `parse` gives one for (empty for the others).
+fn coded_dictionary<'a, T>(
+    values: impl Iterator<Item = &'a [u8]>,
+    parse: impl Fn(&[u8]) -> std::result::Result<(T, Option<&str>), String>,
+) -> std::result::Result<(Vec<T>, Vec<Box<str>>), String> {
+    let (mut codes, mut texts) = (Vec::new(), Vec::new());
+    for v in values {
+        let (code, text) = parse(v)?;
+        codes.push(code);
+        texts.push(text.unwrap_or_default().into());
+    }
+    Ok((codes, texts))
+}
+
+/// Reads `n` rows of a column whose values map to codes (ids to keys, event types to type
+/// codes): `null` for NULL rows; a value that maps to `odd` (an id that is not a UUID, an
+/// unknown event type) is also listed in `odd_rows` with its row and text. `dict` is the
+/// chunk dictionary's codes and, for the odd ones, texts; `parse` maps a `PLAIN` value.
+fn coded<T: Copy + PartialEq>(
+    cursor: &mut Cursor,
+    n: usize,
+    (codes, texts): (&[T], &[Box<str>]),
+    (null, odd): (T, T),
+    parse: impl Fn(&[u8]) -> std::result::Result<(T, Option<&str>), String>,
+    out: &mut Vec<T>,
+    odd_rows: &mut Vec<(u32, Box<str>)>,
+) -> std::result::Result<(), String> {
+    out.reserve(n);
+    cursor.read(n, |slot| {
+        match slot {
+            Slot::Nulls(k) => out.resize(out.len() + k, null),
+            Slot::Masked { valid, first, count, values } => expand(out, (valid, first, count), null, |k, row| {
+                let i = values.index(k);
+                if codes[i] == odd {
+                    odd_rows.push((row as u32, texts[i].clone()));
+                }
+                codes[i]
+            }),
+            Slot::Indices(ix) => {
+                for &i in ix {
+                    let c = codes[i as usize];
+                    if c == odd {
+                        odd_rows.push((out.len() as u32, texts[i as usize].clone()));
+                    }
+                    out.push(c);
+                }
+            }
+            Slot::Bytes(b) => {
+                let (c, text) = parse(b)?;
+                if let Some(text) = text {
+                    odd_rows.push((out.len() as u32, text.into()));
+                }
+                out.push(c);
+            }
+            Slot::Fixed(_) => return Err(NOT_BYTES.into()),
+        }
+        Ok(())
+    })
+}
+
 impl Column {
     fn new(kind: Kind, cursor: Cursor) -> std::result::Result<Self, String> {
         let dict = {
@@ -461,12 +522,7 @@ impl Column {
             match kind {
                 _ if cursor.dict.is_empty() => Typed::None,
                 Kind::Id => {
-                    let (mut keys, mut texts) = (Vec::new(), Vec::new());
-                    for v in values {
-                        let (k, text) = id_key(v)?;
-                        keys.push(k);
-                        texts.push(text.unwrap_or_default().into());
-                    }
+                    let (keys, texts) = coded_dictionary(values, id_key)?;
                     Typed::Ids(keys, texts)
                 }
                 Kind::Name => {
@@ -475,12 +531,7 @@ impl Column {
                     Typed::Names(Arc::new(names?))
                 }
                 Kind::EventType => {
-                    let (mut codes, mut texts) = (Vec::new(), Vec::new());
-                    for v in values {
-                        let (code, text) = event_type(v)?;
-                        codes.push(code);
-                        texts.push(text.unwrap_or_default().into());
-                    }
+                    let (codes, texts) = coded_dictionary(values, event_type)?;
                     Typed::Types(codes, texts)
                 }
                 Kind::Time => Typed::Times(values.map(|v| i64::from_le_bytes(eight(v))).collect()),
@@ -491,44 +542,11 @@ impl Column {
     }
 
     fn ids(&mut self, n: usize, out: &mut Vec<IdKey>, others: &mut Vec<(u32, Box<str>)>) -> Result<(), String> {
-        let empty = (Vec::new(), Vec::new());
-        let (keys, texts) = match &self.dict {
-            Typed::Ids(k, t) => (k, t),
-            _ => (&empty.0, &empty.1),
+        let dict = match &self.dict {
+            Typed::Ids(k, t) => (&k[..], &t[..]),
+            _ => (&[][..], &[][..]),
         };
-        out.reserve(n);
-        self.cursor.read(n, |slot| {
-            match slot {
-                Slot::Nulls(k) => out.resize(out.len() + k, NO_CALL),
-                Slot::Masked { valid, first, count, values } => {
-                    expand(out, (valid, first, count), NO_CALL, |k, row| {
-                        let i = values.index(k);
-                        if keys[i] == LOCAL_ID {
-                            others.push((row as u32, texts[i].clone()));
-                        }
-                        keys[i]
-                    })
-                }
-                Slot::Indices(ix) => {
-                    for &i in ix {
-                        let k = keys[i as usize];
-                        if k == LOCAL_ID {
-                            others.push((out.len() as u32, texts[i as usize].clone()));
-                        }
-                        out.push(k);
-                    }
-                }
-                Slot::Bytes(b) => {
-                    let (k, text) = id_key(b)?;
-                    if let Some(text) = text {
-                        others.push((out.len() as u32, text.into()));
-                    }
-                    out.push(k);
-                }
-                Slot::Fixed(_) => return Err(NOT_BYTES.into()),
-            }
-            Ok(())
-        })
+        coded(&mut self.cursor, n, dict, (NO_CALL, LOCAL_ID), id_key, out, others)
     }
 
     fn names(&mut self, n: usize, out: &mut Vec<u32>, local: &mut LocalNames) -> Result<(), String> {
@@ -556,45 +574,14 @@ impl Column {
         })
     }
 
-    fn event_types(&mut self, n: usize, out: &mut Vec<u8>, unknown: &mut Vec<(u32, String)>) -> Result<(), String> {
-        let empty = (Vec::new(), Vec::new());
-        let (codes, texts) = match &self.dict {
-            Typed::Types(c, t) => (c, t),
-            _ => (&empty.0, &empty.1),
+    /// Event type codes; NULL and unknown types are [`INVALID`], the unknown ones listed
+    /// with their text in `unknown`.
+    fn event_types(&mut self, n: usize, out: &mut Vec<u8>, unknown: &mut Vec<(u32, Box<str>)>) -> Result<(), String> {
+        let dict = match &self.dict {
+            Typed::Types(c, t) => (&c[..], &t[..]),
+            _ => (&[][..], &[][..]),
         };
-        out.reserve(n);
-        self.cursor.read(n, |slot| {
-            match slot {
-                Slot::Nulls(k) => out.resize(out.len() + k, INVALID),
-                Slot::Masked { valid, first, count, values } => {
-                    expand(out, (valid, first, count), INVALID, |k, row| {
-                        let i = values.index(k);
-                        if codes[i] == INVALID {
-                            unknown.push((row as u32, texts[i].to_string()));
-                        }
-                        codes[i]
-                    });
-                }
-                Slot::Indices(ix) => {
-                    for &i in ix {
-                        let c = codes[i as usize];
-                        if c == INVALID {
-                            unknown.push((out.len() as u32, texts[i as usize].to_string()));
-                        }
-                        out.push(c);
-                    }
-                }
-                Slot::Bytes(b) => {
-                    let (c, text) = event_type(b)?;
-                    if let Some(text) = text {
-                        unknown.push((out.len() as u32, text.to_string()));
-                    }
-                    out.push(c);
-                }
-                Slot::Fixed(_) => return Err(NOT_BYTES.into()),
-            }
-            Ok(())
-        })
+        coded(&mut self.cursor, n, dict, (INVALID, INVALID), event_type, out, unknown)
     }
 
     fn times(&mut self, n: usize, out: &mut Vec<i64>, nulls: &mut Vec<u32>) -> Result<(), String> {
@@ -611,17 +598,13 @@ impl Column {
                 }
                 Slot::Masked { valid, first, count, values } => {
                     let start = out.len();
-                    const NULL: i64 = i64::MIN;
-                    expand(out, (valid, first, count), NULL, |k, _| match values {
+                    expand(out, (valid, first, count), 0, |k, _| match values {
                         Dense::Indices(_) => dict[values.index(k)],
                         Dense::Fixed(_) => i64::from_le_bytes(values.eight(k)),
                     });
-                    // NULL rows: those whose bit is clear (rare; a valid time may be i64::MIN too).
-                    let clear = |r: usize| valid[(first + r) / 64] >> ((first + r) % 64) & 1 == 0;
-                    for r in (0..count).filter(|&r| clear(r)) {
-                        nulls.push((start + r) as u32);
-                        out[start + r] = 0;
-                    }
+                    // The NULL rows, for the validity check (rare: every event has a time).
+                    let clear = |r: &usize| valid[(first + r) / 64] >> ((first + r) % 64) & 1 == 0;
+                    nulls.extend((0..count).filter(clear).map(|r| (start + r) as u32));
                 }
                 Slot::Indices(ix) => out.extend(ix.iter().map(|&i| dict[i as usize])),
                 Slot::Fixed(v) => out.extend(v.chunks_exact(8).map(|b| i64::from_le_bytes(eight(b)))),
