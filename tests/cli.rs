@@ -195,3 +195,73 @@ fn live_demo_feeds_the_log_and_stops_cleanly_on_ctrl_c() {
     let calls = common::sql_csv(&demo.join("data"), "SELECT count(*) AS n FROM call_facts");
     assert_eq!(calls.lines().nth(1), Some("500"), "{calls}");
 }
+
+#[test]
+fn invalid_parquet_rows_are_dead_letters_with_their_row_and_text() {
+    use std::sync::Arc;
+
+    use arrow::array::{Array, ArrayRef, AsArray, RecordBatch, StringArray};
+    use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+    use parquet::arrow::ArrowWriter;
+
+    // The fixture with three rows broken: two without an event id, one of an unknown type.
+    let reader =
+        ParquetRecordBatchReaderBuilder::try_new(std::fs::File::open(fixture("oracle/events.parquet")).unwrap())
+            .unwrap()
+            .build()
+            .unwrap();
+    let batches: Vec<RecordBatch> = reader.map(Result::unwrap).collect();
+    let batch = arrow::compute::concat_batches(&batches[0].schema(), &batches).unwrap();
+    let schema = batch.schema();
+    // Column `name` with the values of `rows` replaced.
+    let broken = |name: &str, rows: &[(usize, Option<&str>)]| -> ArrayRef {
+        let original = batch.column_by_name(name).unwrap();
+        let text = arrow::compute::cast(original, &arrow::datatypes::DataType::Utf8).unwrap();
+        let s = text.as_string::<i32>();
+        let values: StringArray = (0..s.len())
+            .map(|i| match rows.iter().find(|(r, _)| *r == i) {
+                Some((_, v)) => *v,
+                None => s.is_valid(i).then(|| s.value(i)),
+            })
+            .collect();
+        let values: ArrayRef = Arc::new(values);
+        arrow::compute::cast(&values, original.data_type()).unwrap()
+    };
+    let mut columns = batch.columns().to_vec();
+    columns[schema.index_of("event_id").unwrap()] = broken("event_id", &[(10, None), (5000, None)]);
+    columns[schema.index_of("event_type").unwrap()] = broken("event_type", &[(20, Some("call_teleported"))]);
+    let broken_batch = RecordBatch::try_new(schema.clone(), columns).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("broken-rows.parquet");
+    let mut w = ArrowWriter::try_new(std::fs::File::create(&file).unwrap(), schema, None).unwrap();
+    w.write(&broken_batch).unwrap();
+    w.close().unwrap();
+
+    // Read page by page and by the Arrow reader: the same dead letters, with the file's row
+    // numbers (1-based), the reasons and the rows' text.
+    let letters = |pages: &str| {
+        let data = dir.path().join(format!("data-{pages}"));
+        let out = ccstream(&[
+            "replay",
+            "--input",
+            file.to_str().unwrap(),
+            "--data",
+            data.to_str().unwrap(),
+            "--read-pages",
+            pages,
+            "--events-table",
+            "false",
+            "--summary-json",
+        ]);
+        let s: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(s["dead_letters"], 3);
+        sql_csv(&data, "SELECT line, reason, raw FROM dead_letters ORDER BY line")
+    };
+    let by_pages = letters("true");
+    assert_eq!(by_pages, letters("false"));
+    let lines: Vec<&str> = by_pages.lines().skip(1).collect();
+    assert_eq!(lines.len(), 3, "{by_pages}");
+    assert!(lines[0].starts_with("11,missing required field `event_id`"), "{by_pages}");
+    assert!(lines[1].starts_with("21,") && lines[1].contains("call_teleported"), "{by_pages}");
+    assert!(lines[2].starts_with("5001,missing required field `event_id`"), "{by_pages}");
+}
