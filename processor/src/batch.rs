@@ -318,7 +318,6 @@ impl Decoder {
                 Some(a) => {
                     let a = if a.data_type() == &DataType::Float64 { a.clone() } else { cast(a, &DataType::Float64)? };
                     let a = a.as_primitive::<arrow::datatypes::Float64Type>();
-                    let finite = |v: f64| if v.is_finite() { v } else { f64::NAN };
                     match a.nulls().filter(|nulls| nulls.null_count() > 0) {
                         // Media values come with one event of a call in several: the rows
                         // that have one are visited, found 64 at a time in the validity.
@@ -372,7 +371,7 @@ impl Decoder {
             out.t_ms.push(v.occurred_at_ms);
             let media = [ev.jitter_ms, ev.packet_loss_rate, ev.round_trip_ms, ev.audio_degradation];
             for (dst, m) in out.media.iter_mut().zip(media) {
-                dst.push(m.filter(|m| m.is_finite()).unwrap_or(f64::NAN));
+                dst.push(m.map_or(f64::NAN, finite));
             }
         }
     }
@@ -435,6 +434,15 @@ impl Decoder {
             }
         }
         Ok(())
+    }
+}
+
+/// A media value as the fold keeps it: NaN (no value) for a non-finite one.
+pub(crate) fn finite(v: f64) -> f64 {
+    if v.is_finite() {
+        v
+    } else {
+        f64::NAN
     }
 }
 

@@ -548,7 +548,7 @@ fn valued<T>(nulls: &NullBuffer, f: impl Fn(usize) -> T) -> Vec<T> {
 
 /// Unsigned LEB128.
 #[inline]
-fn uleb(mut v: u64, out: &mut Vec<u8>) {
+pub(crate) fn uleb(mut v: u64, out: &mut Vec<u8>) {
     while v >= 0x80 {
         out.push((v as u8) | 0x80);
         v >>= 7;

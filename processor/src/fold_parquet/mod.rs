@@ -25,9 +25,9 @@ use ccstream_schemas::{parse_uuid, EventType, IdKey};
 use parquet::basic::{Compression, ConvertedType, Encoding, LogicalType, TimeUnit, Type as Physical};
 use parquet::file::metadata::{ParquetMetaData, ParquetMetaDataReader};
 
-use crate::batch::{check_rows, DecodedBatch, Dictionaries, INVALID, NONE, NO_CALL};
+use crate::batch::{check_rows, finite, DecodedBatch, Dictionaries, FOLD_COLUMNS, INVALID, NONE, NO_CALL};
 use crate::{Error, Result};
-use thrift::{page_header, PageHeader, DATA_PAGE, DATA_PAGE_V2, DICTIONARY_PAGE};
+use thrift::{page_header, uleb, PageHeader, DATA_PAGE, DATA_PAGE_V2, DICTIONARY_PAGE};
 
 /// How a fold column's values are read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -43,24 +43,25 @@ enum Kind {
     Float,
 }
 
-/// The fold's columns, in the order [`FoldParquet`] keeps them. All but the media columns
-/// are required.
-const COLUMNS: [(&str, Kind); 11] = [
-    ("event_id", Kind::Id),
-    ("call_id", Kind::Id),
-    ("tenant_id", Kind::Name),
-    ("queue_id", Kind::Name),
-    ("agent_id", Kind::Name),
-    ("event_type", Kind::EventType),
-    ("occurred_at", Kind::Time),
-    ("jitter_ms", Kind::Float),
-    ("packet_loss_rate", Kind::Float),
-    ("round_trip_ms", Kind::Float),
-    ("audio_degradation", Kind::Float),
+/// How each of the fold's columns ([`FOLD_COLUMNS`], in its order) is read. All but the
+/// media columns are required.
+const KINDS: [Kind; 11] = [
+    Kind::Id,
+    Kind::Name,
+    Kind::Id,
+    Kind::Name,
+    Kind::Name,
+    Kind::EventType,
+    Kind::Time,
+    Kind::Float,
+    Kind::Float,
+    Kind::Float,
+    Kind::Float,
 ];
 const EVENT_ID: usize = 0;
-const CALL_ID: usize = 1;
-const NAMES: usize = 2;
+const TENANT: usize = 1;
+const CALL_ID: usize = 2;
+const QUEUE: usize = 3;
 const EVENT_TYPE: usize = 5;
 const TIME: usize = 6;
 const MEDIA: usize = 7;
@@ -144,7 +145,7 @@ impl ParquetBatch {
 pub struct FoldParquet {
     file: Bytes,
     meta: Arc<ParquetMetaData>,
-    /// Leaf column of each of [`COLUMNS`] (`None`: a media column the file lacks).
+    /// Leaf column of each of [`FOLD_COLUMNS`] (`None`: a media column the file lacks).
     leaves: [Option<usize>; 11],
     next_group: usize,
     group: usize,
@@ -199,7 +200,7 @@ impl FoldParquet {
         b.first_row = self.next_row;
         let group = self.group;
         let fail =
-            |column: usize| move |reason: String| Error::ParquetPage { column: COLUMNS[column].0, group, reason };
+            |column: usize| move |reason: String| Error::ParquetPage { column: FOLD_COLUMNS[column], group, reason };
         let mut unknown_types = Vec::new();
         let mut null_times = Vec::new();
         let ParquetBatch { decoded: d, names, other_ids, .. } = &mut b;
@@ -214,12 +215,12 @@ impl FoldParquet {
                 EVENT_TYPE => column.event_types(n, &mut d.etype, &mut unknown_types),
                 TIME => column.times(n, &mut d.t_ms, &mut null_times),
                 c if c < MEDIA => {
-                    let out = match c {
-                        NAMES => &mut d.tenant,
-                        3 => &mut d.queue,
-                        _ => &mut d.agent,
+                    let (out, local) = match c {
+                        TENANT => (&mut d.tenant, &mut names[0]),
+                        QUEUE => (&mut d.queue, &mut names[1]),
+                        _ => (&mut d.agent, &mut names[2]),
                     };
-                    column.names(n, out, &mut names[c - NAMES])
+                    column.names(n, out, local)
                 }
                 c => column.floats(n, &mut d.media[c - MEDIA]),
             };
@@ -249,7 +250,7 @@ impl FoldParquet {
     fn start_group(&mut self, g: usize) -> Result<()> {
         let rg = self.meta.row_group(g);
         let fail =
-            |column: usize| move |reason: String| Error::ParquetPage { column: COLUMNS[column].0, group: g, reason };
+            |column: usize| move |reason: String| Error::ParquetPage { column: FOLD_COLUMNS[column], group: g, reason };
         self.columns.clear();
         for (c, leaf) in self.leaves.iter().enumerate() {
             let Some(leaf) = *leaf else {
@@ -266,9 +267,9 @@ impl FoldParquet {
                 .map(|r| self.file.slice(r))
                 .ok_or_else(|| fail(c)(format!("column chunk at {start}+{len} lies outside the file")))?;
             let nullable = meta.column_descr().max_def_level() > 0;
-            let fixed = (COLUMNS[c].1 == Kind::Time || COLUMNS[c].1 == Kind::Float).then_some(8);
+            let fixed = (KINDS[c] == Kind::Time || KINDS[c] == Kind::Float).then_some(8);
             let cursor = Cursor::new(chunk, meta.compression(), nullable, fixed).map_err(fail(c))?;
-            let column = Column::new(COLUMNS[c].1, cursor).map_err(fail(c))?;
+            let column = Column::new(KINDS[c], cursor).map_err(fail(c))?;
             self.columns.push(Some(column));
         }
         self.group = g;
@@ -277,17 +278,17 @@ impl FoldParquet {
     }
 }
 
-/// The leaf column of each of [`COLUMNS`] in a file this reader reads, or why it does not.
+/// The leaf column of each of [`FOLD_COLUMNS`] in a file this reader reads, or why it does not.
 fn supported(meta: &ParquetMetaData) -> std::result::Result<[Option<usize>; 11], String> {
     let schema = meta.file_metadata().schema_descr();
     let mut leaves = [None; 11];
     for i in 0..schema.num_columns() {
         let col = schema.column(i);
-        let Some(c) = COLUMNS.iter().position(|(name, _)| *name == col.name()) else { continue };
+        let Some(c) = FOLD_COLUMNS.iter().position(|name| *name == col.name()) else { continue };
         if col.path().parts().len() != 1 || col.max_rep_level() != 0 || col.max_def_level() > 1 || leaves[c].is_some() {
             return Err(format!("column {} is not a flat column", col.name()));
         }
-        let kind = COLUMNS[c].1;
+        let kind = KINDS[c];
         let physical = col.physical_type();
         let typed = match kind {
             Kind::Id | Kind::Name | Kind::EventType => physical == Physical::BYTE_ARRAY,
@@ -307,7 +308,7 @@ fn supported(meta: &ParquetMetaData) -> std::result::Result<[Option<usize>; 11],
         leaves[c] = Some(i);
     }
     if let Some(c) = (0..REQUIRED).find(|&c| leaves[c].is_none()) {
-        return Err(format!("no column {}", COLUMNS[c].0));
+        return Err(format!("no column {}", FOLD_COLUMNS[c]));
     }
     for rg in meta.row_groups() {
         for leaf in leaves.iter().flatten() {
@@ -441,14 +442,6 @@ fn event_type(b: &[u8]) -> std::result::Result<(u8, Option<&str>), String> {
     })
 }
 
-fn float(v: f64) -> f64 {
-    if v.is_finite() {
-        v
-    } else {
-        f64::NAN
-    }
-}
-
 fn eight(b: &[u8]) -> [u8; 8] {
     // Plain slots of 8-byte columns are 8 bytes (`Cursor::read`).
     b.try_into().unwrap_or([0; 8])
@@ -535,7 +528,7 @@ impl Column {
                     Typed::Types(codes, texts)
                 }
                 Kind::Time => Typed::Times(values.map(|v| i64::from_le_bytes(eight(v))).collect()),
-                Kind::Float => Typed::Floats(values.map(|v| float(f64::from_le_bytes(eight(v)))).collect()),
+                Kind::Float => Typed::Floats(values.map(|v| finite(f64::from_le_bytes(eight(v)))).collect()),
             }
         };
         Ok(Column { cursor, dict })
@@ -626,11 +619,11 @@ impl Column {
                 Slot::Masked { valid, first, count, values } => {
                     expand(out, (valid, first, count), f64::NAN, |k, _| match values {
                         Dense::Indices(_) => dict[values.index(k)],
-                        Dense::Fixed(_) => float(f64::from_le_bytes(values.eight(k))),
+                        Dense::Fixed(_) => finite(f64::from_le_bytes(values.eight(k))),
                     })
                 }
                 Slot::Indices(ix) => out.extend(ix.iter().map(|&i| dict[i as usize])),
-                Slot::Fixed(v) => out.extend(v.chunks_exact(8).map(|b| float(f64::from_le_bytes(eight(b))))),
+                Slot::Fixed(v) => out.extend(v.chunks_exact(8).map(|b| finite(f64::from_le_bytes(eight(b))))),
                 Slot::Bytes(_) => return Err(NOT_FIXED.into()),
             }
             Ok(())
@@ -919,18 +912,6 @@ fn ones(bits: &[u64], from: usize, to: usize) -> usize {
     ((bits[a] & head).count_ones() + middle + (bits[b] & tail).count_ones()) as usize
 }
 
-/// An unsigned LEB128 varint at the start of `b`, and its length.
-fn uleb(b: &[u8]) -> std::result::Result<(u64, usize), String> {
-    let mut v = 0u64;
-    for (i, &byte) in b.iter().take(10).enumerate() {
-        v |= u64::from(byte & 0x7f) << (7 * i);
-        if byte & 0x80 == 0 {
-            return Ok((v, i + 1));
-        }
-    }
-    Err("a run header is cut short".into())
-}
-
 /// A run of Parquet's RLE / bit-packing hybrid encoding.
 enum Run<'a> {
     Repeated {
@@ -953,7 +934,7 @@ fn hybrid(mut data: &[u8], bw: u32, count: usize, mut each: impl FnMut(Run<'_>))
     let value_bytes = bw.div_ceil(8) as usize;
     let mut left = count;
     while left > 0 {
-        let (header, len) = uleb(data)?;
+        let (header, len) = uleb(data).ok_or(CUT)?;
         data = &data[len..];
         if header & 1 == 0 {
             let count = usize::try_from(header >> 1).unwrap_or(usize::MAX).min(left);

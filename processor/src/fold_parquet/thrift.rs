@@ -65,6 +65,18 @@ const SET: u8 = 10;
 const MAP: u8 = 11;
 const STRUCT: u8 = 12;
 
+/// An unsigned LEB128 varint at the start of `b` (at most 10 bytes), and its length.
+pub(super) fn uleb(b: &[u8]) -> Option<(u64, usize)> {
+    let mut v = 0u64;
+    for (i, &byte) in b.iter().take(10).enumerate() {
+        v |= u64::from(byte & 0x7f) << (7 * i);
+        if byte & 0x80 == 0 {
+            return Some((v, i + 1));
+        }
+    }
+    None
+}
+
 struct Input<'a> {
     buf: &'a [u8],
     pos: usize,
@@ -84,15 +96,9 @@ impl Input<'_> {
     }
 
     fn varint(&mut self) -> Result<u64, String> {
-        let mut v = 0u64;
-        for shift in (0..64).step_by(7) {
-            let b = self.byte()?;
-            v |= u64::from(b & 0x7f) << shift;
-            if b & 0x80 == 0 {
-                return Ok(v);
-            }
-        }
-        Err("page header has a varint longer than 10 bytes".into())
+        let (v, len) = uleb(&self.buf[self.pos..]).ok_or("page header has a varint cut short or over 10 bytes")?;
+        self.pos += len;
+        Ok(v)
     }
 
     fn zigzag(&mut self) -> Result<i64, String> {
@@ -259,14 +265,7 @@ pub(super) fn page_header(buf: &[u8]) -> Result<(PageHeader, usize), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn varint(mut v: u64, out: &mut Vec<u8>) {
-        while v >= 0x80 {
-            out.push(v as u8 | 0x80);
-            v >>= 7;
-        }
-        out.push(v as u8);
-    }
+    use crate::flat_parquet::uleb as varint;
 
     fn i32_field(delta: u8, v: i32, out: &mut Vec<u8>) {
         out.push(delta << 4 | I32);
