@@ -68,6 +68,9 @@ pub(crate) struct Config {
     /// The source listeners `ccstream run` starts (`[sources]`).
     #[serde(default)]
     pub(crate) sources: Option<ccstream_ingest::listen::SourcesConfig>,
+    /// What `ccstream serve` (and `run`) serves, to whom (`[serve]`).
+    #[serde(default)]
+    pub(crate) serve: Option<ccstream_query::ServeConfig>,
 }
 
 /// Where `ccstream run` reads and writes (`[pipeline]`).

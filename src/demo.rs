@@ -39,6 +39,15 @@ pub(crate) struct DemoArgs {
     /// Live only: write the metrics address, once bound, to this file
     #[arg(long, env = "CCSTREAM_DEMO_LISTEN_FILE")]
     pub(crate) listen_file: Option<PathBuf>,
+    /// Live only: where the SQL HTTP API listens (port 0: any free port)
+    #[arg(long, env = "CCSTREAM_DEMO_HTTP_LISTEN", default_value = "127.0.0.1:8480")]
+    pub(crate) http_listen: std::net::SocketAddr,
+    /// Live only: where the Postgres wire listens (port 0: any free port)
+    #[arg(long, env = "CCSTREAM_DEMO_PG_LISTEN", default_value = "127.0.0.1:5433")]
+    pub(crate) pg_listen: std::net::SocketAddr,
+    /// Live only: write the SQL frontends' addresses, once bound, to this file
+    #[arg(long, env = "CCSTREAM_DEMO_SERVE_LISTEN_FILE")]
+    pub(crate) serve_listen_file: Option<PathBuf>,
 }
 
 /// Per-queue summary of the day, from the `interval_metrics` view's partials.
@@ -180,6 +189,32 @@ async fn live(args: &DemoArgs, events: &std::path::Path, data: &str) -> Result<(
          {bin} sql --data {data} \"SELECT count(*) AS calls FROM call_facts\"\n\
          Ctrl-C stops, committing what was read."
     );
+    // `ccstream serve` beside the processor, for one demo principal of every tenant with a
+    // fresh password and token.
+    let password = ccstream_query::access::new_token();
+    let token = ccstream_query::access::new_token();
+    let serve = ccstream_query::ServeConfig {
+        http_listen: Some(args.http_listen),
+        pg_listen: Some(args.pg_listen),
+        principals: vec![ccstream_query::access::PrincipalConfig {
+            name: "demo".into(),
+            role: ccstream_query::access::Role::Admin,
+            tenants: vec!["*".into()],
+            queues: None,
+            password_hash: Some(ccstream_query::access::ScramVerifier::new(&password).encode()),
+            token_hash: Some(ccstream_query::access::hash_token(&token)),
+        }],
+        ..Default::default()
+    };
+    let serving = crate::serve::start(data, serve, args.serve_listen_file.as_deref(), true).await?;
+    for (name, addr) in &serving.addrs {
+        match *name {
+            "pg" => eprintln!("SQL: psql \"postgresql://demo:{password}@{addr}/ccstream\""),
+            _ => eprintln!(
+                "SQL: curl -H 'Authorization: Bearer {token}' -d '{{\"sql\": \"SELECT * FROM interval_metrics LIMIT 5\"}}' 'http://{addr}/v1/sql?format=csv'"
+            ),
+        }
+    }
     let result = crate::process::run(crate::process::ProcessArgs {
         log: log_url,
         data: data.to_string(),
@@ -198,5 +233,6 @@ async fn live(args: &DemoArgs, events: &std::path::Path, data: &str) -> Result<(
     })
     .await;
     feeder.abort();
+    drop(serving);
     result.map(|_| ())
 }

@@ -75,6 +75,8 @@ mod output;
 mod process;
 mod replay;
 mod run;
+mod secret;
+mod serve;
 mod sql;
 
 /// Event-sourced analytics for contact centers on Microsoft Teams.
@@ -98,6 +100,11 @@ enum Command {
     Run(run::RunArgs),
     /// Run SQL over the tables and metric views
     Sql(sql::SqlArgs),
+    /// Serve SQL over HTTP and the Postgres wire to the configured principals
+    Serve(serve::ServeArgs),
+    /// Hash passwords and tokens for the [serve] principals
+    #[command(subcommand)]
+    Secret(secret::SecretCommand),
     /// Generate synthetic contact-center traffic as canonical events
     Generate(generate::GenerateArgs),
     /// Generate a day of traffic, replay it and print a per-queue summary
@@ -106,6 +113,14 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // Logs go to stderr, filtered by RUST_LOG (default: ccstream's own at info, the
+    // libraries' warnings).
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+        tracing_subscriber::EnvFilter::new(
+            "warn,ccstream=info,ccstream_query=info,ccstream_ingest=info,ccstream_processor=info,ccstream_eventlog=info",
+        )
+    });
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
     tune_allocator(&cli.command);
     let runtime = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
         Ok(rt) => rt,
@@ -121,6 +136,8 @@ fn main() -> ExitCode {
             Command::Process(args) => process::run(args).await.map(|_| ()),
             Command::Run(args) => run::run(args).await,
             Command::Sql(args) => sql::run(args).await,
+            Command::Serve(args) => serve::run(args).await,
+            Command::Secret(cmd) => secret::run(cmd),
             Command::Generate(args) => generate::run(args),
             Command::Demo(args) => demo::run(args).await,
         }

@@ -1,7 +1,8 @@
 //! `ccstream run --config FILE`: every role in one process, from the config file's
 //! `[pipeline]` section: ingest the configured input files into the log, start the source
-//! listeners of the `[sources]` section (syslog, SIP, webhooks), then process the log into the
-//! tables with `/metrics`, until Ctrl-C (or the end of the log with `--until-caught-up`).
+//! listeners of the `[sources]` section (syslog, SIP, webhooks) and the SQL frontends of the
+//! `[serve]` section, then process the log into the tables with `/metrics`, until Ctrl-C (or
+//! the end of the log with `--until-caught-up`).
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -25,6 +26,9 @@ pub(crate) struct RunArgs {
     /// Write the source listeners' addresses, once bound, to this file (`NAME ADDR` lines)
     #[arg(long, env = "CCSTREAM_SOURCES_LISTEN_FILE")]
     pub(crate) sources_listen_file: Option<PathBuf>,
+    /// Write the SQL frontends' addresses ([serve]), once bound, to this file
+    #[arg(long, env = "CCSTREAM_SERVE_LISTEN_FILE")]
+    pub(crate) serve_listen_file: Option<PathBuf>,
 }
 
 pub(crate) async fn run(args: RunArgs) -> Result<()> {
@@ -32,6 +36,14 @@ pub(crate) async fn run(args: RunArgs) -> Result<()> {
     let p = config
         .pipeline
         .with_context(|| format!("{} has no [pipeline] section (log, data, ...)", args.config.display()))?;
+    // The SQL frontends, when [serve] names an address: they see each commit of the
+    // processor below within serve.refresh_interval_ms.
+    let _serving = match config.serve.clone() {
+        Some(serve) if serve.http_listen.is_some() || serve.pg_listen.is_some() => {
+            Some(crate::serve::start(&p.data, serve, args.serve_listen_file.as_deref(), true).await?)
+        }
+        _ => None,
+    };
     let log = crate::ingest::open_or_create(&p.log, p.partitions).await?;
     if !p.inputs.is_empty() {
         let s = crate::ingest::ingest_files(

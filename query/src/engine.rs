@@ -21,17 +21,13 @@ use std::sync::Arc;
 
 use arrow::array::RecordBatch;
 use arrow::datatypes::SchemaRef;
-use ccstream_schemas::{
-    TABLES, TABLE_AGENT_LEGS, TABLE_EVENTS, TABLE_INTERVAL_PARTIALS, VIEW_AGENT_DAY_METRICS, VIEW_AGENT_OCCUPANCY,
-    VIEW_AGENT_STATE_TIME, VIEW_INTERVAL_METRICS, VIEW_MEDIA_STREAMS, VIEW_SBC_LEGS,
-};
+use ccstream_schemas::TABLES;
 use datafusion::dataframe::DataFrame;
 use datafusion::execution::context::SessionContext;
-use datafusion::prelude::SessionConfig;
-use deltalake::DeltaTableError;
-use url::Url;
 
-use crate::functions;
+use crate::access::Scope;
+use crate::catalog::{scoped_schema, Tables};
+use crate::server::planner_state;
 use crate::{Error, Result};
 
 /// `sbc_legs`: per SBC leg, the values of its latest stage.
@@ -40,9 +36,9 @@ SELECT tenant_id, session_id, sip_call_id, source,
        TRY_CAST(json_get(payload, 'leg_id') AS INT)                      AS leg_id,
        report_type                                                       AS last_report,
        json_get(payload, 'origin')                                       AS origin,
-       CAST(json_get(payload, 'setup_at') AS TIMESTAMP)                  AS setup_at,
-       CAST(json_get(payload, 'connect_at') AS TIMESTAMP)                AS connect_at,
-       CAST(json_get(payload, 'release_at') AS TIMESTAMP)                AS release_at,
+       arrow_cast(json_get(payload, 'setup_at'), 'Timestamp(Millisecond, Some(\"UTC\"))') AS setup_at,
+       arrow_cast(json_get(payload, 'connect_at'), 'Timestamp(Millisecond, Some(\"UTC\"))') AS connect_at,
+       arrow_cast(json_get(payload, 'release_at'), 'Timestamp(Millisecond, Some(\"UTC\"))') AS release_at,
        TRY_CAST(json_get(payload, 'duration_s') AS BIGINT)               AS duration_s,
        json_get(payload, 'caller')                                       AS caller,
        json_get(payload, 'callee')                                       AS callee,
@@ -171,7 +167,8 @@ FROM (
         GROUP BY tenant_id, agent_id, day) a
   ON b.tenant_id = a.tenant_id AND b.agent_id = a.agent_id AND b.day = a.day)";
 
-/// The tables and views of one data directory, in one DataFusion session.
+/// The tables and views of one data directory, in one DataFusion session, unscoped (what
+/// `ccstream sql --data DIR` reads; the server builds a session per query instead).
 #[derive(Clone)]
 pub struct QueryEngine {
     ctx: SessionContext,
@@ -188,60 +185,19 @@ impl QueryEngine {
     /// Opens the tables under `location` (a local path or URL) that exist, and creates
     /// the views whose base tables exist. `threads` bounds DataFusion's partitions.
     pub async fn open(location: &str, threads: usize) -> Result<Self> {
-        let root = deltalake::table::builder::parse_table_uri(location).map_err(|e| Error::Location {
+        let tables = Tables::open(location).await?;
+        let state = planner_state(threads);
+        tables.register_stores(&state)?;
+        let snapshot = tables.snapshot().await?;
+        let public = scoped_schema(&snapshot, &Scope::all(), &state).await?;
+        let ctx = SessionContext::new_with_state(state);
+        let catalog = ctx.catalog("datafusion").ok_or_else(|| Error::Location {
             location: location.to_string(),
-            reason: format!("{e}; run `ccstream replay` or `ccstream demo` to create tables"),
+            reason: "the session has no default catalog".into(),
         })?;
-        let config = SessionConfig::new()
-            .with_information_schema(true)
-            .with_target_partitions(threads.max(1))
-            .set_str("datafusion.sql_parser.enable_ident_normalization", "true");
-        let ctx = SessionContext::new_with_config(config);
-        functions::register(&ctx);
-        let mut tables = Vec::new();
-        for name in TABLES {
-            let url = table_url(&root, name)?;
-            let table = match deltalake::open_table(url.clone()).await {
-                Ok(t) => t,
-                Err(DeltaTableError::NotATable(_)) | Err(DeltaTableError::InvalidTableLocation(_)) => continue,
-                Err(source) => {
-                    return Err(Error::OpenTable {
-                        table: name.to_string(),
-                        location: url.to_string(),
-                        source: Box::new(source),
-                    })
-                }
-            };
-            table.update_datafusion_session(&ctx.state()).map_err(|source| Error::OpenTable {
-                table: name.to_string(),
-                location: url.to_string(),
-                source: Box::new(source),
-            })?;
-            let provider = table.table_provider().await?;
-            ctx.register_table(name, provider)?;
-            tables.push(name.to_string());
-        }
-        let engine = QueryEngine { ctx, tables };
-        if engine.has_table(TABLE_INTERVAL_PARTIALS) {
-            engine.create_view(VIEW_INTERVAL_METRICS, INTERVAL_METRICS_SQL).await?;
-        }
-        if engine.has_table(TABLE_AGENT_LEGS) {
-            engine.create_view(VIEW_AGENT_DAY_METRICS, AGENT_DAY_METRICS_SQL).await?;
-        }
-        if engine.has_table(TABLE_EVENTS) {
-            engine.create_view(VIEW_SBC_LEGS, SBC_LEGS_SQL).await?;
-            engine.create_view(VIEW_MEDIA_STREAMS, MEDIA_STREAMS_SQL).await?;
-            engine.create_view(VIEW_AGENT_STATE_TIME, AGENT_STATE_TIME_SQL).await?;
-            if engine.has_table(TABLE_AGENT_LEGS) {
-                engine.create_view(VIEW_AGENT_OCCUPANCY, AGENT_OCCUPANCY_SQL).await?;
-            }
-        }
-        Ok(engine)
-    }
-
-    async fn create_view(&self, name: &str, sql: &str) -> Result<()> {
-        self.ctx.sql(&format!("CREATE VIEW {name} AS {sql}")).await?.collect().await?;
-        Ok(())
+        catalog.register_schema("public", public)?;
+        let tables = TABLES.iter().filter(|t| snapshot.has_table(t)).map(|t| t.to_string()).collect();
+        Ok(QueryEngine { ctx, tables })
     }
 
     /// The tables found in the data directory.
@@ -270,13 +226,4 @@ impl QueryEngine {
         let batches = df.collect().await?;
         Ok((schema, batches))
     }
-}
-
-fn table_url(root: &Url, name: &str) -> Result<Url> {
-    let mut root = root.clone();
-    if !root.path().ends_with('/') {
-        let p = format!("{}/", root.path());
-        root.set_path(&p);
-    }
-    root.join(&format!("{name}/")).map_err(|e| Error::Location { location: root.to_string(), reason: e.to_string() })
 }

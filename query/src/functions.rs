@@ -17,7 +17,10 @@
 //! Table functions (arguments positional, trailing ones optional):
 //! - `interval_metrics_at(minutes, zone, sl_threshold_s, short_abandon_s, sl_comparison,
 //!   genesys_flowouts, genesys_exclude_short)` over `call_facts`: every service-level
-//!   variant of the metrics page, at any threshold, interval and time zone.
+//!   variant of the metrics page, at any threshold, interval and time zone, and the
+//!   wait percentiles of answered calls (`wait_p50_s`, `wait_p90_s`, `wait_p95_s`: exact,
+//!   interpolated as PostgreSQL's `percentile_cont`; DataFusion's t-digest
+//!   `approx_percentile_cont` can put p95 below p90 in intervals of a dozen calls).
 //! - `interval_rollup(minutes, zone)` over `interval_partials`: the `interval_metrics`
 //!   columns rolled up to 15/30/60 minutes or days in a zone (exact: partials are 15-minute
 //!   UTC intervals and every zone's offset is a multiple of 15 minutes).
@@ -468,7 +471,10 @@ impl SqlFunction {
          count(*) FILTER (WHERE transferred) AS tr,
          sum(wait_ms) FILTER (WHERE answered) AS sum_aw, sum(wait_ms) FILTER (WHERE abandoned) AS sum_bw,
          sum(handle_ms) FILTER (WHERE answered) AS sum_h, count(handle_ms) FILTER (WHERE answered) AS n_h,
-         max(wait_ms) AS max_w
+         max(wait_ms) AS max_w,
+         percentile_cont(0.5) WITHIN GROUP (ORDER BY wait_ms) FILTER (WHERE answered) AS p50_w,
+         percentile_cont(0.9) WITHIN GROUP (ORDER BY wait_ms) FILTER (WHERE answered) AS p90_w,
+         percentile_cont(0.95) WITHIN GROUP (ORDER BY wait_ms) FILTER (WHERE answered) AS p95_w
   FROM c GROUP BY tenant_id, queue_id, interval_start
 )
 SELECT tenant_id, queue_id, interval_start, local_time(interval_start, '{zone}') AS local_start,
@@ -487,7 +493,10 @@ SELECT tenant_id, queue_id, interval_start, local_time(interval_start, '{zone}')
        CAST(a AS DOUBLE) / nullif(o, 0)               AS answer_rate,
        CAST(tr AS DOUBLE) / nullif(a, 0)              AS transfer_rate,
        CAST(sum_bw AS DOUBLE) / nullif(b, 0) / 1000.0 AS avg_abandon_s,
-       {t_ms} AS sl_threshold_ms, {s_ms} AS short_abandon_ms
+       {t_ms} AS sl_threshold_ms, {s_ms} AS short_abandon_ms,
+       CAST(p50_w AS DOUBLE) / 1000.0                 AS wait_p50_s,
+       CAST(p90_w AS DOUBLE) / 1000.0                 AS wait_p90_s,
+       CAST(p95_w AS DOUBLE) / 1000.0                 AS wait_p95_s
 FROM g"
                 )
             }
@@ -542,7 +551,9 @@ impl TableFunctionImpl for SqlFunction {
             return plan_err!("{}: needs a DataFusion SessionState", self.name());
         };
         // Planning only resolves tables already registered in memory: it never waits on IO.
-        let plan = futures::executor::block_on(state.create_logical_plan(&sql))?;
+        // The SQL above is DataFusion's own (`* EXCLUDE`), whatever dialect the session parses.
+        let statement = state.sql_to_statement(&sql, &datafusion::config::Dialect::Generic)?;
+        let plan = futures::executor::block_on(state.statement_to_plan(statement))?;
         Ok(Arc::new(ViewTable::new(plan, Some(sql))))
     }
 }
