@@ -501,6 +501,33 @@ async fn a_tenant_sees_only_its_rows_on_every_route() {
     let own = common::sql_csv(&data, "SELECT count(*) AS n FROM events WHERE tenant_id = 't0001'");
     let seen = rows(&server, &ana, "SELECT count(*) AS n FROM events").await;
     assert_eq!(seen[0]["n"].to_string(), own.lines().nth(1).unwrap());
+    // The query's own predicates never run on other tenants' rows: one that fails on a
+    // value (a cast) names a value of the principal's tenant, and one that would fail only
+    // on tenant B's rows (a division by zero) does not fail.
+    let r = post_sql(
+        &server,
+        Some(&ana),
+        json!({"sql": "SELECT count(*) FROM call_facts WHERE CAST(call_id AS BIGINT) > 0"}),
+        None,
+    )
+    .await;
+    let message = r.json::<Value>().await.unwrap()["message"].as_str().unwrap_or_default().to_string();
+    let others = common::sql_csv(&data, "SELECT call_id FROM call_facts WHERE tenant_id <> 't0001'");
+    for id in others.lines().skip(1) {
+        assert!(!message.contains(id), "an error names tenant B's call {id}: {message}");
+    }
+    tried.push("http an error on another tenant's value".into());
+    for probe in [
+        "SELECT count(*) AS n FROM call_facts WHERE 1 / (CASE WHEN tenant_id = 't0002' THEN 0 ELSE 1 END) = 1",
+        "SELECT count(*) AS n FROM events e WHERE 1 / (CASE WHEN e.tenant_id <> 't0001' THEN 0 ELSE 1 END) = 1",
+    ] {
+        let n = rows(&server, &ana, probe).await;
+        assert!(n[0]["n"].as_i64().unwrap() > 0, "{probe}: {n:?}");
+    }
+    tried.push("http a predicate that fails only on another tenant's rows".into());
+    let r = post_sql(&server, Some(&ana), json!({"sql": "EXPLAIN ANALYZE SELECT * FROM call_facts"}), None).await;
+    assert_eq!(r.status(), 403, "EXPLAIN ANALYZE counts rows below the scope");
+    tried.push("http EXPLAIN ANALYZE".into());
     // Catalogs: no dead_letters for an analyst, no rows of other tenants through EXPLAIN.
     let t = rows(&server, &ana, "SELECT table_name FROM information_schema.tables WHERE table_schema = 'public'").await;
     assert!(t.iter().all(|r| r["table_name"] != "dead_letters"), "{t:?}");
@@ -538,6 +565,9 @@ async fn a_tenant_sees_only_its_rows_on_every_route() {
         }
         tried.push(format!("pg {route}"));
     }
+    let err = pg.prepare("SELECT tenant_id FROM call_facts WHERE tenant_id = $99999999999999").await.unwrap_err();
+    let message = err.as_db_error().map(|e| e.message().to_string()).unwrap_or_default();
+    assert!(message.contains("parameter"), "{err:?}");
     let stmt = pg.prepare("SELECT tenant_id FROM call_facts WHERE tenant_id = $1").await.unwrap();
     assert!(pg.query(&stmt, &[&"t0002"]).await.unwrap().is_empty(), "prepared statement with B's id");
     let mine = pg.query(&stmt, &[&"t0001"]).await.unwrap();
