@@ -410,7 +410,7 @@ async fn catch_up(link: &GraphLink, ctx: &Context) -> Result<usize, GraphError> 
 /// Keeps the subscriptions alive and runs catch-ups.
 async fn keeper(link: Arc<GraphLink>, ctx: Arc<Context>, mut rx: mpsc::Receiver<Lifecycle>) {
     if let Err(e) = catch_up(&link, &ctx).await {
-        eprintln!("graph {}: catch-up: {e}", link.config.entra_tenant_id);
+        tracing::warn!(entra_tenant = %link.config.entra_tenant_id, error = %e, "Graph catch-up failed");
     }
     let Some(base) = link.config.notification_url.clone() else {
         while let Some(what) = rx.recv().await {
@@ -450,7 +450,7 @@ async fn keeper(link: Arc<GraphLink>, ctx: Arc<Context>, mut rx: mpsc::Receiver<
         for s in subs.iter_mut() {
             if (ctx.now_ms)() >= s.renew_at {
                 if let Err(e) = s.keep(&link, &lifecycle_url, (ctx.now_ms)()).await {
-                    eprintln!("graph {}: subscription {}: {e}", link.config.entra_tenant_id, s.resource);
+                    tracing::warn!(entra_tenant = %link.config.entra_tenant_id, resource = %s.resource, error = %e, "Graph subscription failed");
                     s.renew_at = (ctx.now_ms)() + 60_000;
                 }
             }
@@ -547,7 +547,9 @@ async fn log_poller(link: Arc<GraphLink>, ctx: Arc<Context>, log: Log, every_s: 
         let to = (ctx.now_ms)();
         match pull_log(&link, &ctx, log, from, to).await {
             Ok(()) => from = to,
-            Err(e) => eprintln!("graph {}: {}: {e}", link.config.entra_tenant_id, log.function()),
+            Err(e) => {
+                tracing::warn!(entra_tenant = %link.config.entra_tenant_id, function = %log.function(), error = %e, "Graph call log pull failed")
+            }
         }
     }
 }
@@ -596,7 +598,7 @@ async fn presence_poller(link: Arc<GraphLink>, ctx: Arc<Context>) {
         ticker.tick().await;
         for chunk in link.config.presence_users.chunks(PRESENCE_BATCH) {
             if let Err(e) = fetch_presence(&link, &ctx, chunk).await {
-                eprintln!("graph {}: presence: {e}", link.config.entra_tenant_id);
+                tracing::warn!(entra_tenant = %link.config.entra_tenant_id, error = %e, "Graph presence poll failed");
             }
         }
     }

@@ -46,7 +46,7 @@ where
     L::Addr: std::fmt::Debug,
 {
     if let Err(e) = axum::serve(listener, router(ctx)).await {
-        eprintln!("webhook server stopped: {e}");
+        tracing::error!(error = %e, "webhook server stopped");
     }
 }
 
@@ -332,7 +332,7 @@ async fn graph_presence(State(ctx): State<Arc<Context>>, req: Request<Body>) -> 
         let ctx = Arc::clone(&ctx);
         tokio::spawn(async move {
             if let Err(e) = graph::fetch_presence(&link, &ctx, &ids).await {
-                eprintln!("graph presence: {e}");
+                tracing::warn!(error = %e, "Graph presence notification failed");
             }
         });
     }

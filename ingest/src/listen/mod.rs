@@ -175,7 +175,7 @@ where
             Ok((stream, peer)) => {
                 tokio::spawn(connection(stream, peer, Arc::clone(&ctx)));
             }
-            Err(e) => eprintln!("{name} accept: {e}"),
+            Err(e) => tracing::warn!(listener = %name, error = %e, "accept failed"),
         }
     }
 }

@@ -107,7 +107,7 @@ impl Publisher {
                     if let Err(e) = &result {
                         telemetry.append_failures.with_label_values(&[batch.source]).inc();
                         if ack.is_none() {
-                            eprintln!("{} input lost: {e}", batch.source);
+                            tracing::error!(source = %batch.source, error = %e, "input lost: the log did not take it");
                         }
                     } else {
                         telemetry.accepted.with_label_values(&[batch.source]).inc_by(batch.events as u64);

@@ -79,7 +79,7 @@ pub(super) async fn udp(sock: UdpSocket, ctx: Arc<Context>) {
         let (n, peer) = match sock.recv_from(&mut buf).await {
             Ok(x) => x,
             Err(e) => {
-                eprintln!("sip udp: {e}");
+                tracing::warn!(listener = "sip_udp", error = %e, "receive failed");
                 continue;
             }
         };

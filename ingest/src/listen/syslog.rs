@@ -97,7 +97,7 @@ pub(super) async fn udp(sock: UdpSocket, ctx: Arc<Context>) {
     let mut buf = vec![0u8; max + 1];
     loop {
         if let Err(e) = sock.readable().await {
-            eprintln!("syslog udp: {e}");
+            tracing::warn!(listener = "syslog_udp", error = %e, "receive failed");
             continue;
         }
         let mut batch = Batch::new(SOURCE_CDR);
@@ -106,7 +106,7 @@ pub(super) async fn udp(sock: UdpSocket, ctx: Arc<Context>) {
                 Ok(x) => x,
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
                 Err(e) => {
-                    eprintln!("syslog udp: {e}");
+                    tracing::warn!(listener = "syslog_udp", error = %e, "receive failed");
                     break;
                 }
             };
