@@ -86,9 +86,10 @@ pub(crate) async fn start(
     }
     // TLS on both frontends when configured: HTTPS for the API, SSLRequest on the wire.
     let (tls, https) = match (&serve.tls_cert, &serve.tls_key) {
-        (Some(cert), Some(key)) => {
-            (Some(tls_acceptor(cert, key)?), Some(ccstream_ingest::listen::tls::acceptor(cert, key)?))
-        }
+        (Some(cert), Some(key)) => (
+            Some(ccstream_ingest::listen::tls::acceptor_with_alpn(cert, key, vec![b"postgresql".to_vec()])?),
+            Some(ccstream_ingest::listen::tls::acceptor(cert, key)?),
+        ),
         (None, None) => (None, None),
         _ => bail!("serve.tls_cert and serve.tls_key go together"),
     };
@@ -132,26 +133,4 @@ pub(crate) async fn start(
         eprintln!("{name} listening on {a}");
     }
     Ok(Running { addrs, tasks })
-}
-
-/// TLS from a PEM certificate chain and key. Any failure is an error: the server never
-/// falls back to plain text when TLS was asked for.
-fn tls_acceptor(cert: &Path, key: &Path) -> Result<tokio_rustls::TlsAcceptor> {
-    use rustls::pki_types::pem::PemObject;
-    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
-        .with_context(|| format!("reading the TLS certificate {}", cert.display()))?
-        .collect::<Result<_, _>>()
-        .with_context(|| format!("parsing the TLS certificate {}", cert.display()))?;
-    if certs.is_empty() {
-        bail!("no certificate in {}", cert.display());
-    }
-    let key = PrivateKeyDer::from_pem_file(key).with_context(|| format!("reading the TLS key {}", key.display()))?;
-    let mut config = rustls::ServerConfig::builder()
-        .with_no_client_auth()
-        .with_single_cert(certs, key)
-        .context("the TLS certificate and key do not fit together")?;
-    config.alpn_protocols = vec![b"postgresql".to_vec()];
-    Ok(tokio_rustls::TlsAcceptor::from(Arc::new(config)))
 }

@@ -30,6 +30,12 @@ pub enum TlsError {
 
 /// The acceptor for a PEM certificate chain and private key.
 pub fn acceptor(cert: &Path, key: &Path) -> Result<TlsAcceptor, TlsError> {
+    acceptor_with_alpn(cert, key, Vec::new())
+}
+
+/// The same, offering the ALPN protocols `alpn` (the Postgres wire's direct TLS needs
+/// `postgresql`).
+pub fn acceptor_with_alpn(cert: &Path, key: &Path, alpn: Vec<Vec<u8>>) -> Result<TlsAcceptor, TlsError> {
     let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
         .and_then(|it| it.collect::<Result<Vec<_>, _>>())
         .map_err(|e| TlsError::Certificate { path: cert.display().to_string(), why: e.to_string() })?;
@@ -41,10 +47,11 @@ pub fn acceptor(cert: &Path, key: &Path) -> Result<TlsAcceptor, TlsError> {
     }
     let key = PrivateKeyDer::from_pem_file(key)
         .map_err(|e| TlsError::Key { path: key.display().to_string(), why: e.to_string() })?;
-    let config = rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+    let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
         .with_safe_default_protocol_versions()?
         .with_no_client_auth()
         .with_single_cert(chain, key)?;
+    config.alpn_protocols = alpn;
     Ok(TlsAcceptor::from(Arc::new(config)))
 }
 
