@@ -76,6 +76,21 @@ def start_server(binary, data, cfg_dir, cpus):
     sys.exit("serve did not listen")
 
 
+def delta_files(table_dir):
+    """The Parquet files of a Delta table's latest version (add minus remove actions)."""
+    log = os.path.join(table_dir, "_delta_log")
+    live = set()
+    for name in sorted(n for n in os.listdir(log) if n.endswith(".json")):
+        with open(os.path.join(log, name)) as f:
+            for line in f:
+                action = json.loads(line)
+                if "add" in action:
+                    live.add(action["add"]["path"])
+                elif "remove" in action:
+                    live.discard(action["remove"]["path"])
+    return sorted(os.path.join(table_dir, p) for p in live)
+
+
 def peak_rss_mb(pid):
     with open(f"/proc/{pid}/status") as f:
         for line in f:
@@ -144,8 +159,8 @@ if __name__ == "__main__":
             report = {"dashboard": [load(dsn, int(n), args.seconds, params) for n in args.clients.split(",")]}
             duck = duckdb.connect()
             duck.execute(f"SET threads = {args.threads}")
-            files = os.path.join(args.data, "call_facts", "**", "*.parquet")
-            duck.execute(f"CREATE VIEW call_facts AS SELECT * FROM read_parquet('{files}', hive_partitioning = false)")
+            files = delta_files(os.path.join(args.data, "call_facts"))
+            duck.execute(f"CREATE VIEW call_facts AS SELECT * FROM read_parquet({files!r}, hive_partitioning = false)")
             start_s = start.strftime("%Y-%m-%d %H:%M:%S+00")
             for name, sql in [("rollup", ROLLUP.format(start=start_s)), ("scan", SCAN)]:
                 ours, theirs = [], []

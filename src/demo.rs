@@ -45,6 +45,9 @@ pub(crate) struct DemoArgs {
     /// Live only: where the Postgres wire listens (port 0: any free port)
     #[arg(long, env = "CCSTREAM_DEMO_PG_LISTEN", default_value = "127.0.0.1:5433")]
     pub(crate) pg_listen: std::net::SocketAddr,
+    /// Live only: where Arrow Flight SQL listens (port 0: any free port)
+    #[arg(long, env = "CCSTREAM_DEMO_FLIGHT_LISTEN", default_value = "127.0.0.1:8481")]
+    pub(crate) flight_listen: std::net::SocketAddr,
     /// Live only: write the SQL frontends' addresses, once bound, to this file
     #[arg(long, env = "CCSTREAM_DEMO_SERVE_LISTEN_FILE")]
     pub(crate) serve_listen_file: Option<PathBuf>,
@@ -196,6 +199,7 @@ async fn live(args: &DemoArgs, events: &std::path::Path, data: &str) -> Result<(
     let serve = ccstream_query::ServeConfig {
         http_listen: Some(args.http_listen),
         pg_listen: Some(args.pg_listen),
+        flight_listen: Some(args.flight_listen),
         principals: vec![ccstream_query::access::PrincipalConfig {
             name: "demo".into(),
             role: ccstream_query::access::Role::Admin,
@@ -210,6 +214,10 @@ async fn live(args: &DemoArgs, events: &std::path::Path, data: &str) -> Result<(
     for (name, addr) in &serving.addrs {
         match *name {
             "pg" => eprintln!("SQL: psql \"postgresql://demo:{password}@{addr}/ccstream\""),
+            "flight" => eprintln!(
+                "SQL: Flight SQL at grpc://{addr} (ADBC: username demo, password {password}; or authorization \
+                 Bearer {token})"
+            ),
             _ => eprintln!(
                 "SQL: curl -H 'Authorization: Bearer {token}' -d '{{\"sql\": \"SELECT * FROM interval_metrics LIMIT 5\"}}' 'http://{addr}/v1/sql?format=csv'"
             ),

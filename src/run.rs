@@ -39,7 +39,7 @@ pub(crate) async fn run(args: RunArgs) -> Result<()> {
     // The SQL frontends, when [serve] names an address: they see each commit of the
     // processor below within serve.refresh_interval_ms.
     let _serving = match config.serve.clone() {
-        Some(serve) if serve.http_listen.is_some() || serve.pg_listen.is_some() => {
+        Some(serve) if serve.serves_anything() => {
             Some(crate::serve::start(&p.data, serve, args.serve_listen_file.as_deref(), true).await?)
         }
         _ => None,

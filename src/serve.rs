@@ -28,7 +28,11 @@ pub(crate) struct ServeArgs {
     /// Postgres wire address (overrides serve.pg_listen; port 0 picks a free port)
     #[arg(long, env = "CCSTREAM_PG_LISTEN")]
     pub(crate) pg_listen: Option<SocketAddr>,
-    /// Write the bound addresses, once listening, to this file (`http ADDR`, `pg ADDR` lines)
+    /// Arrow Flight SQL address (overrides serve.flight_listen; port 0 picks a free port)
+    #[arg(long, env = "CCSTREAM_FLIGHT_LISTEN")]
+    pub(crate) flight_listen: Option<SocketAddr>,
+    /// Write the bound addresses, once listening, to this file (`http ADDR`, `pg ADDR`,
+    /// `flight ADDR` lines)
     #[arg(long, env = "CCSTREAM_SERVE_LISTEN_FILE")]
     pub(crate) listen_file: Option<PathBuf>,
 }
@@ -41,6 +45,9 @@ pub(crate) async fn run(args: ServeArgs) -> Result<()> {
     }
     if args.pg_listen.is_some() {
         serve.pg_listen = args.pg_listen;
+    }
+    if args.flight_listen.is_some() {
+        serve.flight_listen = args.flight_listen;
     }
     let running = start(&args.data, serve, args.listen_file.as_deref(), false).await?;
     tokio::signal::ctrl_c().await.context("waiting for Ctrl-C")?;
@@ -75,8 +82,11 @@ pub(crate) async fn start(
     if beside_processor && !data.contains("://") {
         std::fs::create_dir_all(data).with_context(|| format!("creating {data}"))?;
     }
-    if serve.http_listen.is_none() && serve.pg_listen.is_none() {
-        bail!("nothing to serve: give --http-listen and/or --pg-listen (or serve.http_listen / serve.pg_listen)");
+    if !serve.serves_anything() {
+        bail!(
+            "nothing to serve: give --http-listen, --pg-listen and/or --flight-listen (or serve.http_listen, \
+             serve.pg_listen, serve.flight_listen)"
+        );
     }
     if serve.principals.is_empty() && serve.entra.is_empty() {
         bail!(
@@ -84,13 +94,15 @@ pub(crate) async fn start(
              to the config; nothing answers without credentials"
         );
     }
-    // TLS on both frontends when configured: HTTPS for the API, SSLRequest on the wire.
-    let (tls, https) = match (&serve.tls_cert, &serve.tls_key) {
+    // TLS on every frontend when configured: HTTPS for the API, SSLRequest on the wire,
+    // gRPC over TLS (HTTP/2 by ALPN) for Flight SQL.
+    let (tls, https, grpcs) = match (&serve.tls_cert, &serve.tls_key) {
         (Some(cert), Some(key)) => (
             Some(ccstream_ingest::listen::tls::acceptor_with_alpn(cert, key, vec![b"postgresql".to_vec()])?),
             Some(ccstream_ingest::listen::tls::acceptor(cert, key)?),
+            Some(ccstream_ingest::listen::tls::acceptor_with_alpn(cert, key, vec![b"h2".to_vec()])?),
         ),
-        (None, None) => (None, None),
+        (None, None) => (None, None, None),
         _ => bail!("serve.tls_cert and serve.tls_key go together"),
     };
     let service = Service::open(data, serve, Arc::new(Telemetry::new())).await?;
@@ -124,6 +136,13 @@ pub(crate) async fn start(
         tasks.push(tokio::spawn(ccstream_query::pg::serve(listener, Arc::clone(&service), tls)));
         tracing::info!(%bound, "Postgres wire listening");
         addrs.push(("pg", bound));
+    }
+    if let Some(addr) = service.config.flight_listen {
+        let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("binding {addr}"))?;
+        let bound = listener.local_addr()?;
+        tasks.push(tokio::spawn(ccstream_query::flight::serve(listener, Arc::clone(&service), grpcs)));
+        tracing::info!(%bound, "Flight SQL listening");
+        addrs.push(("flight", bound));
     }
     if let Some(path) = listen_file {
         let lines: String = addrs.iter().map(|(name, a)| format!("{name} {a}\n")).collect();

@@ -172,7 +172,7 @@ fn live_demo_feeds_the_log_and_stops_cleanly_on_ctrl_c() {
     let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_ccstream"))
         .args(["demo", "--live", "--speed", "10000000", "--calls", "500", "--metrics-listen", "127.0.0.1:0"])
         .args(["--dir", demo.to_str().unwrap(), "--listen-file", listen_file.to_str().unwrap()])
-        .args(["--http-listen", "127.0.0.1:0", "--pg-listen", "127.0.0.1:0"])
+        .args(["--http-listen", "127.0.0.1:0", "--pg-listen", "127.0.0.1:0", "--flight-listen", "127.0.0.1:0"])
         .args(["--serve-listen-file", dir.path().join("serve.addr").to_str().unwrap()])
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
@@ -190,10 +190,11 @@ fn live_demo_feeds_the_log_and_stops_cleanly_on_ctrl_c() {
         }
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
-    // `ccstream serve` runs beside it: both frontends bound, /health answers.
+    // `ccstream serve` runs beside it: every frontend bound, /health answers.
     let serve = std::fs::read_to_string(dir.path().join("serve.addr")).unwrap();
     let http = serve.lines().find_map(|l| l.strip_prefix("http ")).expect("http address");
     assert!(serve.lines().any(|l| l.starts_with("pg ")), "{serve}");
+    assert!(serve.lines().any(|l| l.starts_with("flight ")), "{serve}");
     {
         use std::io::{Read, Write};
         let mut s = std::net::TcpStream::connect(http).unwrap();

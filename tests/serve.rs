@@ -1,6 +1,7 @@
 //! `ccstream serve` end to end: the binary on port 0 over the oracle fixture's tables, with
-//! real clients — reqwest for the HTTP API, tokio-postgres (simple and extended protocol)
-//! and Debian's `psql` for the Postgres wire.
+//! real clients — reqwest for the HTTP API, tokio-postgres (simple and extended protocol),
+//! Debian's `psql` and the PostgreSQL JDBC driver for the Postgres wire, and ADBC's Flight
+//! SQL driver (Python) for Arrow Flight SQL.
 //!
 //! The fixture has three tenants (t0000, t0001, t0002). Principals:
 //! - `admin`: every tenant (password and token);
@@ -28,6 +29,7 @@ struct Server {
     scheme: &'static str,
     http: SocketAddr,
     pg: SocketAddr,
+    flight: SocketAddr,
     stderr: PathBuf,
     _dir: tempfile::TempDir,
 }
@@ -98,7 +100,7 @@ fn start(data: &Path, extra_config: &str) -> Server {
     let stderr = dir.path().join("stderr");
     let child = Command::new(env!("CARGO_BIN_EXE_ccstream"))
         .args(["serve", "--data", data.to_str().unwrap(), "--config", cfg.to_str().unwrap()])
-        .args(["--http-listen", "127.0.0.1:0", "--pg-listen", "127.0.0.1:0"])
+        .args(["--http-listen", "127.0.0.1:0", "--pg-listen", "127.0.0.1:0", "--flight-listen", "127.0.0.1:0"])
         .args(["--listen-file", listen.to_str().unwrap()])
         .stderr(std::fs::File::create(&stderr).unwrap())
         .stdout(Stdio::null())
@@ -106,16 +108,17 @@ fn start(data: &Path, extra_config: &str) -> Server {
         .unwrap();
     let scheme = if extra_config.contains("tls_cert") { "https" } else { "http" };
     let unbound: SocketAddr = "0.0.0.0:0".parse().unwrap();
-    let mut server = Server { child, scheme, http: unbound, pg: unbound, stderr, _dir: dir };
+    let mut server = Server { child, scheme, http: unbound, pg: unbound, flight: unbound, stderr, _dir: dir };
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
         if let Ok(text) = std::fs::read_to_string(&listen) {
-            if text.lines().count() == 2 {
+            if text.lines().count() == 3 {
                 for line in text.lines() {
                     let (name, addr) = line.split_once(' ').unwrap();
                     match name {
                         "http" => server.http = addr.parse().unwrap(),
                         "pg" => server.pg = addr.parse().unwrap(),
+                        "flight" => server.flight = addr.parse().unwrap(),
                         other => panic!("unknown listener {other}"),
                     }
                 }
@@ -984,6 +987,30 @@ roles = {{ "CCStream.Analyst" = "analyst", "CCStream.Admin" = "admin" }}
     let valid = entra_token("key.pem", "k1", &[]);
     let rows = rows(&server, &bearer(&valid), "SELECT DISTINCT tenant_id FROM call_facts").await;
     assert_eq!(rows, vec![json!({"tenant_id": "t0001"})]);
+    // Flight SQL over TLS (gRPC, HTTP/2 by ALPN), signed in with the same token; an expired
+    // one is refused.
+    let expired = entra_token("key.pem", "k1", &[("exp", json!(now_s() - 3600)), ("nbf", json!(now_s() - 7200))]);
+    let adbc = |token: &str| {
+        let script = "import sys, adbc_driver_flightsql.dbapi as f\n\
+            from adbc_driver_flightsql import DatabaseOptions as o\n\
+            c = f.connect(sys.argv[1], db_kwargs={o.AUTHORIZATION_HEADER.value: 'Bearer ' + sys.argv[2], \
+            o.TLS_SKIP_VERIFY.value: 'true'}, autocommit=True)\n\
+            cur = c.cursor(); cur.execute('SELECT DISTINCT tenant_id FROM call_facts'); print(cur.fetchall())";
+        let out = Command::new("python3")
+            .args(["-c", script, &format!("grpc+tls://{}", server.flight), token])
+            .output()
+            .expect("python3 with adbc-driver-flightsql");
+        let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        (out.status.success(), format!("{}: {text}", out.status))
+    };
+    let (ok, out) = adbc(&valid);
+    assert!(
+        ok && out.ends_with(": [('t0001',)]\n"),
+        "Flight SQL over TLS with an Entra token: {out}\n{}",
+        server.log()
+    );
+    let (ok, out) = adbc(&expired);
+    assert!(!ok && out.contains("UNAUTHENTICATED"), "an expired Entra token on Flight SQL: {out}");
 
     let now = now_s();
     let public = std::fs::read(common::fixture("entra/public.pem")).unwrap();
@@ -1081,4 +1108,107 @@ roles = {{ "CCStream.Analyst" = "analyst", "CCStream.Admin" = "admin" }}
         .output()
         .unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+}
+
+/// ADBC's Flight SQL driver (`tests/flight/adbc_probe.py`): password and token sign-in,
+/// `?` parameters through prepared statements, catalog calls, Arrow types, tenant isolation
+/// on every route the probe tries, writes refused, bad credentials refused. The counts are
+/// compared with `ccstream sql` over the same tables.
+#[test]
+fn flight_sql_through_adbc() {
+    let probe = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/flight/adbc_probe.py");
+    let (_dir, data) = tables();
+    let server = start(&data, "");
+    let out = Command::new("python3")
+        .arg(&probe)
+        .arg(format!("grpc://{}", server.flight))
+        .args([ANA_TOKEN, ADMIN_TOKEN])
+        .output()
+        .expect("python3 must be installed");
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(
+        out.status.success(),
+        "adbc_probe failed (pip install adbc-driver-flightsql pyarrow):\n{stdout}\n{}\nserver: {}",
+        String::from_utf8_lossy(&out.stderr),
+        server.log()
+    );
+    let checks: std::collections::HashMap<String, Value> = stdout
+        .lines()
+        .map(|l| {
+            let v: Value = serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}"));
+            (v["check"].as_str().unwrap().to_string(), v)
+        })
+        .collect();
+    let check = |name: &str| checks.get(name).unwrap_or_else(|| panic!("no {name} in:\n{stdout}")).clone();
+    println!("{stdout}");
+    // Counts per tenant, as `ccstream sql` gives them: one tenant for the analyst.
+    let expected = |tenants: &[&str]| -> Value {
+        let csv = common::sql_csv(
+            &data,
+            "SELECT tenant_id, count(*) AS n FROM call_facts GROUP BY tenant_id ORDER BY tenant_id",
+        );
+        let rows: Vec<Value> = csv
+            .lines()
+            .skip(1)
+            .filter_map(|l| l.split_once(','))
+            .filter(|(t, _)| tenants.contains(t))
+            .map(|(t, n)| json!([t, n.parse::<i64>().unwrap()]))
+            .collect();
+        Value::Array(rows)
+    };
+    assert_eq!(check("password_counts")["rows"], expected(&["t0001"]));
+    assert_eq!(check("token_counts")["rows"], expected(&["t0001"]));
+    assert_eq!(check("admin_narrowed")["rows"], expected(&["t0002"]));
+    assert_eq!(check("admin_counts")["rows"], expected(&["t0000", "t0001", "t0002"]));
+    // `?` parameters: the analyst's own tenant counts, another tenant's is zero.
+    let answered = common::sql_csv(&data, "SELECT count(*) FROM call_facts WHERE tenant_id = 't0001' AND answered");
+    let answered: i64 = answered.lines().nth(1).unwrap().parse().unwrap();
+    assert!(answered > 0);
+    assert_eq!(check("param_t0001")["rows"], json!([[answered]]));
+    assert_eq!(check("param_t0002")["rows"], json!([[0]]));
+    for (route, n) in check("routes")["rows"].as_object().unwrap() {
+        assert_eq!(n, &json!(0), "route {route} reached another tenant's rows");
+    }
+    let types = check("types");
+    assert_eq!(types["schema"]["queued_at"], json!("timestamp[us, tz=UTC]"), "{types}");
+    assert_eq!(types["schema"]["answered"], json!("bool"), "{types}");
+    assert_eq!(types["rows"], json!(3));
+    let objects = check("objects");
+    assert_eq!(objects["catalogs"], json!(["datafusion"]));
+    let tables: Vec<&str> = objects["tables"].as_array().unwrap().iter().map(|t| t.as_str().unwrap()).collect();
+    assert!(tables.contains(&"call_facts") && tables.contains(&"interval_metrics"), "{tables:?}");
+    assert!(!tables.contains(&"dead_letters"), "an analyst does not see dead letters: {tables:?}");
+    assert!(check("table_schema")["fields"].as_array().unwrap().contains(&json!("queued_at")));
+    assert_eq!(check("table_types")["types"], json!(["TABLE", "VIEW"]));
+    assert_eq!(check("info")["vendor"], json!("ccstream"));
+    for write in ["write_create", "write_insert", "write_drop"] {
+        let e = check(write);
+        assert!(e["error"].as_str().is_some_and(|m| m.contains("read-only")), "{write}: {e}");
+    }
+    assert!(check("bad_sql")["error"].as_str().is_some_and(|m| m.contains("INVALID_ARGUMENT")), "{stdout}");
+    let e = check("tenant_header_not_admin");
+    assert!(e["error"].as_str().is_some_and(|m| m.contains("only admins")), "{e}");
+    for refused in ["wrong_password", "unknown_user", "wrong_token", "no_credentials"] {
+        let e = check(refused);
+        assert!(
+            e["error"].as_str().is_some_and(|m| m.contains("UNAUTHENTICATED") || m.contains("Unauthenticated")),
+            "{refused}: {e}"
+        );
+    }
+    // The frontend's metrics count its queries and refusals.
+    let metrics = client();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let text = rt.block_on(async {
+        metrics
+            .get(server.url("/metrics"))
+            .header("Authorization", bearer(ADMIN_TOKEN))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    });
+    assert!(text.contains("ccstream_query_queries_total{frontend=\"flight\",outcome=\"ok\"}"), "{text}");
+    assert!(text.contains("ccstream_query_auth_failures_total{frontend=\"flight\"}"), "{text}");
 }

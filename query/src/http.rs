@@ -31,12 +31,11 @@ use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use base64::Engine as _;
 use datafusion::common::ScalarValue;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use crate::access::{AccessError, Principal, Role};
+use crate::access::{AccessError, Principal};
 use crate::server::{QueryError, QueryRequest, RunningQuery, Service};
 use crate::telemetry::ErrorKind;
 
@@ -116,28 +115,7 @@ async fn authenticate(service: &Arc<Service>, headers: &HeaderMap) -> Result<Pri
 
 async fn authenticate_inner(service: &Arc<Service>, headers: &HeaderMap) -> Result<Principal, AccessError> {
     let value = headers.get(header::AUTHORIZATION).ok_or(AccessError::Missing)?;
-    let value = value.to_str().map_err(|_| AccessError::Invalid)?;
-    let (scheme, rest) = value.split_once(' ').ok_or(AccessError::Invalid)?;
-    let (scheme, rest) = (scheme.to_string(), rest.trim().to_string());
-    if scheme.eq_ignore_ascii_case("bearer") && crate::entra::looks_like_jwt(&rest) && !service.entra.is_empty() {
-        return service.entra.verify(&rest).await;
-    }
-    let service = Arc::clone(service);
-    let check = move || -> Result<Principal, AccessError> {
-        if scheme.eq_ignore_ascii_case("bearer") {
-            service.principals.check_token(&rest)
-        } else if scheme.eq_ignore_ascii_case("basic") {
-            let raw =
-                base64::engine::general_purpose::STANDARD.decode(rest.as_bytes()).map_err(|_| AccessError::Invalid)?;
-            let text = String::from_utf8(raw).map_err(|_| AccessError::Invalid)?;
-            let (name, password) = text.split_once(':').ok_or(AccessError::Invalid)?;
-            service.principals.check_password(name, password)
-        } else {
-            Err(AccessError::Invalid)
-        }
-    };
-    // Argon2 and PBKDF2 are deliberately slow: off the async workers.
-    tokio::task::spawn_blocking(check).await.map_err(|_| AccessError::Invalid)?
+    service.authenticate(value.to_str().map_err(|_| AccessError::Invalid)?).await
 }
 
 async fn ready(State(service): State<Arc<Service>>, headers: HeaderMap) -> Result<Response, ApiError> {
@@ -274,17 +252,7 @@ async fn sql_inner(
         return Err(QueryError::new(ErrorKind::Sql, format!("at most {MAX_PARAMS} params")).into());
     }
     let params = body.params.iter().enumerate().map(|(i, v)| param_value(i, v)).collect::<Result<Vec<_>, _>>()?;
-    let scope = match &body.tenant {
-        None => principal.scope.clone(),
-        Some(tenant) if principal.scope.role == Role::Admin => {
-            principal.scope.narrowed_to(tenant).map_err(|e| QueryError::new(ErrorKind::Forbidden, e.to_string()))?
-        }
-        Some(_) => {
-            return Err(
-                QueryError::new(ErrorKind::Forbidden, "only admins choose a tenant; others see their own").into()
-            )
-        }
-    };
+    let scope = service.scope_for(principal, body.tenant.as_deref())?;
     let mut running =
         service.execute(principal, &scope, QueryRequest { sql: body.sql, params, ..Default::default() }).await?;
     // The first batch (or error) before the headers: a query that fails at once gets its

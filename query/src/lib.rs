@@ -7,14 +7,16 @@
 //! - [`server`]: the query service of `ccstream serve` — table snapshots refreshed as
 //!   commits land, per-query sessions and limits, a runtime of its own; [`catalog`] the
 //!   scoped schemas that keep tenants apart, [`access`] principals and credentials.
-//! - [`http`] (axum) and [`pg`] (the Postgres wire) are its frontends; [`telemetry`] their
-//!   metrics; [`describe`] the definitions `/v1/tables` serves.
+//! - [`http`] (axum), [`pg`] (the Postgres wire) and [`flight`] (Arrow Flight SQL) are its
+//!   frontends; [`telemetry`] their metrics; [`describe`] the definitions `/v1/tables`
+//!   serves.
 
 pub mod access;
 pub mod catalog;
 pub mod describe;
 pub mod engine;
 pub mod entra;
+pub mod flight;
 pub mod functions;
 pub mod http;
 pub mod pg;

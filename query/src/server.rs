@@ -39,7 +39,7 @@ use futures::StreamExt;
 use serde::Deserialize;
 use tokio::sync::{mpsc, Semaphore};
 
-use crate::access::{Principal, PrincipalConfig, Principals, Scope};
+use crate::access::{AccessError, Principal, PrincipalConfig, Principals, Scope};
 use crate::catalog::{scoped_schema, FixedCatalog, FixedCatalogList, Snapshot, Tables};
 use crate::telemetry::{ErrorKind, Telemetry};
 
@@ -51,7 +51,9 @@ pub struct ServeConfig {
     pub http_listen: Option<std::net::SocketAddr>,
     /// Postgres wire protocol.
     pub pg_listen: Option<std::net::SocketAddr>,
-    /// A PEM certificate chain and key: TLS for both frontends (required on the Postgres
+    /// Arrow Flight SQL (gRPC).
+    pub flight_listen: Option<std::net::SocketAddr>,
+    /// A PEM certificate chain and key: TLS for every frontend (required on the Postgres
     /// wire by clients with `sslmode=require`). A certificate that cannot be loaded stops
     /// the server; nothing falls back to plain text.
     pub tls_cert: Option<PathBuf>,
@@ -71,7 +73,7 @@ pub struct ServeConfig {
     pub target_partitions: usize,
     /// How often to look for new table versions.
     pub refresh_interval_ms: u64,
-    /// Postgres connections at once (more are refused).
+    /// Postgres and Flight SQL connections at once, each (more are refused).
     pub max_connections: usize,
     /// Who may connect.
     pub principals: Vec<PrincipalConfig>,
@@ -79,11 +81,19 @@ pub struct ServeConfig {
     pub entra: Vec<crate::entra::EntraConfig>,
 }
 
+impl ServeConfig {
+    /// Whether any frontend has an address.
+    pub fn serves_anything(&self) -> bool {
+        self.http_listen.is_some() || self.pg_listen.is_some() || self.flight_listen.is_some()
+    }
+}
+
 impl Default for ServeConfig {
     fn default() -> Self {
         ServeConfig {
             http_listen: None,
             pg_listen: None,
+            flight_listen: None,
             tls_cert: None,
             tls_key: None,
             query_timeout_s: 300.0,
@@ -509,6 +519,50 @@ impl Service {
         Ok(PreparedQuery { service: Arc::clone(self), schema, state, plan, started })
     }
 
+    /// The principal of an `Authorization` header's value: `Bearer TOKEN` (a principal's
+    /// token, or a Microsoft Entra ID access token when `[[serve.entra]]` is configured) or
+    /// `Basic` (name and password). The slow hashes run off the async workers.
+    pub async fn authenticate(self: &Arc<Self>, authorization: &str) -> Result<Principal, AccessError> {
+        let (scheme, rest) = authorization.split_once(' ').ok_or(AccessError::Invalid)?;
+        let (scheme, rest) = (scheme.to_string(), rest.trim().to_string());
+        if scheme.eq_ignore_ascii_case("bearer") && crate::entra::looks_like_jwt(&rest) && !self.entra.is_empty() {
+            return self.entra.verify(&rest).await;
+        }
+        let service = Arc::clone(self);
+        let check = move || -> Result<Principal, AccessError> {
+            if scheme.eq_ignore_ascii_case("bearer") {
+                service.principals.check_token(&rest)
+            } else if scheme.eq_ignore_ascii_case("basic") {
+                use base64::engine::{general_purpose, DecodePaddingMode, GeneralPurpose};
+                use base64::Engine as _;
+                // Padded or not: Go's gRPC clients (ADBC's Flight SQL driver) leave it off.
+                const BASE64: GeneralPurpose = GeneralPurpose::new(
+                    &base64::alphabet::STANDARD,
+                    general_purpose::PAD.with_decode_padding_mode(DecodePaddingMode::Indifferent),
+                );
+                let raw = BASE64.decode(rest.as_bytes()).map_err(|_| AccessError::Invalid)?;
+                let text = String::from_utf8(raw).map_err(|_| AccessError::Invalid)?;
+                let (name, password) = text.split_once(':').ok_or(AccessError::Invalid)?;
+                service.principals.check_password(name, password)
+            } else {
+                Err(AccessError::Invalid)
+            }
+        };
+        tokio::task::spawn_blocking(check).await.map_err(|_| AccessError::Invalid)?
+    }
+
+    /// The scope a request of `principal` runs in: its own, or for an admin one tenant of
+    /// its choice.
+    pub fn scope_for(&self, principal: &Principal, tenant: Option<&str>) -> Result<Scope, QueryError> {
+        match tenant {
+            None => Ok(principal.scope.clone()),
+            Some(tenant) if principal.scope.role == crate::access::Role::Admin => {
+                principal.scope.narrowed_to(tenant).map_err(|e| QueryError::new(ErrorKind::Forbidden, e.to_string()))
+            }
+            Some(_) => Err(QueryError::new(ErrorKind::Forbidden, "only admins choose a tenant; others see their own")),
+        }
+    }
+
     /// Plans and starts `request` for `principal`: its schema and a stream of batches.
     pub async fn execute(
         self: &Arc<Self>,
@@ -548,6 +602,12 @@ impl Drop for ActiveQuery {
 }
 
 impl PreparedQuery {
+    /// The types the plan infers for its placeholders (`$1` → `Int64`, …; `None` where
+    /// nothing says).
+    pub fn parameter_types(&self) -> Result<HashMap<String, Option<arrow::datatypes::DataType>>, QueryError> {
+        Ok(self.plan.get_parameter_types()?)
+    }
+
     /// Waits for a slot (at most `queue_wait_ms`) and starts the query on the query runtime.
     pub async fn start(self) -> Result<RunningQuery, QueryError> {
         let PreparedQuery { service, schema, state, plan, started } = self;
@@ -629,11 +689,31 @@ pub fn read_only(plan: &LogicalPlan) -> Result<(), QueryError> {
         })
 }
 
+/// Numbers JDBC/ODBC-style `?` placeholders `$1`, `$2`, … in the order they appear (Flight
+/// SQL and ADBC clients write `?`; the planner takes `$n`).
+fn number_positional(stmt: &mut Statement) {
+    use datafusion::sql::sqlparser::ast::{visit_expressions_mut, Expr, Value};
+    use std::ops::ControlFlow;
+    let mut next = 0usize;
+    let _ = visit_expressions_mut(stmt, |e| {
+        if let Expr::Value(v) = e {
+            if let Value::Placeholder(p) = &mut v.value {
+                if p == "?" {
+                    next += 1;
+                    *p = format!("${next}");
+                }
+            }
+        }
+        ControlFlow::<()>::Continue(())
+    });
+}
+
 /// Replaces `$1`, `$2`, … in `stmt` by the literals of `params` (`params[0]` for `$1`).
 /// With no params, placeholders stay (for planning a prepared statement's types).
 pub fn bind(stmt: &mut Statement, params: &[ScalarValue]) -> Result<(), QueryError> {
     use datafusion::sql::sqlparser::ast::{visit_expressions_mut, Expr, Value};
     use std::ops::ControlFlow;
+    number_positional(stmt);
     if params.is_empty() {
         return Ok(());
     }
