@@ -783,6 +783,18 @@ fn psql_lists_describes_and_queries() {
     assert!(q.contains("t0001") && !q.contains("t0002"), "{q}");
     let l = psql("\\l");
     assert!(l.contains("datafusion") || l.contains("ccstream"), "\\l:\n{l}");
+    // A parameterized query: psql 15 (Debian bookworm's) has no `\\bind`, so its way is SQL
+    // PREPARE / EXECUTE, with the declared types casting the arguments.
+    let answered = common::sql_csv(&data, "SELECT count(*) FROM call_facts WHERE tenant_id = 't0001' AND answered");
+    let answered = answered.lines().nth(1).unwrap();
+    let p = psql(
+        "PREPARE by_tenant(text, boolean) AS SELECT count(*) AS n FROM call_facts WHERE tenant_id = $1 AND answered = $2; \
+         EXECUTE by_tenant('t0001', 'true'); EXECUTE by_tenant('t0002', true); DEALLOCATE by_tenant",
+    );
+    let counts: Vec<&str> =
+        p.lines().map(str::trim).filter(|l| l.chars().all(|c| c.is_ascii_digit()) && !l.is_empty()).collect();
+    assert_eq!(counts, vec![answered, "0"], "PREPARE/EXECUTE:\n{p}");
+    assert!(p.contains("PREPARE") && p.contains("DEALLOCATE"), "{p}");
 }
 
 #[test]

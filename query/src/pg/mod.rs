@@ -123,7 +123,13 @@ struct Session {
     principal: Principal,
     settings: Mutex<Settings>,
     running: Mutex<Option<CancellationToken>>,
+    /// Statements of SQL `PREPARE name AS …`, for `EXECUTE name(…)` (psql before 16 has no
+    /// `\bind`; this is how its users pass parameters).
+    sql_prepared: Mutex<HashMap<String, Box<Statement>>>,
 }
+
+/// SQL-prepared statements one connection may hold.
+const MAX_SQL_PREPARED: usize = 256;
 
 /// Connections by their cancel key.
 #[derive(Debug, Default)]
@@ -460,8 +466,12 @@ impl Handlers {
         let secret = SecretKey::I32(i32::from_le_bytes(random_bytes::<4>()));
         client.set_pid_and_secret_key(pid, secret.clone());
         let params = self.parameters(&principal);
-        let session =
-            Arc::new(Session { principal, settings: Mutex::new(Settings::defaults()), running: Mutex::new(None) });
+        let session = Arc::new(Session {
+            principal,
+            settings: Mutex::new(Settings::defaults()),
+            running: Mutex::new(None),
+            sql_prepared: Mutex::new(HashMap::new()),
+        });
         let key = (pid, secret.to_bytes());
         self.0.cancels.0.lock().expect("cancels").insert(key.clone(), Arc::clone(&session));
         client.session_extensions().insert(CancelGuard { cancels: Arc::clone(&self.0.cancels), key });
@@ -506,6 +516,9 @@ enum Kind {
     Transaction(&'static str),
     Discard,
     Deallocate,
+    /// SQL `PREPARE` / `EXECUTE`: answered with the connection's statements (simple query
+    /// protocol).
+    SqlPrepared,
     Refused(String),
     Empty,
 }
@@ -578,6 +591,7 @@ fn classify(stmt: &Statement) -> Kind {
         S::Rollback { .. } => Kind::Transaction("ROLLBACK"),
         S::Discard { .. } => Kind::Discard,
         S::Deallocate { .. } => Kind::Deallocate,
+        S::Prepare { .. } | S::Execute { .. } => Kind::SqlPrepared,
         other => {
             let text = other.to_string();
             let verb = text.split_whitespace().take(2).collect::<Vec<_>>().join(" ");
@@ -731,9 +745,14 @@ impl Handlers {
             },
             Kind::Discard => {
                 *session.settings.lock().expect("settings") = Settings::defaults();
+                session.sql_prepared.lock().expect("prepared").clear();
                 Response::Execution(Tag::new("DISCARD ALL"))
             }
             Kind::Deallocate => Response::Execution(Tag::new("DEALLOCATE")),
+            Kind::SqlPrepared => return Err(user_error(&QueryError::new(
+                ErrorKind::Sql,
+                "PREPARE and EXECUTE run through the simple query protocol; the extended protocol prepares by itself",
+            ))),
             Kind::Refused(message) => {
                 self.0.service.telemetry.errors.with_label_values(&[FRONTEND, ErrorKind::ReadOnly.as_str()]).inc();
                 return Err(user_error(&QueryError::new(ErrorKind::ReadOnly, message.clone())));
@@ -869,6 +888,18 @@ impl SimpleQueryHandler for Handlers {
         let mut out = Vec::with_capacity(statements.len());
         for stmt in statements {
             let kind = classify(&stmt);
+            let (kind, stmt) = match sql_prepared(&session, stmt) {
+                Ok(SqlPrepared::Done(tag)) => {
+                    out.push(Response::Execution(Tag::new(tag)));
+                    continue;
+                }
+                Ok(SqlPrepared::Run(stmt)) => (Kind::Query, stmt),
+                Ok(SqlPrepared::Other(stmt)) => (kind, stmt),
+                Err(e) => {
+                    out.push(Response::Error(Box::new(ErrorInfo::new("ERROR".into(), e.sqlstate().into(), e.message))));
+                    break;
+                }
+            };
             match self.answer_locally(client, &session, &kind) {
                 Ok(Some(r)) => out.push(r),
                 Ok(None) => {
@@ -890,6 +921,107 @@ impl SimpleQueryHandler for Handlers {
             }
         }
         Ok(out)
+    }
+}
+
+/// What a SQL `PREPARE`, `EXECUTE` or `DEALLOCATE` came to.
+enum SqlPrepared {
+    /// Done: the command tag.
+    Done(&'static str),
+    /// A prepared query with its arguments in place, to run.
+    Run(Statement),
+    /// Not one of these.
+    Other(Statement),
+}
+
+/// `PREPARE name [(types)] AS query` keeps the query for the connection; `EXECUTE
+/// name(args)` puts the arguments (cast to the declared types) in place of `$1`, `$2`, …;
+/// `DEALLOCATE [name | ALL]` forgets.
+fn sql_prepared(session: &Session, stmt: Statement) -> Result<SqlPrepared, QueryError> {
+    use datafusion::sql::sqlparser::ast::{visit_expressions_mut, CastKind, Expr, Statement as S};
+    let mut prepared = session.sql_prepared.lock().expect("prepared");
+    match stmt {
+        S::Prepare { name, data_types, statement } => {
+            if !matches!(classify(&statement), Kind::Query) {
+                return Err(QueryError::new(ErrorKind::ReadOnly, "only queries can be prepared"));
+            }
+            let name = name.value.to_ascii_lowercase();
+            if name.len() > 63 {
+                return Err(QueryError::new(ErrorKind::Sql, "a prepared statement's name is at most 63 bytes"));
+            }
+            if prepared.contains_key(&name) {
+                return Err(QueryError::new(ErrorKind::Sql, format!("prepared statement \"{name}\" already exists")));
+            }
+            if prepared.len() >= MAX_SQL_PREPARED {
+                return Err(QueryError::new(
+                    ErrorKind::TooLarge,
+                    format!("at most {MAX_SQL_PREPARED} prepared statements per connection; DEALLOCATE some"),
+                ));
+            }
+            let mut statement = statement;
+            // Declared types cast the arguments: `$n` becomes `CAST($n AS type)`.
+            let _ = visit_expressions_mut(&mut *statement, |e| {
+                if let Expr::Value(v) = e {
+                    if let SqlValue::Placeholder(p) = &v.value {
+                        let n = p.strip_prefix('$').and_then(|n| n.parse::<usize>().ok());
+                        if let Some(t) = n.and_then(|n| data_types.get(n.wrapping_sub(1))) {
+                            *e = Expr::Cast {
+                                kind: CastKind::Cast,
+                                expr: Box::new(e.clone()),
+                                data_type: t.clone(),
+                                array: false,
+                                format: None,
+                            };
+                        }
+                    }
+                }
+                std::ops::ControlFlow::<()>::Continue(())
+            });
+            prepared.insert(name, statement);
+            Ok(SqlPrepared::Done("PREPARE"))
+        }
+        S::Execute { name: Some(name), parameters, using, .. } if using.is_empty() => {
+            let key = name.to_string().to_ascii_lowercase();
+            let mut statement = *prepared
+                .get(&key)
+                .ok_or_else(|| QueryError::new(ErrorKind::Sql, format!("prepared statement \"{key}\" does not exist")))?
+                .clone();
+            let wanted = placeholders(&statement)?;
+            if parameters.len() != wanted {
+                return Err(QueryError::new(
+                    ErrorKind::Sql,
+                    format!(
+                        "wrong number of parameters for prepared statement \"{key}\": {wanted} expected, {} given",
+                        parameters.len()
+                    ),
+                ));
+            }
+            let _ = visit_expressions_mut(&mut statement, |e| {
+                if let Expr::Value(v) = e {
+                    if let SqlValue::Placeholder(p) = &v.value {
+                        if let Some(arg) = p
+                            .strip_prefix('$')
+                            .and_then(|n| n.parse::<usize>().ok())
+                            .and_then(|n| parameters.get(n - 1))
+                        {
+                            *e = Expr::Nested(Box::new(arg.clone()));
+                        }
+                    }
+                }
+                std::ops::ControlFlow::<()>::Continue(())
+            });
+            Ok(SqlPrepared::Run(statement))
+        }
+        S::Execute { .. } => Err(QueryError::new(ErrorKind::Sql, "EXECUTE name(arguments) runs a prepared statement")),
+        S::Deallocate { name, .. } => {
+            if name.value.eq_ignore_ascii_case("all") && name.quote_style.is_none() {
+                prepared.clear();
+            } else {
+                prepared.remove(&name.value.to_ascii_lowercase());
+            }
+            Ok(SqlPrepared::Done("DEALLOCATE"))
+        }
+        other => Ok(SqlPrepared::Other(other)),
     }
 }
 
