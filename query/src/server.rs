@@ -28,9 +28,8 @@ use arrow::datatypes::SchemaRef;
 use datafusion::catalog::{CatalogProvider, CatalogProviderList, SchemaProvider};
 use datafusion::common::{DataFusionError, ScalarValue};
 use datafusion::execution::context::{SQLOptions, SessionState};
-use datafusion::execution::disk_manager::DiskManager;
 use datafusion::execution::memory_pool::FairSpillPool;
-use datafusion::execution::runtime_env::{RuntimeEnv, RuntimeEnvBuilder};
+use datafusion::execution::runtime_env::RuntimeEnv;
 use datafusion::execution::session_state::SessionStateBuilder;
 use datafusion::logical_expr::LogicalPlan;
 use datafusion::prelude::{SessionConfig, SessionContext};
@@ -451,11 +450,14 @@ impl Service {
         for (k, v) in settings {
             config.options_mut().set(k, v)?;
         }
-        let mut rt = RuntimeEnvBuilder::new()
-            .with_memory_pool(Arc::new(FairSpillPool::new(self.config.query_memory_mb.max(1) << 20)))
-            .with_object_store_registry(Arc::clone(&self.runtime.object_store_registry));
-        rt.disk_manager = Some(Arc::clone(&self.runtime.disk_manager) as Arc<DiskManager>);
-        let rt = rt.build_arc()?;
+        // A memory pool of the query's own; the disk manager, the object stores and the
+        // caches (Parquet footers, file listings) are the server's, shared by every query.
+        let rt = Arc::new(RuntimeEnv {
+            memory_pool: Arc::new(FairSpillPool::new(self.config.query_memory_mb.max(1) << 20)),
+            disk_manager: Arc::clone(&self.runtime.disk_manager),
+            cache_manager: Arc::clone(&self.runtime.cache_manager),
+            object_store_registry: Arc::clone(&self.runtime.object_store_registry),
+        });
         let mut state = SessionStateBuilder::new_from_existing(planner.clone())
             .with_config(config)
             .with_runtime_env(rt)
