@@ -21,8 +21,8 @@
 //! file: zstd's entropy coding would cost more time than it saves bytes. A chunk whose
 //! values are only a few kilobytes ([`SMALL_CHUNK_BYTES`]) is written with Snappy too: there
 //! zstd's fixed cost per frame is most of its time.
-//! Integer and time columns whose statistics are enabled get the chunk's min, max and null
-//! count (no page-level statistics or page index: files are pruned by chunk). The file's
+//! Integer, time and text columns whose statistics are enabled get the chunk's min, max and
+//! null count (no page-level statistics or page index: files are pruned by chunk). The file's
 //! footer, and the Arrow schema in its key-value metadata, come from the parquet crate's
 //! [`SerializedFileWriter`], so any Parquet reader reads the files.
 //!
@@ -499,6 +499,44 @@ fn statistics(arrays: &[&ArrayRef]) -> Option<Statistics> {
         DataType::Int8 | DataType::Int32 | DataType::Date32 => {
             let (min, max) = min_max(&|a| Cow::Owned(int32_values(a.as_ref())));
             Some(Statistics::int32(min.map(|v| v as i32), max.map(|v| v as i32), None, nulls, false))
+        }
+        DataType::Utf8 | DataType::Dictionary(_, _) => {
+            let (mut min, mut max) = (None::<&str>, None::<&str>);
+            for a in arrays {
+                for v in text_values(a.as_ref())? {
+                    min = Some(min.map_or(v, |m| m.min(v)));
+                    max = Some(max.map_or(v, |m| m.max(v)));
+                }
+            }
+            // Long values would need truncated bounds; such a chunk goes without.
+            if min.is_some_and(|v| v.len() > MAX_TEXT_STATISTIC) || max.is_some_and(|v| v.len() > MAX_TEXT_STATISTIC) {
+                return None;
+            }
+            let bytes = |v: Option<&str>| v.map(|v| parquet::data_type::ByteArray::from(v.as_bytes().to_vec()));
+            Some(Statistics::byte_array(bytes(min), bytes(max), None, nulls, false))
+        }
+        _ => None,
+    }
+}
+
+/// Text statistics are kept for values up to this long (tenant ids and the like).
+const MAX_TEXT_STATISTIC: usize = 64;
+
+/// The distinct text values a text or dictionary-of-text column holds: for a dictionary,
+/// only the values its keys use (the fold's dictionaries are shared by every tenant).
+fn text_values(a: &dyn Array) -> Option<Vec<&str>> {
+    match a.data_type() {
+        DataType::Utf8 => Some(a.as_string::<i32>().iter().flatten().collect()),
+        DataType::Dictionary(key, value) if **key == DataType::Int32 && **value == DataType::Utf8 => {
+            let d: &DictionaryArray<Int32Type> = a.as_dictionary();
+            let values = d.values().as_string::<i32>();
+            let mut used = vec![false; values.len()];
+            for k in d.keys().iter().flatten() {
+                if let Some(u) = used.get_mut(k as usize) {
+                    *u = true;
+                }
+            }
+            Some(used.iter().enumerate().filter(|(_, u)| **u).map(|(i, _)| values.value(i)).collect())
         }
         _ => None,
     }
