@@ -14,9 +14,14 @@ Starts `ccstream serve` (CCSTREAM_BIN, default target/release/ccstream) on port 
 
 For each client count: p50/p99 latency and queries/s of the dashboard query over
 psycopg (one connection per client thread, the query prepared as Grafana's driver sends
-it). Then rollup and scan, alternating ccstream and DuckDB (`read_parquet` over the same
-files, the same thread count), N rounds, the median of each. The server's peak RSS comes
-from /proc. Load goes to loopback only and stops by itself.
+it). Then the same 8-client load while two more clients keep sending queries that break
+the limits (one over serve.query_memory_mb, one past serve.query_timeout_s): the report
+says what those got and what the dashboard's p50/p99 was meanwhile. Then rollup and scan,
+alternating ccstream and DuckDB (`read_parquet` over the files of the Delta tables' latest
+versions, the same thread count), N rounds, the median of each. Last, a 10 M-row result
+(7 columns of call_facts) through Arrow Flight SQL (ADBC, into an Arrow table) and
+through the Postgres wire (psql, text), alternating. The server's peak RSS comes from
+/proc. Load goes to loopback only and stops by itself.
 """
 
 import argparse
@@ -29,6 +34,7 @@ import tempfile
 import threading
 import time
 
+import adbc_driver_flightsql.dbapi as flight_sql
 import duckdb
 import psycopg
 
@@ -51,6 +57,14 @@ SELECT tenant_id, count(*) AS calls, sum(CASE WHEN answered THEN 1 ELSE 0 END) A
        max(wait_ms) AS max_wait_ms, avg(handle_ms) AS aht_ms, count(DISTINCT final_queue_id) AS queues
 FROM call_facts GROUP BY tenant_id ORDER BY tenant_id"""
 
+# Heavy queries over the limits (which limit each hits first depends on how DataFusion
+# spills): every event id of a call in one string per call;
+MEMORY_HOG = "SELECT call_id, string_agg(event_id, ',') AS ids FROM events GROUP BY call_id ORDER BY ids DESC LIMIT 1"
+# a self-join of every event on its call.
+SLOW = "SELECT count(*) FROM events a JOIN events b ON a.call_id = b.call_id AND a.event_id < b.event_id"
+
+WIDE = "SELECT call_id, tenant_id, queue_id, queued_at, wait_ms, handle_ms, answered FROM call_facts"
+
 
 def start_server(binary, data, cfg_dir, cpus):
     pw = "bench-password"
@@ -58,18 +72,20 @@ def start_server(binary, data, cfg_dir, cpus):
     cfg = os.path.join(cfg_dir, "serve.toml")
     with open(cfg, "w") as f:
         f.write(f'[serve]\nmax_rows = 1000000000\nquery_threads = {args.threads}\ntarget_partitions = {args.threads}\n'
+                f'query_memory_mb = {args.query_memory_mb}\nquery_timeout_s = {args.query_timeout_s}\n'
                 f'[[serve.principals]]\nname = "bench"\nrole = "admin"\ntenants = ["*"]\npassword_hash = "{hashed}"\n')
     listen = os.path.join(cfg_dir, "listen")
     cmd = ["taskset", "-c", cpus, binary, "serve", "--data", data, "--config", cfg,
-           "--pg-listen", "127.0.0.1:0", "--listen-file", listen]
+           "--pg-listen", "127.0.0.1:0", "--flight-listen", "127.0.0.1:0", "--listen-file", listen]
     err = open(os.path.join(cfg_dir, "stderr"), "w")
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=err)
     deadline = time.time() + 120
     while time.time() < deadline:
-        if os.path.exists(listen):
-            addr = open(listen).read().split()[1]
-            host, port = addr.rsplit(":", 1)
-            return proc, f"host={host} port={port} user=bench password={pw} dbname=ccstream"
+        lines = open(listen).read().splitlines() if os.path.exists(listen) else []
+        if len(lines) == 2:
+            addrs = dict(line.split() for line in lines)
+            host, port = addrs["pg"].rsplit(":", 1)
+            return proc, f"host={host} port={port} user=bench password={pw} dbname=ccstream", f"grpc://{addrs['flight']}", pw
         if proc.poll() is not None:
             sys.exit(f"serve exited: {open(os.path.join(cfg_dir, 'stderr')).read()}")
         time.sleep(0.05)
@@ -97,6 +113,35 @@ def peak_rss_mb(pid):
             if line.startswith("VmHWM:"):
                 return int(line.split()[1]) / 1024
     return float("nan")
+
+
+def breakers(dsn, seconds):
+    """Two clients that keep sending queries over the limits for `seconds`; what they got."""
+    outcomes = {"string_agg_per_call": [], "self_join": []}
+    stop = time.time() + seconds
+
+    def worker(kind, sql):
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            while time.time() < stop:
+                t = time.perf_counter()
+                try:
+                    conn.execute(sql).fetchall()
+                    outcomes[kind].append(("ok", time.perf_counter() - t))
+                except psycopg.Error as e:
+                    outcomes[kind].append((f"{e.sqlstate} {str(e).splitlines()[0][:100]}", time.perf_counter() - t))
+
+    threads = [threading.Thread(target=worker, args=a) for a in [("string_agg_per_call", MEMORY_HOG), ("self_join", SLOW)]]
+    for t in threads:
+        t.start()
+    return threads, outcomes
+
+
+def summarize(outcomes):
+    """{outcome: {"n": how many, "median_s": their median time}}."""
+    by = {}
+    for outcome, seconds in outcomes:
+        by.setdefault(outcome, []).append(seconds)
+    return {o: {"n": len(v), "median_s": round(statistics.median(v), 2)} for o, v in by.items()}
 
 
 def load(dsn, clients, seconds, params):
@@ -143,12 +188,14 @@ if __name__ == "__main__":
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--cpus", default="0,1")
     ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--query-memory-mb", type=int, default=512)
+    ap.add_argument("--query-timeout-s", type=float, default=15)
     args = ap.parse_args()
     binary = os.environ.get("CCSTREAM_BIN", "target/release/ccstream")
     # DuckDB runs in this process: on the server's CPUs, with the same thread count.
     os.sched_setaffinity(0, {int(c) for c in args.cpus.split(",")})
     with tempfile.TemporaryDirectory() as tmp:
-        proc, dsn = start_server(binary, args.data, tmp, args.cpus)
+        proc, dsn, flight_uri, pw = start_server(binary, args.data, tmp, args.cpus)
         try:
             with psycopg.connect(dsn, autocommit=True) as c:
                 tenant, day = c.execute(
@@ -157,6 +204,12 @@ if __name__ == "__main__":
                 start = c.execute("SELECT min(queued_at) FROM call_facts").fetchone()[0]
             params = {"tenant": tenant, "day": day}
             report = {"dashboard": [load(dsn, int(n), args.seconds, params) for n in args.clients.split(",")]}
+            threads, outcomes = breakers(dsn, args.seconds)
+            during = load(dsn, 8, args.seconds, params)
+            for t in threads:
+                t.join()
+            report["limits"] = {"dashboard_8_clients_meanwhile": during,
+                                **{k: summarize(v) for k, v in outcomes.items()}}
             duck = duckdb.connect()
             duck.execute(f"SET threads = {args.threads}")
             files = delta_files(os.path.join(args.data, "call_facts"))
@@ -171,6 +224,23 @@ if __name__ == "__main__":
                 report[name] = {"ccstream_s": statistics.median(ours), "duckdb_s": statistics.median(theirs),
                                 "ratio": statistics.median(ours) / statistics.median(theirs),
                                 "ccstream_all": ours, "duckdb_all": theirs}
+            # 10 M rows: Flight SQL into Arrow, the Postgres wire into psql.
+            host, port = dsn.split()[0][5:], dsn.split()[1][5:]
+            env = dict(os.environ, PGPASSWORD=pw)
+            psql = ["psql", "-X", "-q", "-At", "-o", "/dev/null", "-h", host, "-p", port, "-U", "bench", "-d", "ccstream", "-c", WIDE]
+            fl, pg, rows = [], [], 0
+            for _ in range(max(1, args.rounds // 2)):
+                with flight_sql.connect(flight_uri, db_kwargs={"username": "bench", "password": pw}, autocommit=True) as conn:
+                    cur = conn.cursor()
+                    t = time.perf_counter()
+                    cur.execute(WIDE)
+                    rows = cur.fetch_arrow_table().num_rows
+                    fl.append(time.perf_counter() - t)
+                t = time.perf_counter()
+                subprocess.run(psql, env=env, check=True)
+                pg.append(time.perf_counter() - t)
+            report["wide_result"] = {"rows": rows, "flight_adbc_s": statistics.median(fl), "pg_psql_s": statistics.median(pg),
+                                     "flight_all": fl, "pg_all": pg}
             report["server_peak_rss_mb"] = peak_rss_mb(proc.pid)
             print(json.dumps(report, indent=1, default=str))
         finally:
