@@ -442,7 +442,7 @@ impl ChunkEncoder<'_> {
             .set_data_page_offset(data_offset.unwrap_or(0))
             .set_dictionary_page_offset(dictionary_offset);
         if plan.statistics {
-            if let Some(s) = statistics(arrays) {
+            if let Some(s) = statistics(arrays, dictionary.as_ref().map(|d| &d.values[..])) {
                 meta = meta.set_statistics(s);
             }
         }
@@ -480,7 +480,9 @@ fn value_bytes(arrays: &[&ArrayRef]) -> usize {
 }
 
 /// Min, max and null count of an integer or time column made of `arrays`.
-fn statistics(arrays: &[&ArrayRef]) -> Option<Statistics> {
+/// The chunk's statistics; for text, `dictionary` (the chunk's distinct values, when it is
+/// dictionary-encoded) spares a pass over the rows.
+fn statistics<'a>(arrays: &[&'a ArrayRef], dictionary: Option<&[&'a [u8]]>) -> Option<Statistics> {
     let nulls = Some(arrays.iter().map(|a| a.null_count() as u64).sum());
     let min_max = |values: &dyn Fn(&ArrayRef) -> Cow<'_, [i64]>| {
         let (mut min, mut max) = (None::<i64>, None::<i64>);
@@ -501,18 +503,34 @@ fn statistics(arrays: &[&ArrayRef]) -> Option<Statistics> {
             Some(Statistics::int32(min.map(|v| v as i32), max.map(|v| v as i32), None, nulls, false))
         }
         DataType::Utf8 | DataType::Dictionary(_, _) => {
-            let (mut min, mut max) = (None::<&str>, None::<&str>);
-            for a in arrays {
-                for v in text_values(a.as_ref())? {
-                    min = Some(min.map_or(v, |m| m.min(v)));
-                    max = Some(max.map_or(v, |m| m.max(v)));
+            let (mut min, mut max) = (None::<&'a [u8]>, None::<&'a [u8]>);
+            let mut see = |v: &'a [u8]| {
+                min = Some(min.map_or(v, |m| m.min(v)));
+                max = Some(max.map_or(v, |m| m.max(v)));
+            };
+            match dictionary {
+                Some(values) => values.iter().for_each(|v| see(v)),
+                None => {
+                    for a in arrays {
+                        match a.data_type() {
+                            DataType::Utf8 => a.as_string::<i32>().iter().flatten().for_each(|v| see(v.as_bytes())),
+                            DataType::Dictionary(key, value)
+                                if **key == DataType::Int32 && **value == DataType::Utf8 =>
+                            {
+                                let d: &DictionaryArray<Int32Type> = a.as_dictionary();
+                                let values = d.values().as_string::<i32>();
+                                d.keys().iter().flatten().for_each(|k| see(values.value(k as usize).as_bytes()));
+                            }
+                            _ => return None,
+                        }
+                    }
                 }
             }
             // Long values would need truncated bounds; such a chunk goes without.
             if min.is_some_and(|v| v.len() > MAX_TEXT_STATISTIC) || max.is_some_and(|v| v.len() > MAX_TEXT_STATISTIC) {
                 return None;
             }
-            let bytes = |v: Option<&str>| v.map(|v| parquet::data_type::ByteArray::from(v.as_bytes().to_vec()));
+            let bytes = |v: Option<&[u8]>| v.map(|v| parquet::data_type::ByteArray::from(v.to_vec()));
             Some(Statistics::byte_array(bytes(min), bytes(max), None, nulls, false))
         }
         _ => None,
@@ -521,26 +539,6 @@ fn statistics(arrays: &[&ArrayRef]) -> Option<Statistics> {
 
 /// Text statistics are kept for values up to this long (tenant ids and the like).
 const MAX_TEXT_STATISTIC: usize = 64;
-
-/// The distinct text values a text or dictionary-of-text column holds: for a dictionary,
-/// only the values its keys use (the fold's dictionaries are shared by every tenant).
-fn text_values(a: &dyn Array) -> Option<Vec<&str>> {
-    match a.data_type() {
-        DataType::Utf8 => Some(a.as_string::<i32>().iter().flatten().collect()),
-        DataType::Dictionary(key, value) if **key == DataType::Int32 && **value == DataType::Utf8 => {
-            let d: &DictionaryArray<Int32Type> = a.as_dictionary();
-            let values = d.values().as_string::<i32>();
-            let mut used = vec![false; values.len()];
-            for k in d.keys().iter().flatten() {
-                if let Some(u) = used.get_mut(k as usize) {
-                    *u = true;
-                }
-            }
-            Some(used.iter().enumerate().filter(|(_, u)| **u).map(|(i, _)| values.value(i)).collect())
-        }
-        _ => None,
-    }
-}
 
 /// The non-null values of an INT32-stored column, widened.
 fn int32_values(a: &dyn Array) -> Vec<i64> {

@@ -33,7 +33,8 @@ use arrow::array::{Array, AsArray, RecordBatch};
 use arrow::datatypes::{DataType, Schema, SchemaRef, TimeUnit};
 use arrow::datatypes::{Date32Type, Int32Type};
 use ccstream_schemas::{
-    is_low_cardinality, partition_columns, table_schema, without_dictionaries, PARTITION_COLUMN, SEALED_COLUMN,
+    is_low_cardinality, is_prune_key, partition_columns, table_schema, without_dictionaries, PARTITION_COLUMN,
+    SEALED_COLUMN,
 };
 use delta_kernel::expressions::Scalar;
 use indexmap::IndexMap;
@@ -75,11 +76,13 @@ type FlatResult<T> = std::result::Result<T, FlatError>;
 /// Parquet settings of table `name`'s files.
 pub fn writer_properties(name: &str) -> WriterProperties {
     // Dictionary pages only where values repeat (tenants, queues, agents, enums): for
-    // unique ids a dictionary is pure cost. Min/max statistics (chunk and page) only for
-    // times: rows come roughly in time order, so times prune. No table is clustered by
-    // anything else: every page holds most of a file's tenants, queues and agents, ids are
-    // random and measures (waits, counts, media quality) spread, so their min/max would
-    // prune nothing, and computing it compares every value.
+    // unique ids a dictionary is pure cost. Min/max statistics (chunk and page) for times:
+    // rows come roughly in time order, so times prune. Chunk statistics for the tenant
+    // (`is_prune_key`): every query of a tenant-scoped principal filters on it,
+    // `interval_partials` is written in tenant order, and the bounds come from the chunk's
+    // dictionary, not from its rows. Nothing else: ids are random and measures (waits,
+    // counts, media quality) spread, so their min/max would prune nothing, and computing
+    // it compares every value.
     //
     // Compression: zstd (level 1) for unique text and for floats, whose bytes it entropy-codes
     // (hex ids to about half, split floats' mantissa bytes well below raw); Snappy for the
@@ -107,9 +110,7 @@ pub fn writer_properties(name: &str) -> WriterProperties {
             if matches!(field.data_type(), DataType::Timestamp(_, _) | DataType::Date32) {
                 props = props.set_column_statistics_enabled(path(), EnabledStatistics::Page);
             }
-            // Every query of a tenant-scoped principal filters on the tenant: its bounds let
-            // the scan skip other tenants' row groups.
-            if field.name() == "tenant_id" {
+            if is_prune_key(field.name()) {
                 props = props.set_column_statistics_enabled(path(), EnabledStatistics::Chunk);
             }
             let encoding = match field.data_type() {

@@ -26,7 +26,7 @@ pub use record::{
 };
 pub use tables::{
     agent_legs_schema, call_facts_schema, corrections_schema, dead_letters_schema, events_schema, fold_read_schema,
-    interval_partials_schema, is_low_cardinality, partition_columns, table_schema, with_dictionaries,
+    interval_partials_schema, is_low_cardinality, is_prune_key, partition_columns, table_schema, with_dictionaries,
     without_dictionaries, DERIVED_TABLES, PARTITION_COLUMN, SEALED_COLUMN, TABLES, TABLE_AGENT_LEGS, TABLE_CALL_FACTS,
     TABLE_CORRECTIONS, TABLE_DEAD_LETTERS, TABLE_EVENTS, TABLE_INTERVAL_PARTIALS, VIEW_AGENT_DAY_METRICS,
     VIEW_AGENT_OCCUPANCY, VIEW_AGENT_STATE_TIME, VIEW_INTERVAL_METRICS, VIEW_MEDIA_STREAMS, VIEW_SBC_LEGS,

@@ -226,6 +226,12 @@ pub fn table_schema(name: &str) -> Option<SchemaRef> {
     })
 }
 
+/// Text columns whose chunk min/max the tables keep, so that scans filtering on them skip
+/// row groups: the tenant, which every tenant-scoped query filters on.
+pub fn is_prune_key(name: &str) -> bool {
+    name == "tenant_id"
+}
+
 /// String columns whose values repeat (tenants, queues, agents, enums): kept
 /// dictionary-encoded while decoding and written with Parquet dictionary pages. Unique ids
 /// (`event_id`, `call_id`) are not: for them a dictionary is pure cost.

@@ -1791,9 +1791,19 @@ impl CallFold {
     ) -> Result<RecordBatch> {
         // In name order (tenant, queue, interval start): a tenant's rows sit together, so
         // the files' statistics let a query of one tenant and day skip the rest.
-        let mut order: Vec<&(PartKey, PartialRow)> = rows.iter().collect();
-        order.sort_by_cached_key(|(k, _)| (dicts.tenants.name(k.0), name(&dicts.queues, k.1), k.2));
-        let rows = order;
+        // The rows come in key order (interned ids, then interval start), so each (tenant,
+        // queue) is a run already in time order: only the runs are ordered by name.
+        let names = |k: &PartKey| (dicts.tenants.name(k.0), name(&dicts.queues, k.1));
+        let rows: Vec<&(PartKey, PartialRow)> = if rows.is_sorted_by_key(|(k, _)| *k) {
+            let mut runs: Vec<&[(PartKey, PartialRow)]> =
+                rows.chunk_by(|a, b| (a.0 .0, a.0 .1) == (b.0 .0, b.0 .1)).collect();
+            runs.sort_unstable_by_key(|run| names(&run[0].0));
+            runs.into_iter().flatten().collect()
+        } else {
+            let mut order: Vec<_> = rows.iter().collect();
+            order.sort_unstable_by_key(|(k, _)| (names(k), k.2));
+            order
+        };
         let n = rows.len();
         let mut columns: Vec<ArrayRef> = vec![
             Arc::new(dicts.tenants.column(rows.iter().map(|(k, _)| k.0))?),
