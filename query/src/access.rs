@@ -309,20 +309,26 @@ impl Principals {
 
     /// A bearer token, checked against every principal's token hash (remembered once
     /// verified).
+    /// The principal of a token verified within the cache's lifetime: a hash and a lookup,
+    /// cheap enough for an async worker. `None` means [`Principals::check_token`] must run.
+    pub fn cached_token(&self, token: &str) -> Option<Principal> {
+        if token.is_empty() || token.len() > 4096 {
+            return None;
+        }
+        let cache = self.token_cache.lock().expect("token cache");
+        let (i, at) = cache.get(&sha256(token.as_bytes()))?;
+        (at.elapsed() < TOKEN_CACHE_TTL).then(|| self.by_name[&self.order[*i]].principal.clone())
+    }
+
     pub fn check_token(&self, token: &str) -> Result<Principal, AccessError> {
+        if let Some(principal) = self.cached_token(token) {
+            return Ok(principal);
+        }
         if token.is_empty() || token.len() > 4096 {
             return Err(AccessError::Invalid);
         }
-        let key: [u8; 32] = digest::digest(&digest::SHA256, token.as_bytes()).as_ref().try_into().expect("32 bytes");
+        let key = sha256(token.as_bytes());
         let now = Instant::now();
-        {
-            let cache = self.token_cache.lock().expect("token cache");
-            if let Some((i, at)) = cache.get(&key) {
-                if now.duration_since(*at) < TOKEN_CACHE_TTL {
-                    return Ok(self.by_name[&self.order[*i]].principal.clone());
-                }
-            }
-        }
         let _permit = SlowCheck::acquire(&self.slow_checks);
         for (i, name) in self.order.iter().enumerate() {
             let entry = &self.by_name[name];

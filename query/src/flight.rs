@@ -49,6 +49,7 @@ use prost::Message;
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpListener;
+use tokio_util::either::Either;
 use tonic::metadata::MetadataValue;
 use tonic::{Request, Response, Status, Streaming};
 
@@ -81,43 +82,27 @@ pub async fn serve(listener: TcpListener, service: Arc<Service>, tls: Option<tok
     let (tx, rx) = tokio::sync::mpsc::channel::<Result<Conn, std::io::Error>>(16);
     let connections = Arc::new(tokio::sync::Semaphore::new(service.config.max_connections.max(1)));
     let accept = tokio::spawn(async move {
-        let mut backoff = Duration::from_millis(5);
         loop {
-            let (socket, peer) = match listener.accept().await {
-                Ok(s) => {
-                    backoff = Duration::from_millis(5);
-                    s
+            let (socket, peer, permit) = crate::server::accept(&listener, &connections, FRONTEND).await;
+            let _ = socket.set_nodelay(true);
+            let Some(acceptor) = tls.clone() else {
+                if tx.send(Ok(Conn { io: Either::Left(socket), peer, _permit: permit })).await.is_err() {
+                    return;
                 }
-                Err(e) => {
-                    tracing::warn!(error = %e, "accepting a Flight SQL connection failed");
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(Duration::from_secs(1));
-                    continue;
-                }
-            };
-            let Ok(permit) = Arc::clone(&connections).try_acquire_owned() else {
-                tracing::warn!(%peer, "refusing a Flight SQL connection: serve.max_connections reached");
                 continue;
             };
-            let _ = socket.set_nodelay(true);
-            let tx = tx.clone();
-            let tls = tls.clone();
             // TLS handshakes run beside the accept loop: a slow client holds up no one.
+            let tx = tx.clone();
             tokio::spawn(async move {
-                let io = match tls {
-                    None => Io::Plain(socket),
-                    Some(acceptor) => {
-                        match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(socket)).await {
-                            Ok(Ok(s)) => Io::Tls(Box::new(s)),
-                            Ok(Err(e)) => {
-                                tracing::debug!(%peer, error = %e, "Flight SQL TLS handshake failed");
-                                return;
-                            }
-                            Err(_) => {
-                                tracing::debug!(%peer, "Flight SQL TLS handshake timed out");
-                                return;
-                            }
-                        }
+                let io = match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(socket)).await {
+                    Ok(Ok(s)) => Either::Right(Box::new(s)),
+                    Ok(Err(e)) => {
+                        tracing::debug!(%peer, error = %e, "Flight SQL TLS handshake failed");
+                        return;
+                    }
+                    Err(_) => {
+                        tracing::debug!(%peer, "Flight SQL TLS handshake timed out");
+                        return;
                     }
                 };
                 let _ = tx.send(Ok(Conn { io, peer, _permit: permit })).await;
@@ -151,10 +136,8 @@ struct Conn {
     _permit: tokio::sync::OwnedSemaphorePermit,
 }
 
-enum Io {
-    Plain(tokio::net::TcpStream),
-    Tls(Box<tokio_rustls::server::TlsStream<tokio::net::TcpStream>>),
-}
+/// Plain TCP or TLS.
+type Io = Either<tokio::net::TcpStream, Box<tokio_rustls::server::TlsStream<tokio::net::TcpStream>>>;
 
 impl tonic::transport::server::Connected for Conn {
     type ConnectInfo = SocketAddr;
@@ -165,47 +148,29 @@ impl tonic::transport::server::Connected for Conn {
 
 impl AsyncRead for Conn {
     fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
-        match &mut self.io {
-            Io::Plain(s) => Pin::new(s).poll_read(cx, buf),
-            Io::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
-        }
+        Pin::new(&mut self.io).poll_read(cx, buf)
     }
 }
 
 impl AsyncWrite for Conn {
     fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
-        match &mut self.io {
-            Io::Plain(s) => Pin::new(s).poll_write(cx, buf),
-            Io::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
-        }
+        Pin::new(&mut self.io).poll_write(cx, buf)
     }
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        match &mut self.io {
-            Io::Plain(s) => Pin::new(s).poll_flush(cx),
-            Io::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
-        }
+        Pin::new(&mut self.io).poll_flush(cx)
     }
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        match &mut self.io {
-            Io::Plain(s) => Pin::new(s).poll_shutdown(cx),
-            Io::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
-        }
+        Pin::new(&mut self.io).poll_shutdown(cx)
     }
     fn poll_write_vectored(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         bufs: &[std::io::IoSlice<'_>],
     ) -> Poll<std::io::Result<usize>> {
-        match &mut self.io {
-            Io::Plain(s) => Pin::new(s).poll_write_vectored(cx, bufs),
-            Io::Tls(s) => Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
-        }
+        Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
     }
     fn is_write_vectored(&self) -> bool {
-        match &self.io {
-            Io::Plain(s) => s.is_write_vectored(),
-            Io::Tls(s) => s.is_write_vectored(),
-        }
+        self.io.is_write_vectored()
     }
 }
 
@@ -262,9 +227,7 @@ where
                     inner.call(request).await
                 }
                 Err(e) => {
-                    let t = &frontend.service.telemetry;
-                    t.auth_failures.with_label_values(&[FRONTEND]).inc();
-                    t.errors.with_label_values(&[FRONTEND, ErrorKind::Unauthenticated.as_str()]).inc();
+                    frontend.service.telemetry.auth_failed(FRONTEND);
                     let message = match e {
                         AccessError::Missing => "credentials required: authorization: Bearer TOKEN or Basic",
                         _ => "invalid credentials",
@@ -437,9 +400,7 @@ impl FlightFrontend {
 
     /// Counts a failed query and turns it into a status.
     fn failed(&self, e: QueryError) -> Status {
-        let t = &self.service.telemetry;
-        t.errors.with_label_values(&[FRONTEND, e.kind.as_str()]).inc();
-        t.queries.with_label_values(&[FRONTEND, "error"]).inc();
+        self.service.telemetry.query_failed(FRONTEND, e.kind);
         status(e)
     }
 
@@ -476,13 +437,11 @@ impl FlightFrontend {
                     Some(Err(e)) => {
                         s.done = true;
                         tracing::info!(error = %e, "Flight SQL query failed mid-result");
-                        t.errors.with_label_values(&[FRONTEND, e.kind.as_str()]).inc();
-                        t.queries.with_label_values(&[FRONTEND, "error"]).inc();
+                        t.query_failed(FRONTEND, e.kind);
                         Some((Err(FlightError::Tonic(Box::new(status(e)))), s))
                     }
                     None => {
-                        t.queries.with_label_values(&[FRONTEND, "ok"]).inc();
-                        t.duration.with_label_values(&[FRONTEND]).observe(s.running.elapsed().as_secs_f64());
+                        t.query_done(FRONTEND, s.running.elapsed());
                         None
                     }
                 }

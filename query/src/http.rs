@@ -99,8 +99,7 @@ impl From<QueryError> for ApiError {
 async fn authenticate(service: &Arc<Service>, headers: &HeaderMap) -> Result<Principal, ApiError> {
     let result = authenticate_inner(service, headers).await;
     if result.is_err() {
-        service.telemetry.auth_failures.with_label_values(&[FRONTEND]).inc();
-        service.telemetry.errors.with_label_values(&[FRONTEND, ErrorKind::Unauthenticated.as_str()]).inc();
+        service.telemetry.auth_failed(FRONTEND);
     }
     result.map_err(|e| {
         ApiError(QueryError::new(
@@ -223,8 +222,7 @@ async fn sql(
     let result = sql_inner(&service, &principal, q, &headers, body).await;
     t.active_sessions.with_label_values(&[FRONTEND]).dec();
     if let Err(e) = &result {
-        t.errors.with_label_values(&[FRONTEND, e.0.kind.as_str()]).inc();
-        t.queries.with_label_values(&[FRONTEND, "error"]).inc();
+        t.query_failed(FRONTEND, e.0.kind);
     }
     result
 }
@@ -296,8 +294,7 @@ impl ResultStream {
                 }
                 Some(Err(e)) => {
                     self.done = true;
-                    t.errors.with_label_values(&[FRONTEND, e.kind.as_str()]).inc();
-                    t.queries.with_label_values(&[FRONTEND, "error"]).inc();
+                    t.query_failed(FRONTEND, e.kind);
                     tracing::info!(error = %e, "query failed mid-result");
                     match self.encoder.error(&e) {
                         Some(bytes) => Ok(bytes),
@@ -306,8 +303,7 @@ impl ResultStream {
                 }
                 None => {
                     self.done = true;
-                    t.queries.with_label_values(&[FRONTEND, "ok"]).inc();
-                    t.duration.with_label_values(&[FRONTEND]).observe(self.running.elapsed().as_secs_f64());
+                    t.query_done(FRONTEND, self.running.elapsed());
                     self.encoder.finish()
                 }
             };

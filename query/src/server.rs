@@ -261,6 +261,31 @@ impl Drop for Service {
     }
 }
 
+/// The next connection on `listener` that gets one of `slots` (at most
+/// `serve.max_connections` open per frontend): connections past the cap are closed at once,
+/// and accept errors (out of file descriptors and the like) wait, doubling from 5 ms to 1 s,
+/// instead of spinning.
+pub async fn accept(
+    listener: &tokio::net::TcpListener,
+    slots: &Arc<Semaphore>,
+    frontend: &str,
+) -> (tokio::net::TcpStream, std::net::SocketAddr, tokio::sync::OwnedSemaphorePermit) {
+    let mut backoff = Duration::from_millis(5);
+    loop {
+        match listener.accept().await {
+            Ok((socket, peer)) => match Arc::clone(slots).try_acquire_owned() {
+                Ok(permit) => return (socket, peer, permit),
+                Err(_) => tracing::warn!(%peer, frontend, "refusing a connection: serve.max_connections reached"),
+            },
+            Err(e) => {
+                tracing::warn!(error = %e, frontend, "accepting a connection failed");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(1));
+            }
+        }
+    }
+}
+
 /// A session with ccstream's functions, for planning.
 pub fn planner_state(target_partitions: usize) -> SessionState {
     let config = SessionConfig::new()
@@ -527,8 +552,14 @@ impl Service {
     pub async fn authenticate(self: &Arc<Self>, authorization: &str) -> Result<Principal, AccessError> {
         let (scheme, rest) = authorization.split_once(' ').ok_or(AccessError::Invalid)?;
         let (scheme, rest) = (scheme.to_string(), rest.trim().to_string());
-        if scheme.eq_ignore_ascii_case("bearer") && crate::entra::looks_like_jwt(&rest) && !self.entra.is_empty() {
-            return self.entra.verify(&rest).await;
+        if scheme.eq_ignore_ascii_case("bearer") {
+            if crate::entra::looks_like_jwt(&rest) && !self.entra.is_empty() {
+                return self.entra.verify(&rest).await;
+            }
+            // A token verified lately needs no trip to the blocking pool.
+            if let Some(principal) = self.principals.cached_token(&rest) {
+                return Ok(principal);
+            }
         }
         let service = Arc::clone(self);
         let check = move || -> Result<Principal, AccessError> {

@@ -141,6 +141,24 @@ impl Telemetry {
         }
     }
 
+    /// A request or connection of `frontend` refused for its credentials.
+    pub fn auth_failed(&self, frontend: &str) {
+        self.auth_failures.with_label_values(&[frontend]).inc();
+        self.errors.with_label_values(&[frontend, ErrorKind::Unauthenticated.as_str()]).inc();
+    }
+
+    /// A query of `frontend` that failed (before or during its result).
+    pub fn query_failed(&self, frontend: &str, kind: ErrorKind) {
+        self.errors.with_label_values(&[frontend, kind.as_str()]).inc();
+        self.queries.with_label_values(&[frontend, "error"]).inc();
+    }
+
+    /// A query of `frontend` that sent its last row after `elapsed`.
+    pub fn query_done(&self, frontend: &str, elapsed: std::time::Duration) {
+        self.queries.with_label_values(&[frontend, "ok"]).inc();
+        self.duration.with_label_values(&[frontend]).observe(elapsed.as_secs_f64());
+    }
+
     /// The Prometheus text format of every metric.
     pub fn render(&self) -> String {
         let mut buf = Vec::new();

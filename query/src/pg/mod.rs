@@ -165,26 +165,8 @@ impl Drop for SessionGauge {
 pub async fn serve(listener: TcpListener, service: Arc<Service>, tls: Option<tokio_rustls::TlsAcceptor>) {
     let cancels = Arc::new(Cancels::default());
     let connections = Arc::new(tokio::sync::Semaphore::new(service.config.max_connections.max(1)));
-    let mut backoff = std::time::Duration::from_millis(5);
     loop {
-        let (socket, peer) = match listener.accept().await {
-            Ok(s) => {
-                backoff = std::time::Duration::from_millis(5);
-                s
-            }
-            Err(e) => {
-                // Out of file descriptors and the like: wait instead of spinning.
-                tracing::warn!(error = %e, "accepting a Postgres connection failed");
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(std::time::Duration::from_secs(1));
-                continue;
-            }
-        };
-        let Ok(permit) = Arc::clone(&connections).try_acquire_owned() else {
-            tracing::warn!(%peer, "refusing a Postgres connection: serve.max_connections reached");
-            drop(socket);
-            continue;
-        };
+        let (socket, peer, permit) = crate::server::accept(&listener, &connections, FRONTEND).await;
         let handlers = Handlers(Arc::new(Connection {
             service: Arc::clone(&service),
             cancels: Arc::clone(&cancels),
@@ -291,9 +273,7 @@ fn decoy_verifier(name: &str) -> ScramVerifier {
 
 impl Handlers {
     fn auth_failed(&self, user: &str) -> PgWireError {
-        let t = &self.0.service.telemetry;
-        t.auth_failures.with_label_values(&[FRONTEND]).inc();
-        t.errors.with_label_values(&[FRONTEND, ErrorKind::Unauthenticated.as_str()]).inc();
+        self.0.service.telemetry.auth_failed(FRONTEND);
         fatal("28P01", format!("password authentication failed for user \"{user}\""))
     }
 
@@ -787,8 +767,7 @@ impl Handlers {
         let prepared = match service.prepare(&session.principal, &scope, request).await {
             Ok(r) => r,
             Err(e) => {
-                service.telemetry.errors.with_label_values(&[FRONTEND, e.kind.as_str()]).inc();
-                service.telemetry.queries.with_label_values(&[FRONTEND, "error"]).inc();
+                service.telemetry.query_failed(FRONTEND, e.kind);
                 return Err(user_error(&e));
             }
         };
@@ -832,8 +811,7 @@ fn rows(
                 s.query = match p.start().await {
                     Ok(r) => Query::Running(r),
                     Err(e) => {
-                        t.errors.with_label_values(&[FRONTEND, e.kind.as_str()]).inc();
-                        t.queries.with_label_values(&[FRONTEND, "error"]).inc();
+                        t.query_failed(FRONTEND, e.kind);
                         return Some((futures::stream::iter(vec![Err(user_error(&e))]), s));
                     }
                 };
@@ -851,13 +829,11 @@ fn rows(
                 }
                 Some(Err(e)) => {
                     s.query = Query::Done;
-                    t.errors.with_label_values(&[FRONTEND, e.kind.as_str()]).inc();
-                    t.queries.with_label_values(&[FRONTEND, "error"]).inc();
+                    t.query_failed(FRONTEND, e.kind);
                     vec![Err(user_error(&e))]
                 }
                 None => {
-                    t.queries.with_label_values(&[FRONTEND, "ok"]).inc();
-                    t.duration.with_label_values(&[FRONTEND]).observe(running.elapsed().as_secs_f64());
+                    t.query_done(FRONTEND, running.elapsed());
                     s.query = Query::Done;
                     Vec::new()
                 }
