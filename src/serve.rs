@@ -40,15 +40,9 @@ pub(crate) struct ServeArgs {
 pub(crate) async fn run(args: ServeArgs) -> Result<()> {
     let config = Config::load(args.config.as_deref())?;
     let mut serve = config.serve.unwrap_or_default();
-    if args.http_listen.is_some() {
-        serve.http_listen = args.http_listen;
-    }
-    if args.pg_listen.is_some() {
-        serve.pg_listen = args.pg_listen;
-    }
-    if args.flight_listen.is_some() {
-        serve.flight_listen = args.flight_listen;
-    }
+    serve.http_listen = args.http_listen.or(serve.http_listen);
+    serve.pg_listen = args.pg_listen.or(serve.pg_listen);
+    serve.flight_listen = args.flight_listen.or(serve.flight_listen);
     let running = start(&args.data, serve, args.listen_file.as_deref(), false).await?;
     tokio::signal::ctrl_c().await.context("waiting for Ctrl-C")?;
     drop(running);
@@ -96,12 +90,16 @@ pub(crate) async fn start(
     }
     // TLS on every frontend when configured: HTTPS for the API, SSLRequest on the wire,
     // gRPC over TLS (HTTP/2 by ALPN) for Flight SQL.
+    use ccstream_ingest::listen::tls::{server_config, with_alpn};
     let (tls, https, grpcs) = match (&serve.tls_cert, &serve.tls_key) {
-        (Some(cert), Some(key)) => (
-            Some(ccstream_ingest::listen::tls::acceptor_with_alpn(cert, key, vec![b"postgresql".to_vec()])?),
-            Some(ccstream_ingest::listen::tls::acceptor(cert, key)?),
-            Some(ccstream_ingest::listen::tls::acceptor_with_alpn(cert, key, vec![b"h2".to_vec()])?),
-        ),
+        (Some(cert), Some(key)) => {
+            let config = server_config(cert, key)?;
+            (
+                Some(with_alpn(&config, &[b"postgresql"])),
+                Some(with_alpn(&config, &[])),
+                Some(with_alpn(&config, &[b"h2"])),
+            )
+        }
         (None, None) => (None, None, None),
         _ => bail!("serve.tls_cert and serve.tls_key go together"),
     };
@@ -109,8 +107,7 @@ pub(crate) async fn start(
     let mut tasks = vec![service.spawn_refresh()];
     let mut addrs = Vec::new();
     if let Some(addr) = service.config.http_listen {
-        let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("binding {addr}"))?;
-        let bound = listener.local_addr()?;
+        let (listener, bound) = bind(addr).await?;
         let app = ccstream_query::http::router(Arc::clone(&service));
         match https {
             Some(acceptor) => {
@@ -127,21 +124,16 @@ pub(crate) async fn start(
                 }
             })),
         }
-        tracing::info!(%bound, "HTTP API listening");
         addrs.push(("http", bound));
     }
     if let Some(addr) = service.config.pg_listen {
-        let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("binding {addr}"))?;
-        let bound = listener.local_addr()?;
+        let (listener, bound) = bind(addr).await?;
         tasks.push(tokio::spawn(ccstream_query::pg::serve(listener, Arc::clone(&service), tls)));
-        tracing::info!(%bound, "Postgres wire listening");
         addrs.push(("pg", bound));
     }
     if let Some(addr) = service.config.flight_listen {
-        let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("binding {addr}"))?;
-        let bound = listener.local_addr()?;
+        let (listener, bound) = bind(addr).await?;
         tasks.push(tokio::spawn(ccstream_query::flight::serve(listener, Arc::clone(&service), grpcs)));
-        tracing::info!(%bound, "Flight SQL listening");
         addrs.push(("flight", bound));
     }
     if let Some(path) = listen_file {
@@ -152,4 +144,11 @@ pub(crate) async fn start(
         eprintln!("{name} listening on {a}");
     }
     Ok(Running { addrs, tasks })
+}
+
+/// A listener on `addr` and the address it got (port 0 picks a free one).
+async fn bind(addr: SocketAddr) -> Result<(tokio::net::TcpListener, SocketAddr)> {
+    let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("binding {addr}"))?;
+    let bound = listener.local_addr()?;
+    Ok((listener, bound))
 }

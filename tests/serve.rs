@@ -55,14 +55,13 @@ fn hash(purpose: &str, secret: &str) -> String {
     String::from_utf8(out.stdout).unwrap().trim().to_string()
 }
 
+/// The `[serve]` section with `extra` and the principals (their hashes made once, by
+/// `ccstream secret hash`).
 fn config(extra: &str) -> String {
-    format!(
-        r#"
-[serve]
-max_rows = 100000
-refresh_interval_ms = 200
-{extra}
-
+    static PRINCIPALS: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    let principals = PRINCIPALS.get_or_init(|| {
+        format!(
+            r#"
 [[serve.principals]]
 name = "admin"
 role = "admin"
@@ -84,12 +83,14 @@ tenants = ["t0000"]
 queues = ["t0000-q01"]
 password_hash = "{sup_pw}"
 "#,
-        admin_pw = hash("password", "admin-pw"),
-        admin_token = hash("token", ADMIN_TOKEN),
-        ana_pw = hash("password", "ana-pw"),
-        ana_token = hash("token", ANA_TOKEN),
-        sup_pw = hash("password", "sup-pw"),
-    )
+            admin_pw = hash("password", "admin-pw"),
+            admin_token = hash("token", ADMIN_TOKEN),
+            ana_pw = hash("password", "ana-pw"),
+            ana_token = hash("token", ANA_TOKEN),
+            sup_pw = hash("password", "sup-pw"),
+        )
+    });
+    format!("\n[serve]\nmax_rows = 100000\nrefresh_interval_ms = 200\n{extra}\n{principals}")
 }
 
 fn start(data: &Path, extra_config: &str) -> Server {
@@ -971,14 +972,7 @@ fn b64url(bytes: &[u8]) -> String {
 async fn entra_tokens_sign_in_and_bad_ones_fail() {
     let (_dir, data) = tables();
     let (jwks, hits) = jwks_server().await;
-    let certs = tempfile::tempdir().unwrap();
-    let (cert, key) = (certs.path().join("cert.pem"), certs.path().join("key.pem"));
-    let ok = Command::new("openssl")
-        .args(["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=localhost"])
-        .args(["-keyout", key.to_str().unwrap(), "-out", cert.to_str().unwrap()])
-        .output()
-        .expect("openssl makes the test's TLS certificate");
-    assert!(ok.status.success(), "{}", String::from_utf8_lossy(&ok.stderr));
+    let (cert, key) = (common::fixture("tls/cert.pem"), common::fixture("tls/key.pem"));
     let server = start(
         &data,
         &format!(
@@ -1154,11 +1148,9 @@ fn flight_sql_through_adbc() {
     let check = |name: &str| checks.get(name).unwrap_or_else(|| panic!("no {name} in:\n{stdout}")).clone();
     println!("{stdout}");
     // Counts per tenant, as `ccstream sql` gives them: one tenant for the analyst.
+    let csv =
+        common::sql_csv(&data, "SELECT tenant_id, count(*) AS n FROM call_facts GROUP BY tenant_id ORDER BY tenant_id");
     let expected = |tenants: &[&str]| -> Value {
-        let csv = common::sql_csv(
-            &data,
-            "SELECT tenant_id, count(*) AS n FROM call_facts GROUP BY tenant_id ORDER BY tenant_id",
-        );
         let rows: Vec<Value> = csv
             .lines()
             .skip(1)

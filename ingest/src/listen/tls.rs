@@ -30,12 +30,12 @@ pub enum TlsError {
 
 /// The acceptor for a PEM certificate chain and private key.
 pub fn acceptor(cert: &Path, key: &Path) -> Result<TlsAcceptor, TlsError> {
-    acceptor_with_alpn(cert, key, Vec::new())
+    Ok(TlsAcceptor::from(Arc::new(server_config(cert, key)?)))
 }
 
-/// The same, offering the ALPN protocols `alpn` (the Postgres wire's direct TLS needs
-/// `postgresql`).
-pub fn acceptor_with_alpn(cert: &Path, key: &Path, alpn: Vec<Vec<u8>>) -> Result<TlsAcceptor, TlsError> {
+/// The server configuration of a PEM certificate chain and private key, read once; each
+/// frontend takes a copy with its ALPN protocols ([`with_alpn`]).
+pub fn server_config(cert: &Path, key: &Path) -> Result<rustls::ServerConfig, TlsError> {
     let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
         .and_then(|it| it.collect::<Result<Vec<_>, _>>())
         .map_err(|e| TlsError::Certificate { path: cert.display().to_string(), why: e.to_string() })?;
@@ -47,12 +47,18 @@ pub fn acceptor_with_alpn(cert: &Path, key: &Path, alpn: Vec<Vec<u8>>) -> Result
     }
     let key = PrivateKeyDer::from_pem_file(key)
         .map_err(|e| TlsError::Key { path: key.display().to_string(), why: e.to_string() })?;
-    let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+    Ok(rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
         .with_safe_default_protocol_versions()?
         .with_no_client_auth()
-        .with_single_cert(chain, key)?;
-    config.alpn_protocols = alpn;
-    Ok(TlsAcceptor::from(Arc::new(config)))
+        .with_single_cert(chain, key)?)
+}
+
+/// An acceptor of `config` offering the ALPN protocols `alpn` (the Postgres wire's direct
+/// TLS needs `postgresql`, gRPC `h2`).
+pub fn with_alpn(config: &rustls::ServerConfig, alpn: &[&[u8]]) -> TlsAcceptor {
+    let mut config = config.clone();
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    TlsAcceptor::from(Arc::new(config))
 }
 
 /// A listener of finished TLS streams, for `axum::serve`.
