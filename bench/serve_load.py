@@ -73,6 +73,7 @@ def start_server(binary, data, cfg_dir, cpus):
     with open(cfg, "w") as f:
         f.write(f'[serve]\nmax_rows = 1000000000\nquery_threads = {args.threads}\ntarget_partitions = {args.threads}\n'
                 f'query_memory_mb = {args.query_memory_mb}\nquery_timeout_s = {args.query_timeout_s}\n'
+                f'background_rows = {args.background_rows}\n'
                 f'[[serve.principals]]\nname = "bench"\nrole = "admin"\ntenants = ["*"]\npassword_hash = "{hashed}"\n')
     listen = os.path.join(cfg_dir, "listen")
     cmd = ["taskset", "-c", cpus, binary, "serve", "--data", data, "--config", cfg,
@@ -190,6 +191,8 @@ if __name__ == "__main__":
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--query-memory-mb", type=int, default=512)
     ap.add_argument("--query-timeout-s", type=float, default=15)
+    ap.add_argument("--background-rows", type=int, default=20_000_000,
+                    help="serve.background_rows (a huge number: every query on the query runtime)")
     args = ap.parse_args()
     binary = os.environ.get("CCSTREAM_BIN", "target/release/ccstream")
     # DuckDB runs in this process: on the server's CPUs, with the same thread count.

@@ -851,6 +851,66 @@ fn psql_17_binds_parameters() {
     assert_eq!(stdout.lines().collect::<Vec<_>>(), vec![answered, "0"], "{stdout}");
 }
 
+/// The nice values of a process's threads whose names start with `prefix`.
+fn thread_nice(pid: u32, prefix: &str) -> Vec<i64> {
+    let mut nice = Vec::new();
+    for task in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap() {
+        let task = task.unwrap().path();
+        let Ok(comm) = std::fs::read_to_string(task.join("comm")) else { continue };
+        if !comm.trim_end().starts_with(prefix) {
+            continue;
+        }
+        let Ok(stat) = std::fs::read_to_string(task.join("stat")) else { continue };
+        // After the parenthesized name: field 3 (state) first, field 19 (nice) 17th.
+        let fields: Vec<&str> = stat[stat.rfind(')').unwrap() + 2..].split(' ').collect();
+        nice.push(fields[16].parse().unwrap());
+    }
+    nice
+}
+
+/// A query whose scans read more than `serve.background_rows` rows runs on the background
+/// runtime, whose threads run at `background_nice`; its answer is the same, and a small
+/// query stays on the query runtime.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn heavy_queries_run_on_the_background_runtime() {
+    let (_dir, data) = tables();
+    let count = |table: &str| -> u64 {
+        common::sql_csv(&data, &format!("SELECT count(*) FROM {table}")).lines().nth(1).unwrap().parse().unwrap()
+    };
+    let (calls, events) = (count("call_facts"), count("events"));
+    assert!(calls < events, "the fixture has {calls} calls, {events} events");
+    let server = start(&data, &format!("background_rows = {}\nbackground_nice = 15", (calls + events) / 2));
+    let admin = bearer(ADMIN_TOKEN);
+    let background = || async {
+        let m = client()
+            .get(server.url("/metrics"))
+            .header("Authorization", &admin)
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        let line = m
+            .lines()
+            .find(|l| l.starts_with("ccstream_query_background_queries_total "))
+            .unwrap_or_else(|| panic!("no background counter:\n{m}"));
+        line.rsplit(' ').next().unwrap().parse::<u64>().unwrap()
+    };
+    let r = rows(&server, &admin, "SELECT count(*) AS n FROM call_facts WHERE call_id = 'none'").await;
+    assert_eq!(r[0]["n"], 0);
+    assert_eq!(background().await, 0, "{}", server.log());
+    // (A bare count(*) is answered from the statistics, scanning nothing.)
+    let r = rows(&server, &admin, "SELECT count(*) AS n FROM events WHERE length(event_id) > 0").await;
+    assert_eq!(r[0]["n"].as_u64(), Some(events));
+    assert_eq!(background().await, 1, "{}", server.log());
+    let pid = server.child.id();
+    let bg = thread_nice(pid, "ccstream-bg");
+    assert!(!bg.is_empty() && bg.iter().all(|n| *n == 15), "background threads' nice: {bg:?}");
+    let fg = thread_nice(pid, "ccstream-query");
+    assert!(!fg.is_empty() && fg.iter().all(|n| *n == 0), "query threads' nice: {fg:?}");
+}
+
 #[test]
 fn serve_refuses_to_start_without_principals_or_with_broken_tls() {
     let (_dir, data) = tables();

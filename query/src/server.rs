@@ -11,7 +11,10 @@
 //!    reads (no DDL, DML, `COPY` or session statements reach DataFusion);
 //! 4. runs on the query runtime, apart from the runtime that serves connections and
 //!    ingests, sending batches through a channel of two: a slow client holds back its own
-//!    query, never the server; a result is never held whole in memory.
+//!    query, never the server; a result is never held whole in memory. A query whose
+//!    scans read more than `background_rows` rows (by the tables' statistics) runs on the
+//!    background runtime instead, whose threads have the OS priority `background_nice`:
+//!    it gets every core nobody else wants, and a dashboard's queries come first.
 //!
 //! The query ends at `query_timeout_s` ([`ErrorKind::Timeout`]), past `max_rows` rows
 //! ([`ErrorKind::TooLarge`]), or when its receiver is dropped (the client went away or
@@ -70,6 +73,12 @@ pub struct ServeConfig {
     pub query_threads: usize,
     /// DataFusion partitions per query.
     pub target_partitions: usize,
+    /// A query whose scans read more rows than this (by the tables' statistics, after
+    /// pruning) runs on the background runtime (`query_threads` threads at nice
+    /// `background_nice`), so heavy ad hoc queries cannot take the cores from dashboards.
+    pub background_rows: u64,
+    /// The nice value (0–19) of the background runtime's threads.
+    pub background_nice: i32,
     /// How often to look for new table versions.
     pub refresh_interval_ms: u64,
     /// Postgres and Flight SQL connections at once, each (more are refused).
@@ -102,6 +111,8 @@ impl Default for ServeConfig {
             queue_wait_ms: 5_000,
             query_threads: 2,
             target_partitions: 2,
+            background_rows: 20_000_000,
+            background_nice: 19,
             refresh_interval_ms: 1_000,
             max_connections: 256,
             principals: Vec::new(),
@@ -249,16 +260,68 @@ pub struct Service {
     pg: std::sync::OnceLock<PgParts>,
     runtime: Arc<RuntimeEnv>,
     slots: Arc<Semaphore>,
-    exec: Mutex<Option<tokio::runtime::Runtime>>,
+    /// The query runtime and the background runtime (see the module's docs).
+    runtimes: Mutex<Vec<tokio::runtime::Runtime>>,
     exec_handle: tokio::runtime::Handle,
+    background_handle: tokio::runtime::Handle,
 }
 
 impl Drop for Service {
     fn drop(&mut self) {
-        if let Some(rt) = self.exec.lock().ok().and_then(|mut g| g.take()) {
+        for rt in self.runtimes.lock().map(|mut g| std::mem::take(&mut *g)).unwrap_or_default() {
             rt.shutdown_background();
         }
     }
+}
+
+/// A multi-threaded runtime named `name` whose threads run at `nice` (0: as the process).
+fn query_runtime(name: &str, threads: usize, nice: i32) -> std::io::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(threads.max(1))
+        .thread_name(name)
+        .on_thread_start(move || {
+            if nice != 0 {
+                lower_thread_priority(nice)
+            }
+        })
+        .enable_all()
+        .build()
+}
+
+/// Sets the calling thread's nice value (Linux keeps one per thread). A failure is logged:
+/// the thread then runs at the process's priority.
+fn lower_thread_priority(nice: i32) {
+    #[cfg(target_os = "linux")]
+    {
+        // SAFETY: plain syscalls on the calling thread's own id; no memory is shared.
+        let rc = unsafe {
+            let tid = libc::syscall(libc::SYS_gettid) as libc::id_t;
+            libc::setpriority(libc::PRIO_PROCESS, tid, nice)
+        };
+        if rc != 0 {
+            tracing::warn!(nice, error = %std::io::Error::last_os_error(), "could not lower a background query thread's priority");
+        }
+    }
+    #[cfg(not(target_os = "linux"))]
+    tracing::debug!(nice, "thread priorities are per process here; background queries run at normal priority");
+}
+
+/// The rows a physical plan's scans read, by their statistics (exact or estimated, after
+/// file pruning); scans without statistics count zero.
+pub fn scanned_rows(plan: &Arc<dyn datafusion::physical_plan::ExecutionPlan>) -> u64 {
+    use datafusion::physical_plan::statistics::{StatisticsArgs, StatisticsContext};
+    fn walk(plan: &Arc<dyn datafusion::physical_plan::ExecutionPlan>, stats: &StatisticsContext) -> u64 {
+        let children = plan.children();
+        if !children.is_empty() {
+            return children.into_iter().map(|c| walk(c, stats)).fold(0, u64::saturating_add);
+        }
+        stats
+            .compute(plan.as_ref(), &StatisticsArgs::new())
+            .ok()
+            .and_then(|s| s.num_rows.get_value().copied())
+            .map_or(0, |n| n as u64)
+    }
+    walk(plan, &StatisticsContext::new())
 }
 
 /// The next connection on `listener` that gets one of `slots` (at most
@@ -301,6 +364,12 @@ impl Service {
     /// Opens the tables at `location` and starts the query runtime. Errors if a principal
     /// is invalid or the tables cannot be read.
     pub async fn open(location: &str, config: ServeConfig, telemetry: Arc<Telemetry>) -> crate::Result<Arc<Service>> {
+        if !(0..=19).contains(&config.background_nice) {
+            return Err(crate::Error::Location {
+                location: "[serve]".into(),
+                reason: format!("background_nice must be 0 to 19, not {}", config.background_nice),
+            });
+        }
         for (key, v) in [("query_timeout_s", config.query_timeout_s)] {
             if !v.is_finite() || v <= 0.0 || v > 1e9 {
                 return Err(crate::Error::Location {
@@ -319,13 +388,15 @@ impl Service {
         let runtime = Arc::clone(planner.runtime_env());
         let snapshot = Arc::new(tables.snapshot().await?);
         telemetry.snapshot_generation.set(snapshot.generation as i64 + 1);
-        let exec = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(config.query_threads.max(1))
-            .thread_name("ccstream-query")
-            .enable_all()
-            .build()
-            .map_err(|e| crate::Error::Location { location: location.into(), reason: format!("query runtime: {e}") })?;
+        let runtime_error = |e: std::io::Error| crate::Error::Location {
+            location: location.into(),
+            reason: format!("query runtime: {e}"),
+        };
+        let exec = query_runtime("ccstream-query", config.query_threads, 0).map_err(runtime_error)?;
+        let background =
+            query_runtime("ccstream-bg", config.query_threads, config.background_nice).map_err(runtime_error)?;
         let exec_handle = exec.handle().clone();
+        let background_handle = background.handle().clone();
         Ok(Arc::new(Service {
             slots: Arc::new(Semaphore::new(config.max_concurrent_queries.max(1))),
             config,
@@ -339,8 +410,9 @@ impl Service {
             planner,
             pg: std::sync::OnceLock::new(),
             runtime,
-            exec: Mutex::new(Some(exec)),
+            runtimes: Mutex::new(vec![exec, background]),
             exec_handle,
+            background_handle,
         }))
     }
 
@@ -661,28 +733,25 @@ impl PreparedQuery {
         let timeout = Duration::from_secs_f64(service.config.query_timeout_s);
         let max_rows = service.config.max_rows;
         let telemetry = Arc::clone(&service.telemetry);
+        let background = service.background_handle.clone();
+        let background_rows = service.config.background_rows;
         let task = service.exec_handle.spawn(async move {
-            let active = ActiveQuery::new(telemetry);
+            let active = ActiveQuery::new(Arc::clone(&telemetry));
             let run = async {
                 let physical = state.create_physical_plan(&plan).await?;
-                let mut stream = datafusion::physical_plan::execute_stream(physical, state.task_ctx())?;
-                let mut rows: u64 = 0;
-                while let Some(batch) = stream.next().await {
-                    let batch = batch?;
-                    rows += batch.num_rows() as u64;
-                    if rows > max_rows {
-                        return Err(QueryError::new(
-                            ErrorKind::TooLarge,
-                            format!(
-                                "the result has more than serve.max_rows = {max_rows} rows; add a LIMIT or aggregate"
-                            ),
-                        ));
-                    }
-                    if tx.send(Ok(batch)).await.is_err() {
-                        return Err(QueryError::new(ErrorKind::Cancelled, "the client went away"));
-                    }
+                let rows = scanned_rows(&physical);
+                tracing::debug!(scanned_rows = rows, background = rows > background_rows, "query planned");
+                if rows <= background_rows {
+                    return forward(physical, state.task_ctx(), &tx, max_rows).await;
                 }
-                Ok::<(), QueryError>(())
+                telemetry.background_queries.inc();
+                // Executed there, so every task the plan spawns runs there too; aborted with
+                // this task (cancel, timeout).
+                let (tx, ctx) = (tx.clone(), state.task_ctx());
+                let task = tokio_util::task::AbortOnDropHandle::new(
+                    background.spawn(async move { forward(physical, ctx, &tx, max_rows).await }),
+                );
+                task.await.map_err(|e| QueryError::new(ErrorKind::Internal, format!("the query task failed: {e}")))?
             };
             // The time limit covers waiting on a slow client too: a slot is never held longer.
             let outcome = match tokio::time::timeout(timeout, run).await {
@@ -701,6 +770,32 @@ impl PreparedQuery {
         });
         Ok(RunningQuery { schema, batches: rx, task: task.abort_handle(), started })
     }
+}
+
+/// Executes `plan` and sends its batches to `tx` until it ends, fails, passes `max_rows`
+/// rows, or the receiver goes away.
+async fn forward(
+    plan: Arc<dyn datafusion::physical_plan::ExecutionPlan>,
+    ctx: Arc<datafusion::execution::TaskContext>,
+    tx: &mpsc::Sender<Result<RecordBatch, QueryError>>,
+    max_rows: u64,
+) -> Result<(), QueryError> {
+    let mut stream = datafusion::physical_plan::execute_stream(plan, ctx)?;
+    let mut rows: u64 = 0;
+    while let Some(batch) = stream.next().await {
+        let batch = batch?;
+        rows += batch.num_rows() as u64;
+        if rows > max_rows {
+            return Err(QueryError::new(
+                ErrorKind::TooLarge,
+                format!("the result has more than serve.max_rows = {max_rows} rows; add a LIMIT or aggregate"),
+            ));
+        }
+        if tx.send(Ok(batch)).await.is_err() {
+            return Err(QueryError::new(ErrorKind::Cancelled, "the client went away"));
+        }
+    }
+    Ok(())
 }
 
 /// Refuses plans that change anything: DDL, DML (`INSERT`, `COPY`), and session statements

@@ -17,6 +17,7 @@ pub const ACTIVE_QUERIES: &str = "ccstream_query_active_queries";
 pub const AUTH_FAILURES_TOTAL: &str = "ccstream_query_auth_failures_total";
 pub const SNAPSHOT_GENERATION: &str = "ccstream_query_snapshot_generation";
 pub const REFRESH_DURATION_SECONDS: &str = "ccstream_query_refresh_duration_seconds";
+pub const BACKGROUND_QUERIES_TOTAL: &str = "ccstream_query_background_queries_total";
 
 pub const LABEL_FRONTEND: &str = "frontend";
 pub const LABEL_KIND: &str = "kind";
@@ -78,6 +79,7 @@ pub struct Telemetry {
     pub auth_failures: IntCounterVec,
     pub snapshot_generation: IntGauge,
     pub refresh_duration: Histogram,
+    pub background_queries: prometheus::IntCounter,
 }
 
 impl Default for Telemetry {
@@ -126,6 +128,12 @@ impl Telemetry {
         )
         .expect("valid metric");
         registry.register(Box::new(refresh_duration.clone())).expect("unique metric");
+        let background_queries = prometheus::IntCounter::new(
+            BACKGROUND_QUERIES_TOTAL,
+            "Queries run on the background pool (their scans past serve.background_rows)",
+        )
+        .expect("valid metric");
+        registry.register(Box::new(background_queries.clone())).expect("unique metric");
         Telemetry {
             registry,
             queries,
@@ -138,6 +146,7 @@ impl Telemetry {
             auth_failures,
             snapshot_generation,
             refresh_duration,
+            background_queries,
         }
     }
 
