@@ -70,6 +70,7 @@ mod config;
 mod demo;
 mod generate;
 mod ingest;
+mod log;
 mod metrics_http;
 mod output;
 mod process;
@@ -105,6 +106,9 @@ enum Command {
     /// Hash passwords and tokens for the [serve] principals
     #[command(subcommand)]
     Secret(secret::SecretCommand),
+    /// Repair the embedded event log
+    #[command(subcommand)]
+    Log(log::LogCommand),
     /// Generate synthetic contact-center traffic as canonical events
     Generate(generate::GenerateArgs),
     /// Generate a day of traffic, replay it and print a per-queue summary
@@ -138,6 +142,7 @@ fn main() -> ExitCode {
             Command::Sql(args) => sql::run(args).await,
             Command::Serve(args) => serve::run(args).await,
             Command::Secret(cmd) => secret::run(cmd),
+            Command::Log(cmd) => log::run(cmd),
             Command::Generate(args) => generate::run(args),
             Command::Demo(args) => demo::run(args).await,
         }

@@ -339,3 +339,50 @@ fn run_ingests_and_processes_from_the_config_file() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("no [pipeline] section"));
 }
+
+/// A full disk under the FileLog: `ingest` fails with the disk's error, appends nothing
+/// half-way that breaks the log, and, once the filesystem has room, the same ingest run
+/// again and `process` give the oracle's tables (the retried records' repeats are dropped
+/// by event id). The log lives on a tmpfs this test mounts (CI runs as root).
+#[test]
+fn a_full_disk_under_the_file_log_loses_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let mnt = dir.path().join("mnt");
+    std::fs::create_dir(&mnt).unwrap();
+    let mount = |opts: &str| {
+        let out = Command::new("mount").args(["-t", "tmpfs", "-o", opts, "tmpfs"]).arg(&mnt).output().unwrap();
+        assert!(
+            out.status.success(),
+            "mount -o {opts} (the test needs root): {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    mount("size=1m");
+    struct Unmount<'a>(&'a Path);
+    impl Drop for Unmount<'_> {
+        fn drop(&mut self) {
+            let _ = Command::new("umount").arg(self.0).status();
+        }
+    }
+    let _unmount = Unmount(&mnt);
+    let log = mnt.join("log").display().to_string();
+    let input = fixture("oracle/events.jsonl.gz");
+    let args = ["ingest", "file", "--log", &log, "--partitions", "4", input.to_str().unwrap()];
+    let out = common::ccstream_raw(&args);
+    assert!(!out.status.success(), "the ingest fit in 1 MiB");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("No space left"), "{stderr}");
+    // Room again.
+    mount("remount,size=64m");
+    ccstream(&args);
+    let data = dir.path().join("data");
+    process_until_caught_up(&log, &data);
+    check_against(&data, "expected");
+    let n = sql_csv(&data, "SELECT count(*) AS n, count(DISTINCT event_id) AS d FROM events");
+    assert_eq!(n.lines().nth(1), Some("10306,10306"), "each event once: {n}");
+    // A malformed line the failed run had appended is dead-lettered again by the retry.
+    let dl = sql_csv(&data, "SELECT count(*) AS n, count(DISTINCT line) AS lines FROM dead_letters");
+    let (n, lines) = dl.lines().nth(1).unwrap().split_once(',').unwrap();
+    assert_eq!(lines, "94", "every malformed line: {dl}");
+    assert!((94..=188).contains(&n.parse::<u32>().unwrap()), "{dl}");
+}

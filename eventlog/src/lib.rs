@@ -171,6 +171,22 @@ pub enum Error {
     },
     #[error("corrupt record in {path} at byte {position}: {reason}")]
     Corrupt { path: String, position: u64, reason: String },
+    #[error(
+        "damaged record in {path} at byte {position} (partition {partition}, offset {offset}), with whole \
+         records after it (offset {later} at byte {later_position}): refusing to truncate records that may \
+         have been acknowledged. Keep a copy of the segment, then drop offset {offset} and everything after \
+         it with `ccstream log truncate --log {log} --partition {partition} --offset {offset}` (the dropped \
+         bytes are kept beside the segment); see docs/operations.md"
+    )]
+    Damaged {
+        path: String,
+        log: String,
+        partition: Partition,
+        position: u64,
+        offset: Offset,
+        later: Offset,
+        later_position: u64,
+    },
     #[error("partition {partition}: offset {offset} is below the earliest retained offset {earliest}")]
     OffsetOutOfRange { partition: Partition, offset: Offset, earliest: Offset },
     #[error("partition {partition} does not exist (the log has {partitions})")]

@@ -24,8 +24,17 @@
 //! # Recovery
 //!
 //! When a writer opens the log it scans the newest segment of every partition and truncates
-//! it after the last whole record whose CRC matches (a torn tail of a crash). Readers never
-//! truncate: to them a short record at the end of the newest segment is "not written yet".
+//! it after the last whole record whose CRC matches (a torn tail of a crash). A damaged
+//! record with whole records after it is not a torn tail: the writer refuses to open
+//! ([`Error::Damaged`], naming the segment, byte and offset) rather than truncate records
+//! that were fsynced after the damage; [`truncate_partition`] (`ccstream log truncate`) is
+//! the operator's repair. Readers never truncate: to them a short record at the end of the
+//! newest segment is "not written yet".
+//!
+//! An append that fails (a full disk, an IO error) drops the writer: the next append
+//! reopens the log from what is on disk, so offsets never skip and the log works again
+//! once the disk has room. Records of a failed append may be in the log already (the
+//! caller retries them; downstream dedup by event id drops the repeats).
 //!
 //! # Retention
 //!
@@ -345,11 +354,20 @@ fn create_log(dir: &Path, partitions: u32) -> Result<()> {
     }
     let groups = dir.join("groups");
     fs::create_dir_all(&groups).map_err(io_err("create", &groups))?;
+    // The new directories' entries reach the disk before log.json says they exist.
+    sync_dir(dir)?;
     // Written last and atomically: a log without log.json does not exist yet.
     let tmp = dir.join("log.json.tmp");
-    fs::write(&tmp, format!("{{\"format\":1,\"partitions\":{partitions}}}\n")).map_err(io_err("write", &tmp))?;
+    let meta = format!("{{\"format\":1,\"partitions\":{partitions}}}\n");
+    let mut file = File::create(&tmp).map_err(io_err("create", &tmp))?;
+    file.write_all(meta.as_bytes()).and_then(|()| file.sync_all()).map_err(io_err("write", &tmp))?;
     fs::rename(&tmp, dir.join("log.json")).map_err(io_err("rename", &tmp))?;
-    Ok(())
+    sync_dir(dir)
+}
+
+/// Forces a directory's entries (files created, renamed or deleted in it) to disk.
+fn sync_dir(dir: &Path) -> Result<()> {
+    File::open(dir).and_then(|d| d.sync_all()).map_err(io_err("fsync", dir))
 }
 
 /// Opens (creating) `path` and takes its exclusive flock; `None` if another open file
@@ -378,7 +396,11 @@ impl Inner {
             let mut bases = list_segments(dir, p)?;
             let base = bases.pop().unwrap_or(0);
             let path = segment_path(dir, p, base);
-            let (size, next) = if path.exists() { scan_segment(&path, base)? } else { (0, base) };
+            let existed = path.exists();
+            let (size, next) = if existed { scan_segment(&path, base)? } else { (0, base) };
+            if existed {
+                refuse_damage(&path, p, size, next)?;
+            }
             let file = FsOpenOptions::new().create(true).append(false).write(true).truncate(false).open(&path);
             let file = file.map_err(io_err("open segment", &path))?;
             let size = if size == 0 {
@@ -393,19 +415,41 @@ impl Inner {
             };
             if self.config.fsync == FsyncPolicy::Always {
                 file.sync_data().map_err(io_err("fsync", &path))?;
+                if !existed {
+                    sync_dir(&partition_dir(dir, p))?;
+                }
             }
             parts.push(PartWriter { file, base, next, size, closed: bases });
         }
         Ok(Writer { _lock: lock, parts })
     }
 
-    /// Appends already-partitioned records. Runs on a blocking thread.
+    /// Appends already-partitioned records. Runs on a blocking thread. A failure drops the
+    /// writer, so the next append starts over from what is on disk (no offset gap).
     fn append_blocking(&self, batch: OwnedBatch) -> Result<Vec<(Partition, Offset)>> {
         let mut guard = self.writer.lock().unwrap_or_else(|p| p.into_inner());
         if guard.is_none() {
             *guard = Some(self.open_writer()?);
         }
         let writer = guard.as_mut().expect("opened above");
+        match self.write_batch(writer, &batch) {
+            Ok(positions) => {
+                drop(guard);
+                self.appended.notify_waiters();
+                Ok(positions)
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, log = %self.url, "append failed; the writer reopens on the next append");
+                *guard = None;
+                drop(guard);
+                // Whatever reached the segments before the failure is readable.
+                self.appended.notify_waiters();
+                Err(e)
+            }
+        }
+    }
+
+    fn write_batch(&self, writer: &mut Writer, batch: &OwnedBatch) -> Result<Vec<(Partition, Offset)>> {
         let dir = &self.config.dir;
         let mut positions = Vec::with_capacity(batch.records.len());
         let mut pending: BTreeMap<Partition, Vec<u8>> = BTreeMap::new();
@@ -436,10 +480,88 @@ impl Inner {
             let pw = &mut writer.parts[p as usize];
             write_part(pw, &data, dir, p, self.config.fsync)?;
         }
-        drop(guard);
-        self.appended.notify_waiters();
         Ok(positions)
     }
+}
+
+/// Refuses to open a writer on a segment whose valid prefix (`valid_len` bytes, up to offset
+/// `next`) ends at a damaged record that has whole records after it: truncating there
+/// would drop records that were fsynced, maybe acknowledged. A torn tail (a record cut
+/// short, zeros, garbage with nothing whole after it) passes.
+fn refuse_damage(path: &Path, p: Partition, valid_len: u64, next: Offset) -> Result<()> {
+    let file = File::open(path).map_err(io_err("open segment", path))?;
+    let len = file.metadata().map_err(io_err("stat segment", path))?.len();
+    if len <= valid_len {
+        return Ok(());
+    }
+    let mut rest = vec![0u8; (len - valid_len) as usize];
+    let got = read_full_at(&file, &mut rest, valid_len).map_err(io_err("read segment", path))?;
+    rest.truncate(got);
+    if let Some((at, offset)) = segment::find_record_after(&rest, next) {
+        let log = path.parent().and_then(Path::parent).unwrap_or(path);
+        return Err(Error::Damaged {
+            path: path.display().to_string(),
+            log: log.display().to_string(),
+            partition: p,
+            position: valid_len,
+            offset: next,
+            later: offset,
+            later_position: valid_len + at as u64,
+        });
+    }
+    Ok(())
+}
+
+/// Drops offset `offset` and every later record of partition `p` of the log in `dir` (the
+/// operator's repair for [`Error::Damaged`]). Takes the writer lock, so no process may be
+/// appending. The cut bytes are kept beside the segment in `SEGMENT.cut-OFFSET`. Returns
+/// the bytes cut. `offset` must be at or below the first damaged record's offset.
+pub fn truncate_partition(dir: &Path, p: Partition, offset: Offset) -> Result<u64> {
+    let lock_path = dir.join("writer.lock");
+    let _lock = try_lock_file(&lock_path)?.ok_or_else(|| Error::Io {
+        op: "lock (another process is appending to this log)",
+        path: lock_path.display().to_string(),
+        source: std::io::Error::from(std::io::ErrorKind::WouldBlock),
+    })?;
+    let bases = list_segments(dir, p)?;
+    let Some(&base) = bases.iter().rev().find(|b| **b <= offset) else {
+        return Err(Error::OffsetOutOfRange { partition: p, offset, earliest: bases.first().copied().unwrap_or(0) });
+    };
+    let path = segment_path(dir, p, base);
+    let mut data = Vec::new();
+    File::open(&path).and_then(|mut f| f.read_to_end(&mut data)).map_err(io_err("read segment", &path))?;
+    // Walk whole records up to `offset`.
+    let mut at = segment::HEADER_LEN;
+    let mut next = base;
+    while next < offset {
+        match data.get(at..).map(segment::decode_record) {
+            Some(Ok(f)) if f.offset == next => {
+                at += f.len;
+                next += 1;
+            }
+            _ => {
+                return Err(Error::Corrupt {
+                    path: path.display().to_string(),
+                    position: at as u64,
+                    reason: format!("offset {next} is the first damaged record; truncate at or below it"),
+                })
+            }
+        }
+    }
+    let cut = data.len().saturating_sub(at) as u64;
+    if cut > 0 {
+        let aside = path.with_extension(format!("seg.cut-{offset}"));
+        fs::write(&aside, &data[at..]).map_err(io_err("write", &aside))?;
+    }
+    let file = FsOpenOptions::new().write(true).open(&path).map_err(io_err("open segment", &path))?;
+    file.set_len(at as u64).and_then(|()| file.sync_all()).map_err(io_err("truncate", &path))?;
+    // Later segments hold only later offsets.
+    for later in bases.iter().filter(|b| **b > base) {
+        let later = segment_path(dir, p, *later);
+        fs::rename(&later, later.with_extension(format!("seg.cut-{offset}"))).map_err(io_err("rename", &later))?;
+    }
+    sync_dir(&partition_dir(dir, p))?;
+    Ok(cut)
 }
 
 fn write_part(pw: &mut PartWriter, data: &[u8], dir: &Path, p: Partition, fsync: FsyncPolicy) -> Result<()> {
@@ -462,8 +584,7 @@ fn roll(pw: &mut PartWriter, dir: &Path, p: Partition, config: &FileLogConfig) -
     file.write_all(&segment::encode_header(pw.next)).map_err(io_err("write", &path))?;
     if config.fsync == FsyncPolicy::Always {
         file.sync_data().map_err(io_err("fsync", &path))?;
-        let pdir = partition_dir(dir, p);
-        File::open(&pdir).and_then(|d| d.sync_all()).map_err(io_err("fsync", &pdir))?;
+        sync_dir(&partition_dir(dir, p))?;
     }
     pw.closed.push(pw.base);
     pw.file = file;

@@ -123,6 +123,23 @@ pub fn decode_record(buf: &[u8]) -> Result<Frame<'_>, FrameError> {
     Ok(Frame { offset, timestamp_ms, key, value, len })
 }
 
+/// The first whole record in `buf` (searched at every byte) whose offset is `from` or
+/// later, as its position and offset: evidence that bytes before it are damage, not a torn
+/// tail. A candidate must have a sane length, fit in `buf`, carry an offset that `buf`
+/// could hold records up to, and match its CRC.
+pub fn find_record_after(buf: &[u8], from: u64) -> Option<(usize, u64)> {
+    let max_offset = from.saturating_add((buf.len() / (FRAME_PREFIX + BODY_FIXED)) as u64);
+    (1..buf.len().saturating_sub(FRAME_PREFIX + BODY_FIXED - 1)).find_map(|at| {
+        let rest = &buf[at..];
+        let len = peek_len(rest).ok()?;
+        let offset = u64::from_le_bytes(rest[FRAME_PREFIX..FRAME_PREFIX + 8].try_into().expect("8 bytes"));
+        if len > rest.len() || offset < from || offset > max_offset {
+            return None;
+        }
+        decode_record(rest).ok().map(|f| (at, f.offset))
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
