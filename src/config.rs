@@ -36,9 +36,12 @@
 //! sip_udp = "0.0.0.0:5060"            # RFC 6035 vq-rtcpxr PUBLISH
 //! sip_tcp = "0.0.0.0:5060"
 //! http = "0.0.0.0:8080"               # POST /events, /acs/eventgrid, /acs/callautomation
-//! secret = "…"                        # required on every webhook request when set
 //! max_message_bytes = 65535
 //! max_body_bytes = 4194304
+//! [[sources.webhooks]]                # a webhook credential and the tenants it speaks for
+//! name = "contoso"
+//! secret = "…"
+//! tenants = ["contoso"]
 //! [[sources.sbc_tenants]]             # first match wins; every given key must match
 //! tenant = "fabrikam"
 //! ip_group = "Fabrikam-Teams"         # or number_prefix = "+4420", or sender = "10.0.0.5"

@@ -55,6 +55,8 @@ pub enum Error {
     Tls(#[from] listen::tls::TlsError),
     #[error("sources.tls_cert and sources.tls_key go together: set both or neither")]
     TlsHalf,
+    #[error("{0}")]
+    Credentials(String),
     #[error("binding the {name} listener to {addr}: {source}")]
     Bind {
         name: &'static str,

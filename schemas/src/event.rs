@@ -133,7 +133,18 @@ pub enum EventError {
     NoCall(&'static str),
     #[error("not a valid binary event record: {0}")]
     Binary(&'static str),
+    #[error("`{field}` is {len} bytes, more than {max}")]
+    TooLong { field: &'static str, len: usize, max: usize },
 }
+
+/// The longest `tenant_id` (bytes): it names a table partition, so it must fit in a path
+/// segment with room to spare.
+pub const MAX_TENANT_ID_BYTES: usize = 64;
+/// The longest id (`event_id`, `call_id`, `queue_id`, `agent_id`, …) and short text
+/// (`source`, `wrapup_code`, states and reasons), in bytes.
+pub const MAX_ID_BYTES: usize = 256;
+/// The longest `payload` (bytes).
+pub const MAX_TEXT_BYTES: usize = 1 << 20;
 
 /// One canonical event in its JSON form, borrowing from the input where it can.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -246,6 +257,29 @@ impl<'a> Event<'a> {
         }
         if self.tenant_id.as_deref().is_none_or(str::is_empty) {
             return Err(EventError::Missing("tenant_id"));
+        }
+        let fields = [
+            ("tenant_id", &self.tenant_id, MAX_TENANT_ID_BYTES),
+            ("event_id", &self.event_id, MAX_ID_BYTES),
+            ("source", &self.source, MAX_ID_BYTES),
+            ("call_id", &self.call_id, MAX_ID_BYTES),
+            ("queue_id", &self.queue_id, MAX_ID_BYTES),
+            ("agent_id", &self.agent_id, MAX_ID_BYTES),
+            ("overflow_from_queue_id", &self.overflow_from_queue_id, MAX_ID_BYTES),
+            ("transfer_type", &self.transfer_type, MAX_ID_BYTES),
+            ("target_agent_id", &self.target_agent_id, MAX_ID_BYTES),
+            ("disconnect_by", &self.disconnect_by, MAX_ID_BYTES),
+            ("wrapup_code", &self.wrapup_code, MAX_ID_BYTES),
+            ("from_state", &self.from_state, MAX_ID_BYTES),
+            ("to_state", &self.to_state, MAX_ID_BYTES),
+            ("state_reason", &self.state_reason, MAX_ID_BYTES),
+            ("payload", &self.payload, MAX_TEXT_BYTES),
+        ];
+        for (field, value, max) in fields {
+            let len = value.as_deref().map_or(0, str::len);
+            if len > max {
+                return Err(EventError::TooLong { field, len, max });
+            }
         }
         Ok(())
     }

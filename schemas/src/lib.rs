@@ -18,7 +18,7 @@ mod tables;
 mod time;
 
 pub use event::Validated;
-pub use event::{Event, EventError, EventType, CALL_EVENT_TYPES};
+pub use event::{Event, EventError, EventType, CALL_EVENT_TYPES, MAX_ID_BYTES, MAX_TENANT_ID_BYTES, MAX_TEXT_BYTES};
 pub use ids::{format_uuid, is_uuid_key, parse_uuid, uuid_text, IdKey, OTHER_TAG};
 pub use record::{
     decode_event, encode_event, event_key, read_event, read_event_into, DeadLetterRecord, BINARY_MAGIC, BINARY_VERSION,

@@ -7,6 +7,8 @@ use std::process::{Command, Output};
 
 use ccstream_schemas::parse_rfc3339_ms;
 
+pub mod run;
+
 pub fn fixture(rel: &str) -> PathBuf {
     Path::new(&std::env::var_os("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"))
         .join("tests/fixtures")

@@ -59,6 +59,8 @@ pub enum AcsError {
     Bad { id: String, field: &'static str, value: String },
     #[error("a validation event must come alone in its delivery")]
     MixedValidation,
+    #[error("event {id}: {reason}")]
+    Tenant { id: String, reason: String },
 }
 
 /// One event of a delivery, in either schema.
@@ -179,13 +181,15 @@ impl AcsMapper {
         AcsMapper { default_tenant: default_tenant.into(), rules }
     }
 
-    fn tenant(&self, e: &Envelope) -> String {
+    /// The tenant a rule gives the envelope's resource (the last segment of its topic or
+    /// `source`), if one does.
+    pub fn rule_tenant(&self, e: &Envelope) -> Option<&str> {
         let resource = e.source.rsplit('/').next().unwrap_or("");
-        self.rules
-            .iter()
-            .find(|r| r.resource.eq_ignore_ascii_case(resource))
-            .map(|r| r.tenant.clone())
-            .unwrap_or_else(|| self.default_tenant.clone())
+        self.rules.iter().find(|r| r.resource.eq_ignore_ascii_case(resource)).map(|r| r.tenant.as_str())
+    }
+
+    fn tenant(&self, e: &Envelope) -> String {
+        self.rule_tenant(e).unwrap_or(&self.default_tenant).to_string()
     }
 
     /// Maps one envelope (from an Event Grid delivery or a Call Automation callback).

@@ -6,15 +6,19 @@
 //! `text/plain` at once) and `/graph/calling` (calling-bot notifications forwarded by the
 //! bot service).
 //!
-//! Graph notifications must carry the `clientState` of their tenant's link: a POST in
-//! which none does is refused with `403`; each one that does not is dead-lettered. Valid
-//! ones are acknowledged with `202` before the record is fetched.
+//! Graph notifications must carry the `clientState` of a link (which then decides their
+//! tenant; a `tenantId` of another Entra tenant is refused): a POST in which none does is
+//! refused with `403`; each one that does not is dead-lettered. Valid ones are acknowledged
+//! with `202` before the record is fetched.
 //!
 //! `OPTIONS` on the ACS routes answers the CloudEvents webhook handshake
 //! (`WebHook-Request-Origin` → `WebHook-Allowed-Origin`).
 //!
+//! Every request needs a webhook credential ([`super::credentials`]), whose tenants are the
+//! only ones its input may be for; a request without one is counted, not dead-lettered.
+//!
 //! Status codes: `200` once every event is durable (rejected parts are dead-lettered and
-//! counted in the reply); `400` when nothing in the body is usable; `401` without the secret,
+//! counted in the reply); `400` when nothing in the body is usable; `401` without a secret,
 //! `403` with a wrong one; `413` over the body limit; `503` when the log cannot take the
 //! events (the sender retries; ids make the retry idempotent).
 
@@ -29,6 +33,7 @@ use axum::Router;
 use ccstream_schemas::Event;
 use serde_json::json;
 
+use super::credentials::{TenantScope, Verdict};
 use super::graph::{self, GraphLink, Lifecycle};
 use super::publish::Batch;
 use super::Context;
@@ -81,35 +86,39 @@ fn presented(headers: &HeaderMap, uri: &Uri) -> Option<String> {
         .and_then(|q| url::form_urlencoded::parse(q.as_bytes()).find(|(k, _)| k == "code").map(|(_, v)| v.into_owned()))
 }
 
-/// Reads the body of an authorized request within the limit, or the response that refuses it
-/// (counted and dead-lettered).
-async fn admit(ctx: &Context, source: &'static str, req: Request) -> Result<(String, axum::body::Bytes), Response> {
+/// An admitted request: where it came from, its body, and the tenants its credential
+/// speaks for.
+struct Admitted {
+    origin: String,
+    body: axum::body::Bytes,
+    scope: TenantScope,
+}
+
+/// Reads the body of an authorized request within the limit, or the response that refuses
+/// it. A request without a valid credential is only counted: its body is neither read nor
+/// kept (an anonymous sender cannot fill the dead letters).
+async fn admit(ctx: &Context, source: &'static str, req: Request) -> Result<Admitted, Response> {
     let (parts, body) = req.into_parts();
     let now = (ctx.now_ms)();
     let origin = format!("http {}", parts.uri.path());
     let max = ctx.config.max_body_bytes;
-    let refuse = |status, why, reason, raw| refuse(ctx, source, &origin, status, why, reason, raw);
     let declared =
         parts.headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<usize>().ok());
-    if let Some(expected) = &ctx.config.secret {
-        match presented(&parts.headers, &parts.uri) {
-            None => {
-                ctx.telemetry.seen(source, declared.unwrap_or(0), now);
-                let body = to_bytes(body, max).await.unwrap_or_default();
-                return Err(
-                    refuse(StatusCode::UNAUTHORIZED, Reject::Unauthorized, "no webhook secret".into(), body).await
-                );
-            }
-            Some(s) if !crate::secret_matches(s.as_bytes(), expected.as_bytes()) => {
-                ctx.telemetry.seen(source, declared.unwrap_or(0), now);
-                let body = to_bytes(body, max).await.unwrap_or_default();
-                return Err(
-                    refuse(StatusCode::FORBIDDEN, Reject::Unauthorized, "wrong webhook secret".into(), body).await
-                );
-            }
-            Some(_) => {}
+    let scope = match ctx.credentials.check(presented(&parts.headers, &parts.uri).as_deref()) {
+        Verdict::Allowed { scope, .. } => scope,
+        verdict => {
+            drop(body);
+            ctx.telemetry.seen(source, declared.unwrap_or(0), now);
+            ctx.telemetry.reject(source, Reject::Unauthorized);
+            let (status, why) = match verdict {
+                Verdict::Missing => (StatusCode::UNAUTHORIZED, "no webhook secret"),
+                _ => (StatusCode::FORBIDDEN, "wrong webhook secret"),
+            };
+            tracing::info!(source, %origin, why, "webhook request refused");
+            return Err(reply(status, json!({ "error": why })));
         }
-    }
+    };
+    let refuse = |status, why, reason, raw| refuse(ctx, source, &origin, status, why, reason, raw);
     if let Some(n) = declared.filter(|n| *n > max) {
         ctx.telemetry.seen(source, n, now);
         let reason = format!("body of {n} bytes exceeds {max}");
@@ -118,7 +127,7 @@ async fn admit(ctx: &Context, source: &'static str, req: Request) -> Result<(Str
     match to_bytes(body, max).await {
         Ok(bytes) => {
             ctx.telemetry.seen(source, bytes.len(), now);
-            Ok((origin, bytes))
+            Ok(Admitted { origin, body: bytes, scope })
         }
         Err(_) => {
             ctx.telemetry.seen(source, max, now);
@@ -154,7 +163,7 @@ async fn commit(ctx: &Context, batch: Batch, ok: Response) -> Response {
 
 /// `POST /events`: canonical events as JSON Lines.
 async fn events(State(ctx): State<Arc<Context>>, req: Request<Body>) -> Response {
-    let (origin, body) = match admit(&ctx, SOURCE_EVENTS, req).await {
+    let Admitted { origin, body, scope } = match admit(&ctx, SOURCE_EVENTS, req).await {
         Ok(x) => x,
         Err(r) => return r,
     };
@@ -169,7 +178,14 @@ async fn events(State(ctx): State<Arc<Context>>, req: Request<Body>) -> Response
         let checked = std::str::from_utf8(line)
             .map_err(|_| "not UTF-8".to_string())
             .and_then(|text| Event::from_json(text).map_err(|e| e.to_string()))
-            .and_then(|e| e.validate().map(|_| e).map_err(|e| e.to_string()));
+            .and_then(|e| e.validate().map(|_| e).map_err(|e| e.to_string()))
+            .map_err(|reason| (Reject::Invalid, reason))
+            .and_then(|e| match e.tenant_id.as_deref() {
+                Some(t) if !scope.allows(t) => {
+                    Err((Reject::Unauthorized, format!("tenant_id {t:?} is not a tenant of this request's credential")))
+                }
+                _ => Ok(e),
+            });
         match checked {
             Ok(mut event) => {
                 if event.source.is_none() {
@@ -177,9 +193,9 @@ async fn events(State(ctx): State<Arc<Context>>, req: Request<Body>) -> Response
                 }
                 batch.event(event, now);
             }
-            Err(reason) => {
+            Err((why, reason)) => {
                 let at = Some(i as i64 + 1);
-                ctx.reject_at(&mut batch, SOURCE_EVENTS, &origin, at, Reject::Invalid, reason.clone(), line);
+                ctx.reject_at(&mut batch, SOURCE_EVENTS, &origin, at, why, reason.clone(), line);
                 rejected.push(json!({ "line": i + 1, "reason": reason }));
             }
         }
@@ -194,14 +210,10 @@ async fn events(State(ctx): State<Arc<Context>>, req: Request<Body>) -> Response
 /// answered `200` with `WebHook-Allowed-Origin` set to that origin (any rate). It needs the
 /// secret like every other request.
 async fn abuse_protection(State(ctx): State<Arc<Context>>, headers: HeaderMap, uri: Uri) -> Response {
-    if let Some(expected) = &ctx.config.secret {
-        match presented(&headers, &uri) {
-            None => return reply(StatusCode::UNAUTHORIZED, json!({ "error": "no webhook secret" })),
-            Some(s) if !crate::secret_matches(s.as_bytes(), expected.as_bytes()) => {
-                return reply(StatusCode::FORBIDDEN, json!({ "error": "wrong webhook secret" }))
-            }
-            Some(_) => {}
-        }
+    match ctx.credentials.check(presented(&headers, &uri).as_deref()) {
+        Verdict::Missing => return reply(StatusCode::UNAUTHORIZED, json!({ "error": "no webhook secret" })),
+        Verdict::Wrong => return reply(StatusCode::FORBIDDEN, json!({ "error": "wrong webhook secret" })),
+        Verdict::Allowed { .. } => {}
     }
     let Some(origin) = headers.get("webhook-request-origin").cloned() else {
         return reply(StatusCode::BAD_REQUEST, json!({ "error": "no WebHook-Request-Origin header" }));
@@ -219,14 +231,23 @@ fn validation_token(uri: &Uri) -> Option<String> {
     })
 }
 
-/// The Graph link a notification belongs to: by Entra tenant id, or the only one.
-fn link_for(ctx: &Context, tenant_id: Option<&str>) -> Option<Arc<GraphLink>> {
-    let links = ctx.graph.get()?;
-    links
+/// The Graph link a notification belongs to: the one whose `clientState` it carries (a
+/// link without one takes no notifications), if the notification's `tenantId` (when it
+/// has one) is that link's Entra tenant and the request's credential speaks for the link's
+/// tenant; else why not.
+fn link_for(ctx: &Context, n: &Notification, scope: &TenantScope) -> Result<Arc<GraphLink>, &'static str> {
+    let links = ctx.graph.get().ok_or("no Graph link is configured")?;
+    let link = links
         .iter()
-        .find(|l| tenant_id.is_some_and(|t| t.eq_ignore_ascii_case(&l.config.entra_tenant_id)))
-        .or_else(|| (links.len() == 1).then(|| &links[0]))
-        .cloned()
+        .find(|l| l.config.client_state.as_deref().is_some_and(|s| !s.is_empty() && n.client_state_is(s)))
+        .ok_or("wrong clientState")?;
+    if n.tenant_id.as_deref().is_some_and(|t| !t.eq_ignore_ascii_case(&link.config.entra_tenant_id)) {
+        return Err("the notification's tenantId is not its clientState's tenant");
+    }
+    if !scope.allows(&link.config.tenant) {
+        return Err("the request's credential does not speak for the clientState's tenant");
+    }
+    Ok(Arc::clone(link))
 }
 
 /// Checks each notification's client state; returns the valid ones with their link, having
@@ -237,7 +258,7 @@ async fn graph_admit(
     req: Request<Body>,
 ) -> Result<Vec<(Notification, Arc<GraphLink>)>, Response> {
     let uri = req.uri().clone();
-    let (origin, body) = admit(ctx, source, req).await?;
+    let Admitted { origin, body, scope } = admit(ctx, source, req).await?;
     if let Some(token) = validation_token(&uri) {
         return Err((StatusCode::OK, [(header::CONTENT_TYPE, "text/plain")], token).into_response());
     }
@@ -251,13 +272,10 @@ async fn graph_admit(
     };
     let mut valid = Vec::new();
     for n in notifications {
-        let link = link_for(ctx, n.tenant_id.as_deref());
-        match link {
-            Some(l) if n.client_state_is(l.config.client_state.as_deref().unwrap_or("")) => valid.push((n, l)),
-            _ => {
+        match link_for(ctx, &n, &scope) {
+            Ok(l) => valid.push((n, l)),
+            Err(reason) => {
                 let raw = json!({ "subscriptionId": n.subscription_id, "tenantId": n.tenant_id, "resource": n.resource, "clientState": n.client_state.as_ref().map(|_| "(withheld)") });
-                let reason =
-                    if link.is_none() { "no Graph link for the notification's tenant" } else { "wrong clientState" };
                 ctx.reject(
                     &mut batch,
                     source,
@@ -341,17 +359,22 @@ async fn graph_presence(State(ctx): State<Arc<Context>>, req: Request<Body>) -> 
 
 /// `POST /graph/calling`: calling-bot notifications (`commsNotifications`).
 async fn graph_calling(State(ctx): State<Arc<Context>>, req: Request<Body>) -> Response {
-    let (origin, body) = match admit(&ctx, bot::SOURCE, req).await {
+    let Admitted { origin, body, scope } = match admit(&ctx, bot::SOURCE, req).await {
         Ok(x) => x,
         Err(r) => return r,
     };
     let now = (ctx.now_ms)();
     let mut batch = Batch::new(bot::SOURCE);
-    let tenant = ctx
-        .graph
-        .get()
-        .and_then(|l| (l.len() == 1).then(|| l[0].config.tenant.clone()))
-        .unwrap_or_else(|| ctx.config.default_tenant.clone());
+    // The credential's tenant; for a credential of any tenant, the only Graph link's (else
+    // the default tenant).
+    let only_link = ctx.graph.get().and_then(|l| (l.len() == 1).then(|| l[0].config.tenant.clone()));
+    let tenant = match scope.resolve(None, only_link.as_deref().unwrap_or(&ctx.config.default_tenant)) {
+        Ok(t) => t,
+        Err(reason) => {
+            ctx.reject(&mut batch, bot::SOURCE, &origin, Reject::Unauthorized, reason.clone(), &body);
+            return commit(&ctx, batch, reply(StatusCode::FORBIDDEN, json!({ "error": reason }))).await;
+        }
+    };
     match bot::map(&body, &tenant, now) {
         Ok(items) => {
             for item in items {
@@ -373,11 +396,29 @@ async fn graph_calling(State(ctx): State<Arc<Context>>, req: Request<Body>) -> R
 }
 
 /// Maps a parsed delivery into `batch`; returns what was accepted, unmapped and rejected.
-fn map_delivery(ctx: &Context, batch: &mut Batch, origin: &str, envelopes: &[acs::Envelope]) -> serde_json::Value {
+fn map_delivery(
+    ctx: &Context,
+    batch: &mut Batch,
+    origin: &str,
+    envelopes: &[acs::Envelope],
+    scope: &TenantScope,
+) -> serde_json::Value {
     let now = (ctx.now_ms)();
     let (mut accepted, mut unmapped, mut rejected) = (0, 0, Vec::new());
     for e in envelopes {
-        match ctx.acs.map(e) {
+        // The tenant is the credential's: a resource that a rule gives another tenant is
+        // refused.
+        let mapped = ctx.acs.map(e).and_then(|m| match m {
+            Mapped::Event(mut event) => {
+                let tenant = scope
+                    .resolve(ctx.acs.rule_tenant(e), &ctx.config.default_tenant)
+                    .map_err(|reason| acs::AcsError::Tenant { id: e.id.clone(), reason })?;
+                event.tenant_id = Some(tenant.into());
+                Ok(Mapped::Event(event))
+            }
+            other => Ok(other),
+        });
+        match mapped {
             Ok(Mapped::Event(event)) => {
                 accepted += 1;
                 batch.event(*event, now);
@@ -391,7 +432,9 @@ fn map_delivery(ctx: &Context, batch: &mut Batch, origin: &str, envelopes: &[acs
                 let source = if e.cloud_event { acs::SOURCE_CALL_AUTOMATION } else { acs::SOURCE_JOBROUTER };
                 let raw =
                     json!({ "id": e.id, "eventType": e.event_type, "subject": e.subject, "data": e.data }).to_string();
-                ctx.reject(batch, source, origin, Reject::Invalid, err.to_string(), raw.as_bytes());
+                let why =
+                    if matches!(err, acs::AcsError::Tenant { .. }) { Reject::Unauthorized } else { Reject::Invalid };
+                ctx.reject(batch, source, origin, why, err.to_string(), raw.as_bytes());
                 rejected.push(json!({ "id": e.id, "reason": err.to_string() }));
             }
         }
@@ -400,7 +443,7 @@ fn map_delivery(ctx: &Context, batch: &mut Batch, origin: &str, envelopes: &[acs
 }
 
 async fn acs_delivery(ctx: Arc<Context>, source: &'static str, req: Request<Body>) -> Response {
-    let (origin, body) = match admit(&ctx, source, req).await {
+    let Admitted { origin, body, scope } = match admit(&ctx, source, req).await {
         Ok(x) => x,
         Err(r) => return r,
     };
@@ -408,7 +451,7 @@ async fn acs_delivery(ctx: Arc<Context>, source: &'static str, req: Request<Body
     match acs::parse_delivery(&body) {
         Ok(Delivery::Validation { code, .. }) => reply(StatusCode::OK, json!({ "validationResponse": code })),
         Ok(Delivery::Events(envelopes)) => {
-            let summary = map_delivery(&ctx, &mut batch, &origin, &envelopes);
+            let summary = map_delivery(&ctx, &mut batch, &origin, &envelopes, &scope);
             commit(&ctx, batch, reply(StatusCode::OK, summary)).await
         }
         Err(e) => {

@@ -16,6 +16,7 @@
 //!   on the log, and tells the sender to retry when they are not;
 //! - event ids derive from source ids, so a redelivery is deduplicated downstream.
 
+pub mod credentials;
 pub mod graph;
 pub mod http;
 pub mod publish;
@@ -53,9 +54,18 @@ pub struct SourcesConfig {
     pub tls_cert: Option<std::path::PathBuf>,
     /// The PEM private key of `tls_cert`.
     pub tls_key: Option<std::path::PathBuf>,
-    /// When set, every webhook request must carry it (`Authorization: Bearer …`, the header
-    /// `x-ccstream-secret`, or the query parameter `code`).
+    /// A webhook credential for any tenant (the provider's own forwarders): a request
+    /// carrying it (`Authorization: Bearer …`, the header `x-ccstream-secret`, or the query
+    /// parameter `code`) delivers events of the tenants they name.
     pub secret: Option<String>,
+    /// Webhook credentials, each for its tenants (`[[sources.webhooks]]`; see
+    /// [`credentials`]).
+    #[serde(default)]
+    pub webhooks: Vec<credentials::WebhookCredential>,
+    /// Accept webhook requests without any credential (for demos on loopback). Without it,
+    /// the webhook listener does not start unless `secret` or `webhooks` is set.
+    #[serde(default)]
+    pub insecure: bool,
     /// A syslog message or SIP message, at most (bytes).
     #[serde(default = "default_max_message")]
     pub max_message_bytes: usize,
@@ -106,6 +116,8 @@ fn bind_udp(addr: SocketAddr, receive_buffer: usize) -> std::io::Result<tokio::n
 #[derive(Debug)]
 pub struct Context {
     pub config: SourcesConfig,
+    /// Who may send to the webhooks, for which tenants.
+    pub credentials: credentials::Credentials,
     pub telemetry: Arc<Telemetry>,
     pub publisher: Publisher,
     pub sbc: Mutex<SbcMapper>,
@@ -180,10 +192,58 @@ where
     }
 }
 
+/// Refuses tenant names that could not name a table partition, and Graph links whose
+/// notifications nothing would authenticate: a link that subscribes (`notification_url`)
+/// needs a `client_state` of at least 16 characters, one no other link has (it decides
+/// which link, and so which tenant, a notification is for).
+fn check_tenants(config: &SourcesConfig) -> Result<(), String> {
+    let max = ccstream_schemas::MAX_TENANT_ID_BYTES;
+    let tenants = std::iter::once(("default_tenant", &config.default_tenant))
+        .chain(config.sbc_tenants.iter().map(|r| ("[[sources.sbc_tenants]]", &r.tenant)))
+        .chain(config.acs_tenants.iter().map(|r| ("[[sources.acs_tenants]]", &r.tenant)))
+        .chain(config.graph.iter().map(|g| ("[[sources.graph]]", &g.tenant)));
+    for (at, tenant) in tenants {
+        if tenant.is_empty() || tenant.len() > max {
+            return Err(format!("{at}: tenant {tenant:?} must be 1 to {max} bytes"));
+        }
+    }
+    let mut states = std::collections::HashSet::new();
+    for g in &config.graph {
+        let at = format!("[[sources.graph]] tenant {:?}", g.tenant);
+        match g.client_state.as_deref() {
+            Some(s) if !(16..=128).contains(&s.len()) => {
+                return Err(format!("{at}: client_state must be 16 to 128 characters"))
+            }
+            Some(s) if !states.insert(s) => return Err(format!("{at}: another link has the same client_state")),
+            None if g.notification_url.is_some() => {
+                return Err(format!(
+                    "{at}: notification_url needs a client_state (16 to 128 characters) to authenticate Graph's notifications"
+                ))
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
 /// Binds every configured listener and starts its loop on the current runtime.
 pub async fn start(config: SourcesConfig, log: Arc<dyn EventLog>, now_ms: fn() -> i64) -> crate::Result<Running> {
+    let credentials = credentials::Credentials::new(config.secret.as_deref(), &config.webhooks, config.insecure)
+        .map_err(crate::Error::Credentials)?;
+    if config.http.is_some() && credentials.is_empty() && !config.insecure {
+        return Err(crate::Error::Credentials(
+            "the webhook listener (sources.http) needs credentials: set [sources] secret or \
+             [[sources.webhooks]] entries, or `insecure = true` to accept anyone's requests"
+                .into(),
+        ));
+    }
+    check_tenants(&config).map_err(crate::Error::Credentials)?;
+    if credentials.open() && config.http.is_some() {
+        tracing::warn!("sources.insecure = true: the webhooks accept requests without credentials, for any tenant");
+    }
     let telemetry = Arc::new(Telemetry::new());
     let ctx = Arc::new(Context {
+        credentials,
         sbc: Mutex::new(SbcMapper::new(config.default_tenant.clone(), config.sbc_tenants.clone())),
         acs: AcsMapper::new(config.default_tenant.clone(), config.acs_tenants.clone()),
         publisher: Publisher::spawn(log, Arc::clone(&telemetry), now_ms),

@@ -1,0 +1,161 @@
+//! Attacks on the webhooks, one test each: a tenant writing into another's rows, an
+//! anonymous sender filling the dead letters, a tenant id long enough to jam a table write,
+//! a webhook listener left open. Each runs `ccstream run` and checks what reached the
+//! tables.
+
+mod common;
+
+use common::run::{http, wait_for_rows, Run};
+use common::sql_csv;
+
+const CONTOSO: &str = "contoso-webhook-secret-0001";
+const FABRIKAM: &str = "fabrikam-webhook-secret-0002";
+const FORWARDER: &str = "provider-forwarder-secret-0003";
+
+/// Two customers with a credential each, the provider's forwarder for any tenant, and an
+/// ACS rule that gives the resource `fabrikam-acs` to fabrikam.
+fn start() -> Run {
+    Run::start(&format!(
+        r#"
+[sources]
+default_tenant = "default"
+http = "127.0.0.1:0"
+[[sources.webhooks]]
+name = "contoso"
+secret = "{CONTOSO}"
+tenants = ["contoso"]
+[[sources.webhooks]]
+name = "fabrikam"
+secret = "{FABRIKAM}"
+tenants = ["fabrikam"]
+[[sources.webhooks]]
+name = "forwarder"
+secret = "{FORWARDER}"
+tenants = ["*"]
+[[sources.acs_tenants]]
+tenant = "fabrikam"
+resource = "fabrikam-acs"
+"#
+    ))
+}
+
+fn event(id: &str, tenant: &str) -> String {
+    format!(
+        r#"{{"event_id":"{id}","tenant_id":"{tenant}","call_id":"call-{id}","queue_id":"q1","event_type":"call_queued","occurred_at":"2026-11-30T10:00:00Z"}}"#
+    )
+}
+
+fn post(run: &Run, path: &str, secret: &str, body: &str) -> (u16, String) {
+    http(run.addr("http"), "POST", path, &[("Authorization", &format!("Bearer {secret}"))], body.as_bytes())
+}
+
+#[test]
+fn events_of_another_tenant_are_refused() {
+    let mut run = start();
+    let body = format!("{}\n{}\n", event("e-own", "contoso"), event("e-theirs", "fabrikam"));
+    let (status, reply) = post(&run, "/events", CONTOSO, &body);
+    assert_eq!(status, 200, "{reply}");
+    assert!(reply.contains(r#""accepted":1"#) && reply.contains("is not a tenant of this request"), "{reply}");
+    // fabrikam's own credential, and the forwarder for anyone.
+    let (status, reply) = post(&run, "/events", FABRIKAM, &event("e-fab", "fabrikam"));
+    assert_eq!(status, 200, "{reply}");
+    let (status, reply) = post(&run, "/events", FORWARDER, &event("e-fwd", "fabrikam"));
+    assert_eq!(status, 200, "{reply}");
+    let data = run.data.clone();
+    wait_for_rows(
+        &data,
+        "SELECT tenant_id, event_id FROM events ORDER BY tenant_id, event_id",
+        "contoso,e-own\nfabrikam,e-fab\nfabrikam,e-fwd",
+        &mut run.child,
+    );
+    wait_for_rows(
+        &data,
+        "SELECT reason FROM dead_letters",
+        "\"tenant_id \"\"fabrikam\"\" is not a tenant of this request's credential\"",
+        &mut run.child,
+    );
+}
+
+#[test]
+fn an_acs_topic_of_another_tenant_is_refused() {
+    let mut run = start();
+    let envelope = |id: &str, resource: &str| {
+        format!(
+            r#"[{{"id":"{id}","topic":"/subscriptions/s/resourceGroups/g/providers/Microsoft.Communication/communicationServices/{resource}","subject":"job/x","data":{{"jobId":"job-{id}","channelReference":"call-{id}","channelId":"voice","queueId":"q1","priority":1}},"eventType":"Microsoft.Communication.RouterJobQueued","dataVersion":"1.0","metadataVersion":"1","eventTime":"2026-11-30T10:00:00Z"}}]"#
+        )
+    };
+    // contoso's credential naming fabrikam's resource: refused; its own (no rule): contoso's.
+    let (status, reply) = post(&run, "/acs/eventgrid", CONTOSO, &envelope("a1", "fabrikam-acs"));
+    assert_eq!(status, 200, "{reply}");
+    assert!(reply.contains(r#""accepted":0"#) && reply.contains("names a resource of tenant"), "{reply}");
+    let (status, reply) = post(&run, "/acs/eventgrid", CONTOSO, &envelope("a2", "contoso-acs"));
+    assert!(status == 200 && reply.contains(r#""accepted":1"#), "{reply}");
+    let (status, reply) = post(&run, "/acs/eventgrid", FABRIKAM, &envelope("a3", "fabrikam-acs"));
+    assert!(status == 200 && reply.contains(r#""accepted":1"#), "{reply}");
+    let data = run.data.clone();
+    wait_for_rows(
+        &data,
+        "SELECT tenant_id, call_id FROM events ORDER BY tenant_id",
+        "contoso,job-a2\nfabrikam,job-a3",
+        &mut run.child,
+    );
+}
+
+#[test]
+fn anonymous_requests_are_counted_not_dead_lettered() {
+    let mut run = start();
+    let garbage = "x".repeat(10_000);
+    for (headers, want) in [(vec![], 401), (vec![("Authorization", "Bearer not-a-secret-of-anyone")], 403)] {
+        let (status, reply) = http(run.addr("http"), "POST", "/events", &headers, garbage.as_bytes());
+        assert_eq!(status, want, "{reply}");
+    }
+    // A credential's request afterwards: its rows arrive, and no dead letter came before.
+    let (status, reply) = post(&run, "/events", CONTOSO, &format!("{}\nnot json\n", event("e1", "contoso")));
+    assert_eq!(status, 200, "{reply}");
+    let data = run.data.clone();
+    wait_for_rows(&data, "SELECT count(*) FROM events", "1", &mut run.child);
+    wait_for_rows(&data, "SELECT count(*), min(origin) FROM dead_letters", "1,http /events", &mut run.child);
+}
+
+#[test]
+fn a_300_byte_tenant_id_is_a_dead_letter_not_a_jammed_table() {
+    let mut run = start();
+    let long = "t".repeat(300);
+    let body = format!("{}\n{}\n", event("e-long", &long), event("e-ok", "contoso"));
+    let (status, reply) = post(&run, "/events", FORWARDER, &body);
+    assert_eq!(status, 200, "{reply}");
+    assert!(reply.contains("`tenant_id` is 300 bytes, more than 64"), "{reply}");
+    let data = run.data.clone();
+    wait_for_rows(&data, "SELECT tenant_id, event_id FROM events", "contoso,e-ok", &mut run.child);
+    let calls = sql_csv(&data, "SELECT count(*) FROM call_facts");
+    assert!(calls.lines().nth(1).is_some(), "{calls}");
+}
+
+#[test]
+fn the_webhook_listener_does_not_start_without_credentials() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("c.toml");
+    let write = |extra: &str| {
+        std::fs::write(
+            &config,
+            format!(
+                "[pipeline]\nlog = \"file://{}\"\ndata = \"{}\"\n[sources]\nhttp = \"127.0.0.1:0\"\n{extra}",
+                dir.path().join("log").display(),
+                dir.path().join("data").display()
+            ),
+        )
+        .unwrap()
+    };
+    write("");
+    let out = common::ccstream_raw(&["run", "--config", config.to_str().unwrap(), "--until-caught-up"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && stderr.contains("needs credentials"), "{stderr}");
+    write("[[sources.webhooks]]\nname = \"a\"\nsecret = \"short\"\ntenants = [\"a\"]\n");
+    let out = common::ccstream_raw(&["run", "--config", config.to_str().unwrap(), "--until-caught-up"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && stderr.contains("16 to 512 bytes"), "{stderr}");
+    // Said in so many words, it starts.
+    write("insecure = true\n");
+    let out = common::ccstream_raw(&["run", "--config", config.to_str().unwrap(), "--until-caught-up"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+}
