@@ -120,6 +120,10 @@ pub(crate) struct StreamTime {
     /// (ms); its rows are sealed, and a later event for it re-folds it from `events`
     #[arg(long, env = "CCSTREAM_STATE_RETENTION_MS", default_value_t = StreamTime::DEFAULT.state_retention_ms)]
     pub(crate) state_retention_ms: i64,
+    /// An event more than this far (ms) ahead of the time its record was appended to the
+    /// log is dead-lettered: a sender's clock (or intent) cannot move the watermark
+    #[arg(long, env = "CCSTREAM_MAX_FUTURE_SKEW_MS", default_value_t = StreamTime::DEFAULT.max_future_skew_ms)]
+    pub(crate) max_future_skew_ms: i64,
 }
 
 impl StreamTime {
@@ -129,6 +133,7 @@ impl StreamTime {
         idle_timeout_ms: 30_000,
         completion_grace_ms: 1_800_000,
         state_retention_ms: 7_200_000,
+        max_future_skew_ms: 3_600_000,
     };
 }
 
@@ -408,6 +413,32 @@ impl Processor {
                 v.ingested_at_ms = Some(appended);
             }
         }
+        // Events from the future (by the append time of their record, which the log's
+        // writer set, so every re-read decides the same) are dead letters: a sender's
+        // clock must not move the partition's watermark.
+        let skew = self.time.max_future_skew_ms;
+        let mut kept = 0;
+        for i in 0..read.events.len() {
+            let line = read.rows[i] as usize;
+            let appended = value_times[line];
+            let at = read.events[i].1.occurred_at_ms;
+            if appended > 0 && at > appended.saturating_add(skew) {
+                if value_offsets[line] >= state.dead_committed {
+                    let reason = format!(
+                        "occurred_at is {} s after the record was appended (more than --max-future-skew-ms {skew})",
+                        (at - appended) / 1000
+                    );
+                    self.pending_dead.push(log_dead(url, p, value_offsets[line], reason, values[line]));
+                }
+                self.telemetry.future_events.inc();
+                continue;
+            }
+            read.events.swap(kept, i);
+            read.rows.swap(kept, i);
+            kept += 1;
+        }
+        read.events.truncate(kept);
+        read.rows.truncate(kept);
         let rows = &read.rows;
         for rej in read.rejected {
             let offset = value_offsets[rej.line];

@@ -159,3 +159,20 @@ fn the_webhook_listener_does_not_start_without_credentials() {
     let out = common::ccstream_raw(&["run", "--config", config.to_str().unwrap(), "--until-caught-up"]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
 }
+
+#[test]
+fn a_far_future_event_is_a_dead_letter_and_moves_no_watermark() {
+    let mut run = start();
+    let future = event("e-future", "contoso").replace("2026-11-30T10:00:00Z", "2099-01-01T00:00:00Z");
+    let body = format!("{future}\n{}\n", event("e-now", "contoso"));
+    let (status, reply) = post(&run, "/events", CONTOSO, &body);
+    assert_eq!(status, 200, "{reply}");
+    let data = run.data.clone();
+    wait_for_rows(&data, "SELECT event_id FROM events", "e-now", &mut run.child);
+    wait_for_rows(
+        &data,
+        "SELECT count(*) FROM dead_letters WHERE reason LIKE 'occurred_at is % s after the record was appended%'",
+        "1",
+        &mut run.child,
+    );
+}

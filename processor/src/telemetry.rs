@@ -26,6 +26,7 @@ pub const COMMIT_DURATION_SECONDS: &str = "ccstream_processor_commit_duration_se
 pub const CONSUMER_LAG_RECORDS: &str = "ccstream_processor_consumer_lag_records";
 pub const EVENT_TIME_LAG_SECONDS: &str = "ccstream_processor_event_time_lag_seconds";
 pub const LATE_EVENTS_TOTAL: &str = "ccstream_processor_late_events_total";
+pub const FUTURE_EVENTS_TOTAL: &str = "ccstream_processor_future_events_total";
 pub const REVISIONS_TOTAL: &str = "ccstream_processor_revisions_total";
 pub const CORRECTIONS_TOTAL: &str = "ccstream_processor_corrections_total";
 pub const WATERMARK_DELAY_SECONDS: &str = "ccstream_processor_watermark_delay_seconds";
@@ -64,6 +65,7 @@ pub struct Telemetry {
     pub consumer_lag: IntGaugeVec,
     pub event_time_lag: Gauge,
     pub late_events: IntCounter,
+    pub future_events: IntCounter,
     pub revisions: IntCounterVec,
     pub corrections: IntCounter,
     pub watermark_delay: GaugeVec,
@@ -191,6 +193,11 @@ impl Telemetry {
                 "Compactions that failed (tried again later; no row is affected)",
             ),
             late_events: counter(&r, LATE_EVENTS_TOTAL, "Events older than their partition's watermark on arrival"),
+            future_events: counter(
+                &r,
+                FUTURE_EVENTS_TOTAL,
+                "Events dead-lettered for a time further ahead of their append than --max-future-skew-ms",
+            ),
             corrections: counter(&r, CORRECTIONS_TOTAL, "Changed columns of revised rows written to corrections"),
             refolded_calls: counter(
                 &r,

@@ -152,14 +152,12 @@ impl Input<'_> {
                     15 => self.varint()?,
                     n => u64::from(n),
                 };
+                // Every element takes at least a byte: a count past the bytes left is damage,
+                // not a reason to loop.
+                self.check_count(n, 1)?;
                 let elem = h & 0x0f;
                 for _ in 0..n {
-                    // Booleans in a collection are a byte each.
-                    if elem == BOOL_TRUE || elem == BOOL_FALSE {
-                        self.byte()?;
-                    } else {
-                        self.skip(elem, depth + 1)?;
-                    }
+                    self.skip_element(elem, depth)?;
                 }
                 Ok(())
             }
@@ -169,9 +167,10 @@ impl Input<'_> {
                     return Ok(());
                 }
                 let kv = self.byte()?;
+                self.check_count(n, 2)?;
                 for _ in 0..n {
-                    self.skip(kv >> 4, depth + 1)?;
-                    self.skip(kv & 0x0f, depth + 1)?;
+                    self.skip_element(kv >> 4, depth)?;
+                    self.skip_element(kv & 0x0f, depth)?;
                 }
                 Ok(())
             }
@@ -184,6 +183,25 @@ impl Input<'_> {
             }
             other => Err(format!("page header has unknown wire type {other}")),
         }
+    }
+
+    /// A collection element: booleans in a collection are a byte each.
+    fn skip_element(&mut self, t: u8, depth: u32) -> Result<(), String> {
+        if t == BOOL_TRUE || t == BOOL_FALSE {
+            self.byte().map(drop)
+        } else {
+            self.skip(t, depth + 1)
+        }
+    }
+
+    /// Refuses a count of `n` elements of at least `bytes_each` bytes that the bytes left
+    /// cannot hold.
+    fn check_count(&self, n: u64, bytes_each: u64) -> Result<(), String> {
+        let left = (self.buf.len() - self.pos) as u64;
+        if n.saturating_mul(bytes_each) > left {
+            return Err(format!("page header has a collection of {n} elements in {left} bytes"));
+        }
+        Ok(())
     }
 
     fn expect_struct(t: u8) -> Result<(), String> {
@@ -372,6 +390,21 @@ mod tests {
             b.push(1 << 4 | STRUCT);
         }
         assert!(page_header(&b).is_err());
+    }
+
+    /// A map of 2^62 booleans (no bytes each, as a skipper that reads them like fields
+    /// would take them) ends at once.
+    #[test]
+    fn a_huge_collection_count_is_an_error_not_a_loop() {
+        // Field 9 (delta 9), type MAP: count varint 2^62, key/value types BOOL_TRUE.
+        let mut b = vec![0x9b];
+        b.extend([0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x40, 0x11]);
+        let started = std::time::Instant::now();
+        assert!(page_header(&b).is_err());
+        // Field 9, type LIST: 15 = a varint count, then 2^62 booleans.
+        let b = [0x99, 0xf1, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x40];
+        assert!(page_header(&b).is_err());
+        assert!(started.elapsed() < std::time::Duration::from_secs(1));
     }
 
     proptest::proptest! {
