@@ -151,6 +151,12 @@ impl Server {
         c
     }
 
+    /// `/metrics`, as the admin.
+    async fn metrics(&self) -> String {
+        let r = client().get(self.url("/metrics")).header("Authorization", bearer(ADMIN_TOKEN)).send().await;
+        r.unwrap().text().await.unwrap()
+    }
+
     async fn pg(&self, user: &str, password: &str) -> tokio_postgres::Client {
         let (client, conn) = self
             .pg_config(user, password)
@@ -730,15 +736,7 @@ async fn postgres_wire_with_real_clients() {
     }
     let alive: i64 = other.query_one("SELECT count(*) FROM interval_metrics", &[]).await.unwrap().get(0);
     assert!(alive > 0);
-    let m = reqwest::Client::new()
-        .get(server.url("/metrics"))
-        .header("Authorization", bearer(ADMIN_TOKEN))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let m = server.metrics().await;
     assert!(m.contains("ccstream_query_queries_total{frontend=\"pg\",outcome=\"ok\"}"), "{m}");
     assert!(m.contains("ccstream_query_active_sessions{frontend=\"pg\"}"), "{m}");
 }
@@ -882,15 +880,7 @@ async fn heavy_queries_run_on_the_background_runtime() {
     let server = start(&data, &format!("background_rows = {}\nbackground_nice = 15", (calls + events) / 2));
     let admin = bearer(ADMIN_TOKEN);
     let background = || async {
-        let m = client()
-            .get(server.url("/metrics"))
-            .header("Authorization", &admin)
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+        let m = server.metrics().await;
         let line = m
             .lines()
             .find(|l| l.starts_with("ccstream_query_background_queries_total "))

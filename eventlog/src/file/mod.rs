@@ -382,15 +382,20 @@ fn try_lock_file(path: &Path) -> Result<Option<File>> {
     }
 }
 
+/// Takes the log's writer lock (`DIR/writer.lock`), or fails if another process holds it.
+fn lock_writer(dir: &Path) -> Result<File> {
+    let lock_path = dir.join("writer.lock");
+    try_lock_file(&lock_path)?.ok_or_else(|| Error::Io {
+        op: "lock (another process is appending to this log)",
+        path: lock_path.display().to_string(),
+        source: std::io::Error::from(std::io::ErrorKind::WouldBlock),
+    })
+}
+
 impl Inner {
     fn open_writer(&self) -> Result<Writer> {
         let dir = &self.config.dir;
-        let lock_path = dir.join("writer.lock");
-        let lock = try_lock_file(&lock_path)?.ok_or_else(|| Error::Io {
-            op: "lock (another process is appending to this log)",
-            path: lock_path.display().to_string(),
-            source: std::io::Error::from(std::io::ErrorKind::WouldBlock),
-        })?;
+        let lock = lock_writer(dir)?;
         let mut parts = Vec::with_capacity(self.partitions as usize);
         for p in 0..self.partitions {
             let mut bases = list_segments(dir, p)?;
@@ -517,12 +522,7 @@ fn refuse_damage(path: &Path, p: Partition, valid_len: u64, next: Offset) -> Res
 /// appending. The cut bytes are kept beside the segment in `SEGMENT.cut-OFFSET`. Returns
 /// the bytes cut. `offset` must be at or below the first damaged record's offset.
 pub fn truncate_partition(dir: &Path, p: Partition, offset: Offset) -> Result<u64> {
-    let lock_path = dir.join("writer.lock");
-    let _lock = try_lock_file(&lock_path)?.ok_or_else(|| Error::Io {
-        op: "lock (another process is appending to this log)",
-        path: lock_path.display().to_string(),
-        source: std::io::Error::from(std::io::ErrorKind::WouldBlock),
-    })?;
+    let _lock = lock_writer(dir)?;
     let bases = list_segments(dir, p)?;
     let Some(&base) = bases.iter().rev().find(|b| **b <= offset) else {
         return Err(Error::OffsetOutOfRange { partition: p, offset, earliest: bases.first().copied().unwrap_or(0) });
