@@ -40,7 +40,7 @@ use arrow::compute::filter_record_batch;
 use arrow::datatypes::Date32Type;
 use ccstream_eventlog::{open, Delivered, EventLog, LogConsumer, OpenOptions, Partition, Poll};
 use ccstream_processor::batch::{DecodedBatch, Decoder, EventsByPartition, JsonDecoder};
-use ccstream_processor::kpi::{corrections_batch, CallFold, Horizon, LiveQueue, Params};
+use ccstream_processor::kpi::{corrections_batch, CallFold, CallName, Horizon, LiveQueue, Params};
 use ccstream_processor::sink::{Overwrite, TableStore, FILE_COLUMN};
 use ccstream_processor::telemetry::Telemetry;
 use ccstream_schemas::{
@@ -183,7 +183,7 @@ struct PartitionState {
     sealed_facts: Vec<RecordBatch>,
     sealed_legs: Vec<RecordBatch>,
     /// Calls whose sealed rows the next commit removes (by rewriting their files).
-    unsealed: Vec<String>,
+    unsealed: Vec<CallName>,
     /// Interval partials sealed since the last commit, for its sealed files.
     sealed_partials: Vec<RecordBatch>,
     /// Sealed partials taken back into the fold (tenant, queue, interval start): the next
@@ -591,8 +591,7 @@ impl Processor {
             let (f, i, c) = (pick(&facts)?, pick(&partials)?, pick(&corrections)?);
             let mut leg_calls = std::collections::HashSet::new();
             for b in pick(&sealed_legs)? {
-                let ids = string_column(&b, "call_id")?;
-                leg_calls.extend(ids.iter().flatten().map(str::to_string));
+                leg_calls.extend(CallName::of_rows(&b)?);
             }
             let state = self.parts.get_mut(&p).expect("listed above");
             state.fold.restore(&mut self.decoder.dicts, &self.params, &f, &leg_calls, &i, &c)?;
@@ -610,19 +609,19 @@ impl Processor {
         let parts: Vec<Partition> = self.parts.keys().copied().collect();
         // Events of re-folded calls that `events` already holds: copies that arrived after
         // their call left memory looked like first copies; they must not be appended again.
-        let mut stored: HashSet<String> = HashSet::new();
+        let mut stored: HashSet<(String, String)> = HashSet::new();
         for p in parts {
-            let ids = self.parts[&p].fold.refold_ids(&self.decoder.dicts);
-            if ids.is_empty() {
+            let calls = self.parts[&p].fold.refold_ids(&self.decoder.dicts);
+            if calls.is_empty() {
                 continue;
             }
-            let list = sql_list(&ids);
-            for b in self.store.read_where(TABLE_EVENTS, Some(&format!("call_id IN ({list})")), false).await? {
-                stored.extend(string_column(&b, "event_id")?.iter().flatten().map(str::to_string));
+            let these = calls_filter(&calls);
+            for b in self.store.read_where(TABLE_EVENTS, Some(&these), false).await? {
+                stored.extend(tenant_event_ids(&b)?.flatten());
                 self.decoder.decode(&b, &mut self.decoded)?;
                 self.parts.get_mut(&p).expect("listed").fold.update(&self.decoded, &self.decoder.dicts);
             }
-            let filter = format!("\"{PARTITION_COLUMN}\" = {p} AND \"{SEALED_COLUMN}\" AND call_id IN ({list})");
+            let filter = format!("\"{PARTITION_COLUMN}\" = {p} AND \"{SEALED_COLUMN}\" AND {these}");
             let rows = self.store.read_where(TABLE_CALL_FACTS, Some(&filter), false).await?;
             // The sealed partials these calls are leaving come back first.
             self.bring_back_partials(p, &rows).await?;
@@ -640,7 +639,7 @@ impl Processor {
                 continue;
             }
             let mut maxima = Vec::with_capacity(stale.len());
-            let leaving = sql_list(state.fold.unsealed());
+            let leaving = calls_filter(state.fold.unsealed());
             for (tenant, queue, start) in &stale {
                 let queue = match queue {
                     Some(q) => format!("queue_id = {}", sql_list(std::slice::from_ref(q))),
@@ -649,7 +648,7 @@ impl Processor {
                 let filter = format!(
                     "\"{PARTITION_COLUMN}\" = {p} AND \"{SEALED_COLUMN}\" AND tenant_id = {} AND {queue} \
                      AND queued_at >= to_timestamp_millis({start}) AND queued_at < to_timestamp_millis({}) \
-                     AND call_id NOT IN ({leaving})",
+                     AND NOT {leaving}",
                     sql_list(std::slice::from_ref(tenant)),
                     start + ccstream_schemas::PARTIAL_INTERVAL_MS,
                 );
@@ -669,8 +668,8 @@ impl Processor {
         if !stored.is_empty() {
             let mut dropped = 0usize;
             for b in self.held_events.iter_mut() {
-                let ids = string_column(b, "event_id")?;
-                let keep: BooleanArray = ids.iter().map(|id| Some(!id.is_some_and(|id| stored.contains(id)))).collect();
+                let keep: BooleanArray =
+                    tenant_event_ids(b)?.map(|id| Some(!id.is_some_and(|id| stored.contains(&id)))).collect();
                 let n = keep.true_count();
                 if n < b.num_rows() {
                     dropped += b.num_rows() - n;
@@ -769,12 +768,17 @@ impl Processor {
 
     /// The sealed files of `table` in `partition` that hold rows of `calls`, and their other
     /// rows (see [`Processor::rewrite_sealed`]).
-    async fn rewrite_sealed_calls(&self, table: &str, partition: Partition, calls: &[String]) -> Result<SealedRewrite> {
-        let ids: HashSet<&str> = calls.iter().map(String::as_str).collect();
+    async fn rewrite_sealed_calls(
+        &self,
+        table: &str,
+        partition: Partition,
+        calls: &[CallName],
+    ) -> Result<SealedRewrite> {
+        let calls_set: HashSet<&CallName> = calls.iter().collect();
         let leaving = |b: &RecordBatch| -> Result<Vec<bool>> {
-            Ok(string_column(b, "call_id")?.iter().map(|id| id.is_some_and(|id| ids.contains(id))).collect())
+            Ok(CallName::of_rows(b)?.iter().map(|c| calls_set.contains(c)).collect())
         };
-        self.rewrite_sealed(table, partition, &format!("call_id IN ({})", sql_list(calls)), leaving).await
+        self.rewrite_sealed(table, partition, &calls_filter(calls), leaving).await
     }
 
     /// The sealed files of `table` in `partition` that hold rows `leaving` picks out (among
@@ -1093,6 +1097,29 @@ fn sql_list<T: std::fmt::Display>(values: &[T]) -> String {
         return "NULL".to_string();
     }
     values.iter().map(|v| format!("'{}'", v.to_string().replace('\'', "''"))).collect::<Vec<_>>().join(", ")
+}
+
+/// A SQL condition true for the rows of `calls` (by `tenant_id` and `call_id`), `FALSE`
+/// for none.
+fn calls_filter(calls: &[CallName]) -> String {
+    let mut by_tenant: std::collections::BTreeMap<&str, Vec<&str>> = std::collections::BTreeMap::new();
+    for c in calls {
+        by_tenant.entry(&c.tenant).or_default().push(&c.call);
+    }
+    if by_tenant.is_empty() {
+        return "FALSE".to_string();
+    }
+    let terms: Vec<String> = by_tenant
+        .iter()
+        .map(|(tenant, ids)| format!("(tenant_id = {} AND call_id IN ({}))", sql_list(&[tenant]), sql_list(ids)))
+        .collect();
+    format!("({})", terms.join(" OR "))
+}
+
+/// The (tenant, event id) of every row of an `events` batch (`None` where either is NULL).
+fn tenant_event_ids(b: &RecordBatch) -> Result<impl Iterator<Item = Option<(String, String)>> + '_> {
+    let (tenants, ids) = (string_column(b, "tenant_id")?, string_column(b, "event_id")?);
+    Ok(tenants.iter().zip(ids.iter()).map(|(t, id)| Some((t?.to_string(), id?.to_string()))))
 }
 
 fn string_column<'b>(b: &'b RecordBatch, name: &str) -> Result<&'b arrow::array::StringArray> {

@@ -176,3 +176,50 @@ fn a_far_future_event_is_a_dead_letter_and_moves_no_watermark() {
         &mut run.child,
     );
 }
+
+/// A call event of `tenant`: `id`, `call`, `kind` at second `s` past 10:00, by `agent`.
+fn call_event(id: &str, tenant: &str, call: &str, kind: &str, s: u32, queue: &str, agent: Option<&str>) -> String {
+    let agent = agent.map_or("null".to_string(), |a| format!("\"{a}\""));
+    format!(
+        r#"{{"event_id":"{id}","tenant_id":"{tenant}","call_id":"{call}","queue_id":"{queue}","agent_id":{agent},"event_type":"{kind}","occurred_at":"2026-11-30T10:00:{s:02}Z"}}"#
+    )
+}
+
+#[test]
+fn a_call_id_and_event_ids_reused_by_another_tenant_leave_both_calls_alone() {
+    let mut run = start();
+    // fabrikam goes first, with contoso's call id and contoso's event ids: its own call,
+    // abandoned after 20 s in its own queue.
+    let theirs = [
+        call_event("shared-e1", "fabrikam", "shared-call", "call_queued", 0, "fq", None),
+        call_event("shared-e2", "fabrikam", "shared-call", "call_abandoned", 20, "fq", None),
+        r#"{"event_id":"shared-s1","tenant_id":"fabrikam","agent_id":"fa","event_type":"agent_state_changed","occurred_at":"2026-11-30T10:00:00Z"}"#.to_string(),
+    ];
+    let (status, reply) = post(&run, "/events", FABRIKAM, &(theirs.join("\n") + "\n"));
+    assert!(status == 200 && reply.contains(r#""accepted":3"#), "{reply}");
+    let data = run.data.clone();
+    wait_for_rows(&data, "SELECT count(*) FROM events", "3", &mut run.child);
+    // contoso's call: answered after 5 s, talked, wrapped up.
+    let ours = [
+        call_event("shared-e1", "contoso", "shared-call", "call_queued", 1, "cq", None),
+        call_event("shared-e2", "contoso", "shared-call", "call_answered", 6, "cq", Some("ca")),
+        call_event("shared-e3", "contoso", "shared-call", "call_ended", 30, "cq", Some("ca")),
+        call_event("shared-e4", "contoso", "shared-call", "wrapup_ended", 40, "cq", Some("ca")),
+        r#"{"event_id":"shared-s1","tenant_id":"contoso","agent_id":"ca","event_type":"agent_state_changed","occurred_at":"2026-11-30T10:00:00Z"}"#.to_string(),
+    ];
+    let (status, reply) = post(&run, "/events", CONTOSO, &(ours.join("\n") + "\n"));
+    assert!(status == 200 && reply.contains(r#""accepted":5"#), "{reply}");
+    wait_for_rows(
+        &data,
+        "SELECT tenant_id, count(*) FROM events GROUP BY 1 ORDER BY 1",
+        "contoso,5\nfabrikam,3",
+        &mut run.child,
+    );
+    wait_for_rows(
+        &data,
+        "SELECT tenant_id, call_id, queue_id, answered, abandoned, wait_ms, handle_ms FROM call_facts ORDER BY tenant_id",
+        "contoso,shared-call,cq,true,false,5000,34000\nfabrikam,shared-call,fq,false,true,20000,",
+        &mut run.child,
+    );
+    wait_for_rows(&data, "SELECT tenant_id, agent_id FROM agent_legs", "contoso,ca", &mut run.child);
+}

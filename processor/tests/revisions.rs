@@ -7,7 +7,7 @@ use std::collections::BTreeSet;
 use arrow::array::{Array, BooleanArray, Int64Array, RecordBatch, StringArray, TimestampMillisecondArray};
 use arrow::compute::{concat_batches, filter_record_batch, lexsort_to_indices, take_record_batch, SortColumn};
 use ccstream_processor::batch::{DecodedBatch, Decoder};
-use ccstream_processor::kpi::{CallFold, Correction, FoldOutput, Horizon, Params};
+use ccstream_processor::kpi::{CallFold, CallName, Correction, FoldOutput, Horizon, Params};
 
 mod common;
 
@@ -331,11 +331,11 @@ fn a_restart_keeps_a_sealed_partial_only_if_its_sealed_calls_add_up_to_it() {
     let others = filter_record_batch(&sealed_facts, &arrow::compute::not(&is_c).unwrap()).unwrap();
     let mut facts = vec![others, c_live];
     facts.extend(live_facts);
-    let mut leg_calls: std::collections::HashSet<String> = std::collections::HashSet::new();
+    let mut leg_calls: std::collections::HashSet<CallName> = std::collections::HashSet::new();
     for b in &sealed_legs {
-        leg_calls.extend(strings(b, "call_id").iter().flatten().map(str::to_string));
+        leg_calls.extend(CallName::of_rows(b).unwrap());
     }
-    leg_calls.remove(&c_id);
+    leg_calls.retain(|name| name.call != c_id);
 
     // The restart re-reads the log and reads the tables back.
     let mut decoder = Decoder::new();

@@ -2,7 +2,10 @@
 //! batch by batch from [`DecodedBatch`]es (the shape of DataFusion's `GroupsAccumulator`).
 //!
 //! State layout:
-//! - `calls: Vec<CallAcc>`, one per call, found through `index: call key → group id`.
+//! - `calls: Vec<CallAcc>`, one per call, found through `index: (tenant, call key) → group
+//!   id`. A call belongs to the tenant of its events: the same call id in two tenants is
+//!   two calls, and an event id is a duplicate only within its call (or, for events of no
+//!   call, within its tenant).
 //! - `legs: Vec<LegAcc>`, one per (call, agent) with a leg event, chained from the call
 //!   (`first_leg` / `next`): a call has one to three legs, so a scan beats a hash map.
 //! - Event ids folded so far, per call, in an arena of 4-id blocks chained from the call:
@@ -127,6 +130,18 @@ impl CallAcc {
             revision: 0,
             dirty: false,
         }
+    }
+
+    /// Whether this is call `key` of `tenant`.
+    #[inline]
+    fn is(&self, tenant: u32, key: IdKey) -> bool {
+        self.key == key && self.tenant == tenant
+    }
+
+    /// The hash of its (tenant, key) (see [`CallFold::key_hash`]).
+    #[inline]
+    fn hash(&self, hasher: &FixedState) -> u64 {
+        hasher.hash_one((self.key, self.tenant))
     }
 
     /// Abandoned, or ended with every leg wrapped up: no more events are expected.
@@ -332,6 +347,27 @@ pub struct FoldOutput {
     pub interval_partials: RecordBatch,
 }
 
+/// A call as the tables name it: its tenant and its call id.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct CallName {
+    pub tenant: String,
+    pub call: String,
+}
+
+impl CallName {
+    /// The call of row `i` of a batch with `tenant_id` and `call_id` columns.
+    fn of_row(tenants: &StringArray, ids: &StringArray, i: usize) -> Self {
+        CallName { tenant: tenants.value(i).to_string(), call: ids.value(i).to_string() }
+    }
+
+    /// The (tenant, call id) pairs of every row of `b` (a `call_facts` or `agent_legs`
+    /// batch).
+    pub fn of_rows(b: &RecordBatch) -> Result<Vec<CallName>> {
+        let (tenants, ids) = (string_column(b, "tenant_id")?, string_column(b, "call_id")?);
+        Ok((0..b.num_rows()).map(|i| CallName::of_row(&tenants, &ids, i)).collect())
+    }
+}
+
 /// Incremental fold of call events (see the module doc).
 #[derive(Debug)]
 pub struct CallFold {
@@ -344,8 +380,8 @@ pub struct CallFold {
     legs: Vec<LegAcc>,
     eid_blocks: Vec<[IdKey; 4]>,
     eid_next: Vec<u32>,
-    /// Ids of the events that belong to no call (agent state, presence…), for dedup.
-    other_ids: hashbrown::HashSet<IdKey, FixedState>,
+    /// (Tenant, id) of the events that belong to no call (agent state, presence…), for dedup.
+    other_ids: hashbrown::HashSet<(u32, IdKey), FixedState>,
     /// For every row of the last batch: whether it was the first copy of a valid event.
     first_copy: Vec<bool>,
     /// For every row of the batch being folded: its call's position (a reused buffer).
@@ -380,7 +416,7 @@ pub struct CallFold {
     /// read back ([`CallFold::refold_ids`], [`CallFold::unseal`]).
     refold: Vec<u32>,
     /// Calls whose sealed rows must leave the sealed files at the next commit.
-    unsealed: Vec<String>,
+    unsealed: Vec<CallName>,
     /// Partials whose sealed maximum wait is to be computed again from the sealed rows.
     stale_max: Vec<PartKey>,
     /// Sealed `agent_legs` rows found missing after a restart, for the next commit.
@@ -453,10 +489,37 @@ impl CallFold {
         self.dirty_calls.len()
     }
 
-    /// The position of call `key` in `calls`, if the fold holds it.
-    fn find(&self, key: IdKey) -> Option<usize> {
-        let hash = self.hasher.hash_one(key);
-        self.index.find(hash, |&i| self.calls[i as usize].key == key).map(|&i| i as usize)
+    /// The hash of call `key` of `tenant` (the index's, and the fingerprints').
+    #[inline]
+    fn key_hash(&self, tenant: u32, key: IdKey) -> u64 {
+        self.hasher.hash_one((key, tenant))
+    }
+
+    /// The tenant and the call id of the call at position `c`.
+    fn call_name(&self, c: usize, dicts: &Dictionaries) -> CallName {
+        let acc = &self.calls[c];
+        let mut call = String::new();
+        dicts.ids.text(acc.key, &mut call);
+        CallName { tenant: dicts.tenants.name(acc.tenant).unwrap_or_default().to_string(), call }
+    }
+
+    /// The position of the call of row `i` of a `call_facts` batch's `tenant_id` and
+    /// `call_id` columns, if the fold holds it; and the hash of its key.
+    fn find_row(
+        &self,
+        dicts: &mut Dictionaries,
+        tenants: &StringArray,
+        ids: &StringArray,
+        i: usize,
+    ) -> (Option<usize>, u64) {
+        let (tenant, key) = (dicts.tenants.intern(tenants.value(i)), dicts.ids.key(ids.value(i)));
+        (self.find(tenant, key), self.key_hash(tenant, key))
+    }
+
+    /// The position of call `key` of `tenant` in `calls`, if the fold holds it.
+    fn find(&self, tenant: u32, key: IdKey) -> Option<usize> {
+        let hash = self.key_hash(tenant, key);
+        self.index.find(hash, |&i| self.calls[i as usize].is(tenant, key)).map(|&i| i as usize)
     }
 
     /// Marks call `c` changed; a call already written keeps a copy of its written state.
@@ -513,7 +576,7 @@ impl CallFold {
         // generated traffic); a wrong guess only costs a later growth step.
         let calls = events / 6;
         let (hasher, accs) = (&self.hasher, &self.calls);
-        self.index.reserve(calls, |&i| hasher.hash_one(accs[i as usize].key));
+        self.index.reserve(calls, |&i| accs[i as usize].hash(hasher));
         self.calls.reserve(calls);
         self.legs.reserve(calls);
         self.eid_blocks.reserve(events / 3);
@@ -540,13 +603,13 @@ impl CallFold {
         self.created.windows(2).any(|w| w[0] == w[1])
     }
 
-    /// The position of call `key` in `calls`, adding it if new.
+    /// The position of call `key` of `tenant` in `calls`, adding it if new.
     #[inline]
     fn call_index(&mut self, key: IdKey, tenant: u32) -> usize {
-        let hash = self.hasher.hash_one(key);
+        let hash = self.key_hash(tenant, key);
         let calls = &mut self.calls;
         let hasher = &self.hasher;
-        match self.index.entry(hash, |&i| calls[i as usize].key == key, |&i| hasher.hash_one(calls[i as usize].key)) {
+        match self.index.entry(hash, |&i| calls[i as usize].is(tenant, key), |&i| calls[i as usize].hash(hasher)) {
             hashbrown::hash_table::Entry::Occupied(e) => *e.get() as usize,
             hashbrown::hash_table::Entry::Vacant(e) => {
                 let c = calls.len();
@@ -592,7 +655,7 @@ impl CallFold {
     }
 
     #[inline]
-    fn leg(&mut self, call: usize, agent: u32, tenant: u32) -> usize {
+    fn leg(&mut self, call: usize, agent: u32) -> usize {
         let mut l = self.calls[call].first_leg;
         while l != NO_LEG {
             if self.legs[l as usize].agent == agent {
@@ -604,7 +667,7 @@ impl CallFold {
         self.legs.push(LegAcc {
             call: call as u32,
             agent,
-            tenant,
+            tenant: self.calls[call].tenant,
             next: self.calls[call].first_leg,
             answered_ms: MIN_NONE,
             leg_end_ms: MAX_NONE,
@@ -649,7 +712,7 @@ impl CallFold {
                 continue;
             }
             if et > EventType::WrapupEnded as u8 {
-                if self.other_ids.insert(b.event_id[r]) {
+                if self.other_ids.insert((b.tenant[r], b.event_id[r])) {
                     self.stats.other_events += 1;
                     self.first_copy[r] = true;
                 } else {
@@ -657,7 +720,6 @@ impl CallFold {
                 }
                 continue;
             }
-            let tenant = b.tenant[r];
             let c = row_call[r] as usize;
             if !self.remember(c, b.event_id[r]) {
                 self.stats.duplicates += 1;
@@ -673,9 +735,6 @@ impl CallFold {
             let agent = b.agent[r];
             let acc = &mut self.calls[c];
             acc.last_ms = acc.last_ms.max(t);
-            if tenant != acc.tenant && less(&dicts.tenants, tenant, acc.tenant) {
-                acc.tenant = tenant;
-            }
             // SAFETY of the transmute-free match: `et` ≤ WrapupEnded was checked above.
             match EventType::ALL[et as usize] {
                 EventType::CallQueued => {
@@ -740,11 +799,8 @@ impl CallFold {
             {
                 continue;
             }
-            let l = self.leg(c, agent, tenant);
+            let l = self.leg(c, agent);
             let leg = &mut self.legs[l];
-            if tenant != leg.tenant && less(&dicts.tenants, tenant, leg.tenant) {
-                leg.tenant = tenant;
-            }
             match EventType::ALL[et as usize] {
                 EventType::CallAnswered => {
                     leg.n_answered += 1;
@@ -893,7 +949,7 @@ impl CallFold {
                 let k = Contribution::of(&acc);
                 self.sealed_parts.entry(k.key).or_default().apply(&k, p, 1);
             }
-            self.sealed_fp.insert(self.hasher.hash_one(acc.key));
+            self.sealed_fp.insert(acc.hash(&self.hasher));
         }
         em.evicted += n as u64;
         self.compact(&expired, p);
@@ -1086,9 +1142,8 @@ impl CallFold {
         }
         self.index.clear();
         for (i, c) in self.calls.iter().enumerate() {
-            let hash = self.hasher.hash_one(c.key);
             let (hasher, accs) = (&self.hasher, &self.calls);
-            self.index.insert_unique(hash, i as u32, |&j| hasher.hash_one(accs[j as usize].key));
+            self.index.insert_unique(c.hash(hasher), i as u32, |&j| accs[j as usize].hash(hasher));
         }
         let map = |c: u32| remap[c as usize];
         self.dirty_calls = self.dirty_calls.iter().map(|&c| map(c)).filter(|&c| c != u32::MAX).collect();
@@ -1108,16 +1163,8 @@ impl CallFold {
     /// The ids of the calls seen again after their eviction, whose earlier events and
     /// sealed rows the caller reads back before the next [`CallFold::emit`]: it folds the
     /// events (copies already folded are skipped) and hands the rows to [`CallFold::unseal`].
-    pub fn refold_ids(&self, dicts: &Dictionaries) -> Vec<String> {
-        let mut text = String::new();
-        self.refold
-            .iter()
-            .map(|&c| {
-                text.clear();
-                dicts.ids.text(self.calls[c as usize].key, &mut text);
-                text.clone()
-            })
-            .collect()
+    pub fn refold_ids(&self, dicts: &Dictionaries) -> Vec<CallName> {
+        self.refold.iter().map(|&c| self.call_name(c as usize, dicts)).collect()
     }
 
     /// After a refold: `rows` are the sealed `call_facts` rows of the calls in
@@ -1127,7 +1174,7 @@ impl CallFold {
     pub fn unseal(&mut self, dicts: &mut Dictionaries, p: &Params, rows: &[RecordBatch]) -> Result<u64> {
         let mut n = 0;
         for b in rows {
-            let ids = string_column(b, "call_id")?;
+            let (tenants, ids) = (string_column(b, "tenant_id")?, string_column(b, "call_id")?);
             let contributions = Contribution::of_rows(b, dicts)?;
             let adopted = self.adopt_rows(dicts, b, &Fixes::new())?;
             for (i, c) in adopted.into_iter().enumerate() {
@@ -1135,7 +1182,7 @@ impl CallFold {
                     continue;
                 }
                 n += 1;
-                self.unsealed.push(ids.value(i).to_string());
+                self.unsealed.push(CallName::of_row(&tenants, &ids, i));
                 if let Some(k) = contributions[i] {
                     self.unseal_contribution(&k, p);
                 }
@@ -1151,19 +1198,19 @@ impl CallFold {
     /// at the next [`CallFold::emit`]. Returns, per row, the call's position if held.
     fn adopt_rows(&mut self, dicts: &mut Dictionaries, b: &RecordBatch, fixes: &Fixes) -> Result<Vec<Option<usize>>> {
         let names: Vec<String> = b.schema().fields().iter().map(|f| f.name().clone()).collect();
-        let ids = string_column(b, "call_id")?;
+        let (tenants, ids) = (string_column(b, "tenant_id")?, string_column(b, "call_id")?);
         let revision = int64_column(b, "revision")?;
         let computed = timestamp_column(b, "computed_at")?;
         let mut out = Vec::with_capacity(b.num_rows());
         for (i, mut img) in images(b)?.into_iter().enumerate() {
-            let key = dicts.ids.key(ids.value(i));
-            let Some(c) = self.find(key) else {
+            let Some(c) = self.find_row(dicts, &tenants, &ids, i).0 else {
                 out.push(None);
                 continue;
             };
             out.push(Some(c));
             let mut rev = revision.value(i);
-            for (r, column, value) in fixes.get(ids.value(i)).into_iter().flatten() {
+            let fixed = fixes.get(&(tenants.value(i).to_string(), ids.value(i).to_string()));
+            for (r, column, value) in fixed.into_iter().flatten() {
                 if *r > revision.value(i) {
                     if let Some(pos) = names.iter().position(|n| n == column) {
                         img[pos] = value.clone();
@@ -1198,12 +1245,12 @@ impl CallFold {
 
     /// Calls whose sealed rows must leave the sealed files (re-folded, or corrected after a
     /// restart): the caller rewrites the files that hold them at the next commit.
-    pub fn take_unsealed(&mut self) -> Vec<String> {
+    pub fn take_unsealed(&mut self) -> Vec<CallName> {
         std::mem::take(&mut self.unsealed)
     }
 
     /// The calls [`CallFold::take_unsealed`] will return.
-    pub fn unsealed(&self) -> &[String] {
+    pub fn unsealed(&self) -> &[CallName] {
         &self.unsealed
     }
 
@@ -1390,7 +1437,7 @@ impl CallFold {
         dicts: &mut Dictionaries,
         p: &Params,
         call_facts: &[RecordBatch],
-        sealed_leg_calls: &std::collections::HashSet<String>,
+        sealed_leg_calls: &std::collections::HashSet<CallName>,
         interval_partials: &[RecordBatch],
         corrections: &[RecordBatch],
     ) -> Result<()> {
@@ -1430,16 +1477,15 @@ impl CallFold {
             // Sealed rows: the call's final form, unless the state that the fold rebuilt
             // says otherwise (an event folded before a crash kept its commit from landing).
             let sealed = filter_record_batch(b, sealed)?;
-            let ids = string_column(&sealed, "call_id")?;
+            let (tenants, ids) = (string_column(&sealed, "tenant_id")?, string_column(&sealed, "call_id")?);
             let contributions = Contribution::of_rows(&sealed, dicts)?;
             let rows = images(&sealed)?;
             let mut held: Vec<(usize, usize)> = Vec::new();
             for (i, k) in contributions.iter().enumerate() {
-                let key = dicts.ids.key(ids.value(i));
-                match self.find(key) {
-                    Some(c) => held.push((i, c)),
-                    None => {
-                        self.sealed_fp.insert(self.hasher.hash_one(key));
+                match self.find_row(dicts, &tenants, &ids, i) {
+                    (Some(c), _) => held.push((i, c)),
+                    (None, hash) => {
+                        self.sealed_fp.insert(hash);
                         if let Some(k) = k {
                             let sums =
                                 if on_disk.contains_key(&k.key) { &mut disk_sums } else { &mut self.sealed_parts };
@@ -1461,14 +1507,14 @@ impl CallFold {
             for (j, &(i, c)) in held.iter().enumerate() {
                 if diff(&rows[i], &current[j], &columns, &names).is_empty() {
                     evict[c] = true;
-                    self.sealed_fp.insert(self.hasher.hash_one(self.calls[c].key));
+                    self.sealed_fp.insert(self.calls[c].hash(&self.hasher));
                     if let Some(k) = &contributions[i] {
                         let sums = if on_disk.contains_key(&k.key) { &mut disk_sums } else { &mut self.sealed_parts };
                         sums.entry(k.key).or_default().apply(k, p, 1);
                     }
                 } else {
                     differ.push(i as u32);
-                    self.unsealed.push(ids.value(i).to_string());
+                    self.unsealed.push(CallName::of_row(&tenants, &ids, i));
                     // Its sealed partial comes back without it.
                     if let Some(k) = contributions[i].filter(|k| on_disk.contains_key(&k.key)) {
                         disk_sums.entry(k.key).or_default().apply(&k, p, 1);
@@ -1484,14 +1530,12 @@ impl CallFold {
         // `call_facts` and `agent_legs` commit one after the other: a crash between the two
         // leaves a call's legs on the other side of the seal. Legs of a held call leave the
         // sealed files; legs of a call sealed here are sealed unless they already are.
-        let mut text = String::new();
         let mut carry: Vec<&LegAcc> = Vec::new();
         for (c, acc) in self.calls.iter().enumerate() {
-            text.clear();
-            dicts.ids.text(acc.key, &mut text);
-            let legs_sealed = sealed_leg_calls.contains(&text);
+            let name = self.call_name(c, dicts);
+            let legs_sealed = sealed_leg_calls.contains(&name);
             if !evict[c] && legs_sealed {
-                self.unsealed.push(text.clone());
+                self.unsealed.push(name);
             } else if evict[c] && !legs_sealed {
                 let mut l = acc.first_leg;
                 while l != NO_LEG {
@@ -1865,7 +1909,8 @@ fn partial_rows(b: &RecordBatch, dicts: &mut Dictionaries, fixes: &Fixes) -> Res
         );
         let mut v: [Option<i64>; 13] = std::array::from_fn(|j| values[j].is_valid(i).then(|| values[j].value(i)));
         let mut rev = revision.value(i);
-        for (r, column, value) in fixes.get(&partial_key(dicts, &key)).into_iter().flatten() {
+        let fixed = fixes.get(&(tenants.value(i).to_string(), partial_key(dicts, &key)));
+        for (r, column, value) in fixed.into_iter().flatten() {
             if *r > revision.value(i) {
                 if let Some(pos) = Part::COLUMNS.iter().position(|n| n == column) {
                     v[pos] = value.as_deref().and_then(|s| s.parse().ok());

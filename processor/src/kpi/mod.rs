@@ -15,7 +15,7 @@ mod partials;
 mod quality;
 mod revisions;
 
-pub use calls::{CallFold, Emission, FoldOutput, FoldStats, LiveQueue, Settled};
+pub use calls::{CallFold, CallName, Emission, FoldOutput, FoldStats, LiveQueue, Settled};
 pub use quality::{mos, Cqd, R0};
 pub use revisions::{corrections_batch, Correction, Horizon};
 

@@ -121,9 +121,9 @@ pub fn corrections_batch(corrections: &[Correction], partition: i32, now: i64) -
     Ok(RecordBatch::try_new(corrections_schema(), columns)?)
 }
 
-/// Committed corrections of one table, by key: `(revision, column, new value)` in revision
-/// order.
-pub(super) type Fixes = hashbrown::HashMap<String, Vec<(i64, String, Option<String>)>>;
+/// Committed corrections of one table, by (tenant, row key): `(revision, column, new value)`
+/// in revision order.
+pub(super) type Fixes = hashbrown::HashMap<(String, String), Vec<(i64, String, Option<String>)>>;
 
 /// Committed corrections of one table, to patch committed rows that a later revision's
 /// commit did not reach (see `CallFold::restore`).
@@ -136,6 +136,7 @@ pub(super) fn corrections_by_key(batches: &[RecordBatch], table: &str) -> Result
                 .ok_or(crate::Error::MissingColumn("corrections"))
         };
         let (t, key, column, new) = (s("table_name")?, s("key")?, s("column_name")?, s("new_value")?);
+        let tenant = s("tenant_id")?;
         let rev = b
             .column_by_name("revision")
             .and_then(|c| c.as_any().downcast_ref::<Int64Array>())
@@ -144,7 +145,7 @@ pub(super) fn corrections_by_key(batches: &[RecordBatch], table: &str) -> Result
             if t.value(i) != table {
                 continue;
             }
-            out.entry(key.value(i).to_string()).or_default().push((
+            out.entry((tenant.value(i).to_string(), key.value(i).to_string())).or_default().push((
                 rev.value(i),
                 column.value(i).to_string(),
                 new.is_valid(i).then(|| new.value(i).to_string()),
