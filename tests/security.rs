@@ -223,3 +223,63 @@ fn a_call_id_and_event_ids_reused_by_another_tenant_leave_both_calls_alone() {
     );
     wait_for_rows(&data, "SELECT tenant_id, agent_id FROM agent_legs", "contoso,ca", &mut run.child);
 }
+
+#[test]
+fn a_4_mib_body_of_garbage_lines_is_one_dead_letter() {
+    let mut run = start();
+    let line = "garbage, not an event\n";
+    let n = (4 << 20) / line.len() - 1;
+    let (status, reply) = post(&run, "/events", CONTOSO, &line.repeat(n));
+    assert_eq!(status, 400, "{}", &reply[..reply.len().min(300)]);
+    assert!(reply.contains(&format!(r#""rejected_lines":{n}"#)), "{}", &reply[..reply.len().min(300)]);
+    assert!(reply.len() < 16 * 1024, "the reply lists a bounded number of lines: {} bytes", reply.len());
+    // A good request afterwards: once its event is in, the garbage's dead letter is too.
+    let (status, reply) = post(&run, "/events", CONTOSO, &event("e-after", "contoso"));
+    assert_eq!(status, 200, "{reply}");
+    let data = run.data.clone();
+    wait_for_rows(&data, "SELECT count(*) FROM events", "1", &mut run.child);
+    wait_for_rows(
+        &data,
+        &format!(
+            "SELECT count(*), min(line), min(starts_with(reason, '{n} inputs rejected; line 1: ')), \
+             max(length(raw)) <= 65536 FROM dead_letters"
+        ),
+        "1,1,true,true",
+        &mut run.child,
+    );
+}
+
+#[test]
+fn syslog_garbage_from_many_senders_past_the_rate_is_counted_not_written() {
+    let mut run = Run::start(
+        "metrics_listen = \"127.0.0.1:0\"\n[sources]\nsyslog_udp = \"127.0.0.1:0\"\nsyslog_tcp = \"127.0.0.1:0\"\n\
+         dead_letters_per_second = 0.001\ndead_letter_burst = 2\n",
+    );
+    // 64 KiB of garbage lines: over TCP in one connection, and as 64 datagrams of 1 KiB from
+    // 64 sockets (64 senders, so 64 origins whatever the batching).
+    let garbage: String = (0..32).map(|i| format!("<134>garbage line {i:02} of no CDR at all, padded.\n")).collect();
+    let kib = &garbage.as_bytes()[..1024];
+    let mut tcp = std::net::TcpStream::connect(run.addr("syslog_tcp")).unwrap();
+    for _ in 0..64 {
+        std::io::Write::write_all(&mut tcp, kib).unwrap();
+    }
+    drop(tcp);
+    for _ in 0..64 {
+        let udp = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        udp.send_to(kib, run.addr("syslog_udp")).unwrap();
+    }
+    let metrics = run.metrics.unwrap().to_string();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let dropped = loop {
+        let text = common::scrape_metrics(&metrics).1;
+        let dropped = common::metric_total(&text, "ccstream_ingest_dead_letters_dropped_total");
+        if dropped >= 62.0 {
+            break dropped;
+        }
+        assert!(std::time::Instant::now() < deadline, "only {dropped} dead letters dropped:\n{text}");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    let data = run.data.clone();
+    wait_for_rows(&data, "SELECT count(*) FROM dead_letters", "2", &mut run.child);
+    assert!(dropped < 64.0 + 64.0, "{dropped}");
+}

@@ -11,6 +11,7 @@ pub const REJECTED_TOTAL: &str = "ccstream_ingest_rejected_total";
 pub const UNMAPPED_TOTAL: &str = "ccstream_ingest_unmapped_total";
 pub const LAST_SEEN_SECONDS: &str = "ccstream_ingest_last_seen_timestamp_seconds";
 pub const APPEND_FAILURES_TOTAL: &str = "ccstream_ingest_append_failures_total";
+pub const DEAD_LETTERS_DROPPED_TOTAL: &str = "ccstream_ingest_dead_letters_dropped_total";
 
 pub const LABEL_SOURCE: &str = "source";
 pub const LABEL_REASON: &str = "reason";
@@ -61,6 +62,8 @@ pub struct Telemetry {
     /// Appends to the event log that failed (the sender was told to retry, or, for UDP, the
     /// input is lost and counted here).
     pub append_failures: IntCounterVec,
+    /// Dead letters not written because their source passed its rate, per source.
+    pub dead_letters_dropped: IntCounterVec,
 }
 
 impl Default for Telemetry {
@@ -84,13 +87,28 @@ impl Telemetry {
         let unmapped =
             counter(UNMAPPED_TOTAL, "Valid source events with no canonical meaning", &[LABEL_SOURCE, LABEL_EVENT]);
         let append_failures = counter(APPEND_FAILURES_TOTAL, "Appends to the event log that failed", &[LABEL_SOURCE]);
+        let dead_letters_dropped = counter(
+            DEAD_LETTERS_DROPPED_TOTAL,
+            "Dead letters not written because their source passed sources.dead_letters_per_second",
+            &[LABEL_SOURCE],
+        );
         let last_seen = IntGaugeVec::new(
             Opts::new(LAST_SEEN_SECONDS, "When the source last sent input (Unix seconds)"),
             &[LABEL_SOURCE],
         )
         .expect("valid metric");
         registry.register(Box::new(last_seen.clone())).expect("metric registered once");
-        Telemetry { registry, received, received_bytes, accepted, rejected, unmapped, last_seen, append_failures }
+        Telemetry {
+            registry,
+            received,
+            received_bytes,
+            accepted,
+            rejected,
+            unmapped,
+            last_seen,
+            append_failures,
+            dead_letters_dropped,
+        }
     }
 
     /// Counts one input of `bytes` from `source` at `now_ms`.

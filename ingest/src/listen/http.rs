@@ -161,6 +161,9 @@ async fn commit(ctx: &Context, batch: Batch, ok: Response) -> Response {
     }
 }
 
+/// Rejected lines listed in a reply, at most (the rest are counted in `rejected_lines`).
+const REPLY_REJECTIONS: usize = 100;
+
 /// `POST /events`: canonical events as JSON Lines.
 async fn events(State(ctx): State<Arc<Context>>, req: Request<Body>) -> Response {
     let Admitted { origin, body, scope } = match admit(&ctx, SOURCE_EVENTS, req).await {
@@ -195,14 +198,17 @@ async fn events(State(ctx): State<Arc<Context>>, req: Request<Body>) -> Response
             }
             Err((why, reason)) => {
                 let at = Some(i as i64 + 1);
-                ctx.reject_at(&mut batch, SOURCE_EVENTS, &origin, at, why, reason.clone(), line);
-                rejected.push(json!({ "line": i + 1, "reason": reason }));
+                if rejected.len() < REPLY_REJECTIONS {
+                    rejected.push(json!({ "line": i + 1, "reason": reason }));
+                }
+                ctx.reject_at(&mut batch, SOURCE_EVENTS, &origin, at, why, reason, line);
             }
         }
     }
-    let accepted = batch.events;
-    let status = if accepted == 0 && !rejected.is_empty() { StatusCode::BAD_REQUEST } else { StatusCode::OK };
-    commit(&ctx, batch, reply(status, json!({ "accepted": accepted, "rejected": rejected }))).await
+    let (accepted, rejected_lines) = (batch.events, batch.dead_letters);
+    let status = if accepted == 0 && rejected_lines > 0 { StatusCode::BAD_REQUEST } else { StatusCode::OK };
+    let answer = json!({ "accepted": accepted, "rejected_lines": rejected_lines, "rejected": rejected });
+    commit(&ctx, batch, reply(status, answer)).await
 }
 
 /// The CloudEvents webhook handshake (CloudEvents "HTTP 1.1 Web Hooks" §4, used by Event Grid

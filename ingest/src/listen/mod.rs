@@ -28,7 +28,6 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 
 use ccstream_eventlog::EventLog;
-use ccstream_schemas::DeadLetterRecord;
 use serde::Deserialize;
 
 use crate::acs::{self, AcsMapper};
@@ -72,6 +71,13 @@ pub struct SourcesConfig {
     /// A webhook body, at most (bytes).
     #[serde(default = "default_max_body")]
     pub max_body_bytes: usize,
+    /// Dead letters per second per source, on average: rejections past it are counted
+    /// (`ccstream_ingest_dead_letters_dropped_total`) but not written.
+    #[serde(default = "default_dead_letters_per_second")]
+    pub dead_letters_per_second: f64,
+    /// Dead letters per source written in a burst before the rate applies.
+    #[serde(default = "default_dead_letter_burst")]
+    pub dead_letter_burst: u32,
     /// The kernel receive buffer asked for on the UDP sockets (bytes; the kernel caps it at
     /// `net.core.rmem_max`): what absorbs a burst while the loop is busy.
     #[serde(default = "default_udp_buffer")]
@@ -95,6 +101,14 @@ fn default_max_message() -> usize {
 
 fn default_max_body() -> usize {
     4 << 20
+}
+
+fn default_dead_letters_per_second() -> f64 {
+    20.0
+}
+
+fn default_dead_letter_burst() -> u32 {
+    200
 }
 
 fn default_udp_buffer() -> usize {
@@ -132,7 +146,7 @@ pub struct Context {
 pub const DEAD_LETTER_RAW_BYTES: usize = 64 * 1024;
 
 impl Context {
-    /// Counts a rejection and adds its dead letter to `batch`.
+    /// Counts a rejection and adds it to `batch`'s dead letter for `origin`.
     pub fn reject(&self, batch: &mut Batch, source: &str, origin: &str, why: Reject, reason: String, raw: &[u8]) {
         self.reject_at(batch, source, origin, None, why, reason, raw);
     }
@@ -150,8 +164,7 @@ impl Context {
         raw: &[u8],
     ) {
         self.telemetry.reject(source, why);
-        let raw = &raw[..raw.len().min(DEAD_LETTER_RAW_BYTES)];
-        batch.dead_letter(&DeadLetterRecord::new(source, origin, line, reason, raw));
+        batch.reject(source, origin, line, reason, raw);
     }
 
     fn sbc(&self) -> std::sync::MutexGuard<'_, SbcMapper> {
@@ -246,7 +259,12 @@ pub async fn start(config: SourcesConfig, log: Arc<dyn EventLog>, now_ms: fn() -
         credentials,
         sbc: Mutex::new(SbcMapper::new(config.default_tenant.clone(), config.sbc_tenants.clone())),
         acs: AcsMapper::new(config.default_tenant.clone(), config.acs_tenants.clone()),
-        publisher: Publisher::spawn(log, Arc::clone(&telemetry), now_ms),
+        publisher: Publisher::spawn(
+            log,
+            Arc::clone(&telemetry),
+            publish::DeadLetterBudget::new(config.dead_letters_per_second, config.dead_letter_burst),
+            now_ms,
+        ),
         telemetry: Arc::clone(&telemetry),
         graph: std::sync::OnceLock::new(),
         config,
