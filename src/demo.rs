@@ -237,7 +237,7 @@ async fn live(args: &DemoArgs, events: &std::path::Path, data: &str) -> Result<(
         metrics_listen: Some(args.metrics_listen),
         listen_file: args.listen_file.clone(),
         time: crate::process::StreamTime::DEFAULT,
-        sources_telemetry: None,
+        sources: None,
     })
     .await;
     feeder.abort();

@@ -97,9 +97,10 @@ pub(crate) struct ProcessArgs {
     pub(crate) listen_file: Option<PathBuf>,
     #[command(flatten)]
     pub(crate) time: StreamTime,
-    /// The source listeners' metrics, served beside the processor's (`ccstream run`).
+    /// The source listeners' metrics and health, served beside the processor's
+    /// (`ccstream run`).
     #[arg(skip)]
-    pub(crate) sources_telemetry: Option<Arc<ccstream_ingest::telemetry::Telemetry>>,
+    pub(crate) sources: Option<crate::metrics_http::Sources>,
 }
 
 /// Event-time knobs: when calls are written and how long state is kept.
@@ -1167,7 +1168,7 @@ async fn run_with(
     let until = if args.until_caught_up { Some(log.end_offsets().await?) } else { None };
     let telemetry = Arc::new(Telemetry::new());
     if let Some(addr) = args.metrics_listen {
-        let sources = args.sources_telemetry.clone();
+        let sources = args.sources.clone();
         crate::metrics_http::serve(addr, Arc::clone(&telemetry), sources, args.listen_file.as_deref()).await?;
     }
     let positions = Arc::new(std::sync::Mutex::new(BTreeMap::new()));

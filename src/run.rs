@@ -56,7 +56,7 @@ pub(crate) async fn run(args: RunArgs) -> Result<()> {
         .await?;
         eprintln!("ingested {} records ({} dead letters) from {} file(s)", s.records, s.dead_letters, s.files);
     }
-    let mut sources_telemetry = None;
+    let mut sources_status = None;
     let mut running = None;
     if let Some(sources) = config.sources.clone() {
         let started = ccstream_ingest::listen::start(sources, log, crate::replay::now_ms).await?;
@@ -68,7 +68,10 @@ pub(crate) async fn run(args: RunArgs) -> Result<()> {
         if let Some(path) = &args.sources_listen_file {
             std::fs::write(path, lines).with_context(|| format!("writing {}", path.display()))?;
         }
-        sources_telemetry = Some(Arc::clone(&started.telemetry));
+        sources_status = Some(crate::metrics_http::Sources {
+            telemetry: Arc::clone(&started.telemetry),
+            health: Arc::clone(&started.health),
+        });
         running = Some(started);
     } else {
         drop(log);
@@ -87,7 +90,7 @@ pub(crate) async fn run(args: RunArgs) -> Result<()> {
         metrics_listen: p.metrics_listen,
         listen_file: args.listen_file,
         time: crate::process::StreamTime::DEFAULT,
-        sources_telemetry,
+        sources: sources_status,
     })
     .await?;
     if let Some(running) = running {

@@ -283,3 +283,176 @@ fn syslog_garbage_from_many_senders_past_the_rate_is_counted_not_written() {
     wait_for_rows(&data, "SELECT count(*) FROM dead_letters", "2", &mut run.child);
     assert!(dropped < 64.0 + 64.0, "{dropped}");
 }
+
+/// A sender that dribbles `head` one byte every 300 ms, then stays silent; returns how long
+/// the server took to close the connection (`None`: still open after 20 s).
+fn dribble(addr: std::net::SocketAddr, head: Vec<u8>) -> std::thread::JoinHandle<Option<std::time::Duration>> {
+    std::thread::spawn(move || {
+        use std::io::{Read, Write};
+        let start = std::time::Instant::now();
+        let mut s = std::net::TcpStream::connect(addr).unwrap();
+        s.set_read_timeout(Some(std::time::Duration::from_millis(300))).unwrap();
+        let mut sent = 0;
+        let mut buf = [0u8; 4096];
+        while start.elapsed() < std::time::Duration::from_secs(20) {
+            if sent < head.len() && s.write_all(&head[sent..sent + 1]).is_err() {
+                return Some(start.elapsed());
+            }
+            sent += 1;
+            match s.read(&mut buf) {
+                Ok(0) => return Some(start.elapsed()),
+                Ok(_) => {} // a 408 before the close
+                Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {}
+                Err(_) => return Some(start.elapsed()),
+            }
+        }
+        None
+    })
+}
+
+#[test]
+fn slowloris_on_http_and_tcp_syslog_is_cut_off_while_a_good_client_is_served() {
+    let mut run = Run::start(&format!(
+        "metrics_listen = \"127.0.0.1:0\"\n[sources]\nhttp = \"127.0.0.1:0\"\nsyslog_tcp = \"127.0.0.1:0\"\n\
+         read_timeout_s = 2\nidle_timeout_s = 3\nsecret = \"{FORWARDER}\"\n"
+    ));
+    let (http_addr, syslog) = (run.addr("http"), run.addr("syslog_tcp"));
+    let header =
+        b"POST /events HTTP/1.1\r\nHost: x\r\nX-Padding: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa\r\n".to_vec();
+    let body_head = format!(
+        "POST /events HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {FORWARDER}\r\nContent-Length: 1000\r\n\r\n{}",
+        "x".repeat(100)
+    );
+    let mut slow = Vec::new();
+    for _ in 0..8 {
+        slow.push(("http header", dribble(http_addr, header.clone())));
+        // The header at once, then the body a byte at a time.
+        let (head, rest) = body_head.split_at(body_head.find("\r\n\r\n").unwrap() + 4);
+        let mut s = std::net::TcpStream::connect(http_addr).unwrap();
+        std::io::Write::write_all(&mut s, head.as_bytes()).unwrap();
+        drop(s.try_clone());
+        slow.push(("http body", dribble_on(s, rest.as_bytes().to_vec())));
+        slow.push(("syslog message", dribble(syslog, b"<134>a CDR line that never ends ".repeat(4))));
+        slow.push(("syslog idle", dribble(syslog, Vec::new())));
+    }
+    // A kept-alive webhook connection that goes silent after its request.
+    let mut idle = std::net::TcpStream::connect(http_addr).unwrap();
+    let good = event("e-keep-alive", "contoso");
+    let request = format!(
+        "POST /events HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {FORWARDER}\r\nContent-Length: {}\r\n\r\n{good}",
+        good.len()
+    );
+    std::io::Write::write_all(&mut idle, request.as_bytes()).unwrap();
+    slow.push(("http keep-alive idle", dribble_on(idle, Vec::new())));
+    // Meanwhile a well-behaved client is served, several times.
+    for i in 0..5 {
+        let t = std::time::Instant::now();
+        let (status, reply) = post(&run, "/events", FORWARDER, &event(&format!("e-good-{i}"), "contoso"));
+        assert_eq!(status, 200, "{reply}");
+        assert!(t.elapsed() < std::time::Duration::from_secs(2), "a good request took {:?}", t.elapsed());
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    for (what, t) in slow {
+        let closed = t.join().unwrap();
+        let took = closed.unwrap_or_else(|| panic!("a slow {what} sender was not cut off"));
+        assert!(took < std::time::Duration::from_secs(8), "a slow {what} sender was cut off only after {took:?}");
+    }
+    let metrics = common::scrape_metrics(&run.metrics.unwrap().to_string()).1;
+    let cut = |listener: &str, reason: &str| {
+        metrics
+            .lines()
+            .find(|l| {
+                l.starts_with("ccstream_ingest_connections_cut_total")
+                    && l.contains(&format!("listener=\"{listener}\""))
+                    && l.contains(&format!("reason=\"{reason}\""))
+            })
+            .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    assert!(cut("syslog_tcp", "slow") >= 8.0 && cut("syslog_tcp", "idle") >= 8.0, "{metrics}");
+    assert!(cut("http", "slow") >= 8.0, "{metrics}");
+    let data = run.data.clone();
+    wait_for_rows(&data, "SELECT count(*) FROM events", "6", &mut run.child);
+}
+
+/// [`dribble`] on a connected stream.
+fn dribble_on(s: std::net::TcpStream, rest: Vec<u8>) -> std::thread::JoinHandle<Option<std::time::Duration>> {
+    std::thread::spawn(move || {
+        use std::io::{Read, Write};
+        let start = std::time::Instant::now();
+        let mut s = s;
+        s.set_read_timeout(Some(std::time::Duration::from_millis(300))).unwrap();
+        let mut buf = [0u8; 4096];
+        let mut rest = rest.iter().cycle();
+        while start.elapsed() < std::time::Duration::from_secs(20) {
+            if let Some(b) = rest.next() {
+                if s.write_all(std::slice::from_ref(b)).is_err() {
+                    return Some(start.elapsed());
+                }
+            }
+            match s.read(&mut buf) {
+                Ok(0) => return Some(start.elapsed()),
+                Ok(_) => {}
+                Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {}
+                Err(_) => return Some(start.elapsed()),
+            }
+        }
+        None
+    })
+}
+
+/// CPU time (user + system, in clock ticks) the process `pid` has used.
+fn cpu_ticks(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let fields: Vec<&str> = stat.rsplit_once(')').unwrap().1.split_whitespace().collect();
+    fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap()
+}
+
+#[test]
+fn out_of_file_descriptors_the_listeners_wait_instead_of_spinning() {
+    let mut run = Run::start_with(
+        &format!(
+            "metrics_listen = \"127.0.0.1:0\"\n[sources]\nhttp = \"127.0.0.1:0\"\nsyslog_tcp = \"127.0.0.1:0\"\n\
+             secret = \"{FORWARDER}\"\n"
+        ),
+        Some(256),
+    );
+    let (status, reply) = post(&run, "/events", FORWARDER, &event("e-before", "contoso"));
+    assert_eq!(status, 200, "{reply}");
+    let data = run.data.clone();
+    wait_for_rows(&data, "SELECT count(*) FROM events", "1", &mut run.child);
+    // Connections past the process's descriptors: the kernel queues them, accept fails.
+    let mut held = Vec::new();
+    for addr in [run.addr("syslog_tcp"), run.addr("http")] {
+        for _ in 0..300 {
+            match std::net::TcpStream::connect_timeout(&addr, std::time::Duration::from_millis(500)) {
+                Ok(s) => held.push(s),
+                Err(_) => break,
+            }
+        }
+    }
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let pid = run.child.0.id();
+    let before = cpu_ticks(pid);
+    std::thread::sleep(std::time::Duration::from_secs(3));
+    let used = cpu_ticks(pid) - before;
+    // A loop retrying accept at once burns a core: 300 ticks in 3 s.
+    assert!(used < 60, "{used} ticks of CPU in 3 s with {} connections held", held.len());
+    assert!(run.child.0.try_wait().unwrap().is_none(), "ccstream run exited");
+    drop(held);
+    // Descriptors back: served again.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let (status, reply) = post(&run, "/events", FORWARDER, &event("e-after", "contoso"));
+        if status == 200 {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "not served again: {status} {reply}");
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    wait_for_rows(&data, "SELECT count(*) FROM events", "2", &mut run.child);
+    // Every listener still runs.
+    let metrics = run.metrics.unwrap();
+    assert_eq!(http(metrics, "GET", "/health", &[], b""), (200, "ok\n".to_string()));
+    assert_eq!(http(metrics, "GET", "/ready", &[], b""), (200, "ready\n".to_string()));
+}

@@ -12,8 +12,12 @@ pub const UNMAPPED_TOTAL: &str = "ccstream_ingest_unmapped_total";
 pub const LAST_SEEN_SECONDS: &str = "ccstream_ingest_last_seen_timestamp_seconds";
 pub const APPEND_FAILURES_TOTAL: &str = "ccstream_ingest_append_failures_total";
 pub const DEAD_LETTERS_DROPPED_TOTAL: &str = "ccstream_ingest_dead_letters_dropped_total";
+pub const CONNECTIONS_REFUSED_TOTAL: &str = "ccstream_ingest_connections_refused_total";
+pub const CONNECTIONS_CUT_TOTAL: &str = "ccstream_ingest_connections_cut_total";
+pub const REQUESTS_REFUSED_TOTAL: &str = "ccstream_ingest_requests_refused_total";
 
 pub const LABEL_SOURCE: &str = "source";
+pub const LABEL_LISTENER: &str = "listener";
 pub const LABEL_REASON: &str = "reason";
 pub const LABEL_EVENT: &str = "event";
 
@@ -64,6 +68,13 @@ pub struct Telemetry {
     pub append_failures: IntCounterVec,
     /// Dead letters not written because their source passed its rate, per source.
     pub dead_letters_dropped: IntCounterVec,
+    /// Connections closed at once because the listener had `max_connections` open.
+    pub connections_refused: IntCounterVec,
+    /// Connections cut off by a timeout, per listener and reason (`idle`, `slow`).
+    pub connections_cut: IntCounterVec,
+    /// Webhook requests refused (`busy`: `max_concurrent_requests`; `timeout`: not
+    /// answered within `request_timeout_s`; `slow`: a body not read within `read_timeout_s`).
+    pub requests_refused: IntCounterVec,
 }
 
 impl Default for Telemetry {
@@ -98,7 +109,18 @@ impl Telemetry {
         )
         .expect("valid metric");
         registry.register(Box::new(last_seen.clone())).expect("metric registered once");
+        let connections_refused = counter(
+            CONNECTIONS_REFUSED_TOTAL,
+            "Connections closed at once because sources.max_connections were open",
+            &[LABEL_LISTENER],
+        );
+        let connections_cut =
+            counter(CONNECTIONS_CUT_TOTAL, "Connections cut off by a timeout", &[LABEL_LISTENER, LABEL_REASON]);
+        let requests_refused = counter(REQUESTS_REFUSED_TOTAL, "Webhook requests refused", &[LABEL_REASON]);
         Telemetry {
+            connections_refused,
+            connections_cut,
+            requests_refused,
             registry,
             received,
             received_bytes,

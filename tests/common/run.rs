@@ -17,9 +17,9 @@ pub fn wait_for_file(path: &Path, child: &mut KillOnDrop) -> String {
             return text;
         }
         if let Some(status) = child.0.try_wait().unwrap() {
-            panic!("ccstream run exited early: {status}");
+            panic!("ccstream run exited early: {status}\n{}", stderr_of(path));
         }
-        assert!(Instant::now() < deadline, "{} was not written within 60 s", path.display());
+        assert!(Instant::now() < deadline, "{} was not written within 60 s\n{}", path.display(), stderr_of(path));
         std::thread::sleep(Duration::from_millis(50));
     }
 }
@@ -52,7 +52,7 @@ pub fn wait_for_rows(data: &Path, sql: &str, want: &str, child: &mut KillOnDrop)
     let mut last = String::new();
     while Instant::now() < deadline {
         if let Some(status) = child.0.try_wait().unwrap() {
-            panic!("ccstream run exited early: {status}");
+            panic!("ccstream run exited early: {status}\n{}", stderr_of(data));
         }
         let out = Command::new(env!("CARGO_BIN_EXE_ccstream"))
             .args(["sql", "--data", data.to_str().unwrap(), "--format", "csv", sql])
@@ -64,7 +64,15 @@ pub fn wait_for_rows(data: &Path, sql: &str, want: &str, child: &mut KillOnDrop)
         }
         std::thread::sleep(Duration::from_millis(250));
     }
-    panic!("{sql}\n  wanted: {want}\n  last:   {last}");
+    panic!("{sql}\n  wanted: {want}\n  last:   {last}\n{}", stderr_of(data));
+}
+
+/// The end of the stderr of the `ccstream run` whose data directory is `data` (see
+/// [`Run::start`]).
+pub fn stderr_of(data: &Path) -> String {
+    let text = std::fs::read_to_string(data.with_file_name("stderr.log")).unwrap_or_default();
+    let tail: Vec<&str> = text.lines().rev().take(40).collect();
+    format!("stderr of ccstream run (last lines):\n{}", tail.into_iter().rev().collect::<Vec<_>>().join("\n"))
 }
 
 /// A running `ccstream run` over `config` (TOML after the `[pipeline]` section's log and
@@ -80,6 +88,12 @@ pub struct Run {
 
 impl Run {
     pub fn start(config: &str) -> Run {
+        Run::start_with(config, None)
+    }
+
+    /// [`Run::start`] with at most `open_files` file descriptors (`RLIMIT_NOFILE`).
+    pub fn start_with(config: &str, open_files: Option<u64>) -> Run {
+        use std::os::unix::process::CommandExt;
         let dir = tempfile::tempdir().unwrap();
         let data = dir.path().join("data");
         let path = dir.path().join("ccstream.toml");
@@ -91,16 +105,27 @@ impl Run {
         std::fs::write(&path, head + config).unwrap();
         let sources_file = dir.path().join("sources.addr");
         let metrics_file = dir.path().join("metrics.addr");
-        let mut child = KillOnDrop(
-            Command::new(env!("CARGO_BIN_EXE_ccstream"))
-                .args(["run", "--config", path.to_str().unwrap()])
-                .args(["--sources-listen-file", sources_file.to_str().unwrap()])
-                .args(["--listen-file", metrics_file.to_str().unwrap()])
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .unwrap(),
-        );
+        let stderr = std::fs::File::create(dir.path().join("stderr.log")).unwrap();
+        let mut command = Command::new(env!("CARGO_BIN_EXE_ccstream"));
+        command
+            .args(["run", "--config", path.to_str().unwrap()])
+            .args(["--sources-listen-file", sources_file.to_str().unwrap()])
+            .args(["--listen-file", metrics_file.to_str().unwrap()])
+            .stdout(Stdio::null())
+            .stderr(stderr);
+        if let Some(n) = open_files {
+            // SAFETY: setrlimit is async-signal-safe; nothing else runs in the child here.
+            unsafe {
+                command.pre_exec(move || {
+                    let limit = libc::rlimit { rlim_cur: n, rlim_max: n };
+                    if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
+        }
+        let mut child = KillOnDrop(command.spawn().unwrap());
         let addrs = wait_for_file(&sources_file, &mut child);
         let metrics =
             config.contains("metrics_listen").then(|| wait_for_file(&metrics_file, &mut child).trim().parse().unwrap());

@@ -19,10 +19,16 @@
 //!
 //! Status codes: `200` once every event is durable (rejected parts are dead-lettered and
 //! counted in the reply); `400` when nothing in the body is usable; `401` without a secret,
-//! `403` with a wrong one; `413` over the body limit; `503` when the log cannot take the
-//! events (the sender retries; ids make the retry idempotent).
+//! `403` with a wrong one; `408` for a body not read within `read_timeout_s`; `413` over the
+//! body limit; `503` when the log cannot take the events, when `max_concurrent_requests`
+//! are under way, or when the request was not answered within `request_timeout_s` (the
+//! sender retries; ids make the retry idempotent).
+//!
+//! Connections: at most `max_connections` open; a request's header, and on a kept-alive
+//! connection the next request's header, must arrive within `read_timeout_s`.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::body::{to_bytes, Body};
 use axum::extract::{Request, State};
@@ -45,14 +51,98 @@ use crate::telemetry::Reject;
 /// The `source` of canonical events posted to `/events`.
 pub const SOURCE_EVENTS: &str = "http.events";
 
-pub(super) async fn serve<L>(listener: L, ctx: Arc<Context>)
+/// A Graph `validationToken` echoed back, at most (bytes; Graph's are a few hundred).
+const MAX_VALIDATION_TOKEN: usize = 1024;
+
+/// Serves the webhooks on `listener`, over TLS with `tls`, within the listener limits of
+/// `ctx.config` (see the module doc).
+pub(super) async fn serve(
+    listener: tokio::net::TcpListener,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    ctx: Arc<Context>,
+) {
+    let limits = Arc::new(Limits {
+        requests: tokio::sync::Semaphore::new(ctx.config.max_concurrent_requests),
+        ctx: Arc::clone(&ctx),
+    });
+    let app = router(Arc::clone(&ctx)).layer(axum::middleware::from_fn_with_state(limits, limit));
+    super::accept(listener, ctx, "http", move |stream, peer, ctx| {
+        let (app, tls) = (app.clone(), tls.clone());
+        async move {
+            let _ = stream.set_nodelay(true);
+            match tls {
+                None => connection(stream, peer, app, &ctx).await,
+                Some(acceptor) => {
+                    let read = Duration::from_secs(ctx.config.read_timeout_s);
+                    match tokio::time::timeout(read, acceptor.accept(stream)).await {
+                        Ok(Ok(stream)) => connection(stream, peer, app, &ctx).await,
+                        Ok(Err(e)) => tracing::debug!(listener = "http", %peer, error = %e, "TLS handshake failed"),
+                        Err(_) => ctx.telemetry.connections_cut.with_label_values(&["http", "slow"]).inc(),
+                    }
+                }
+            }
+        }
+    })
+    .await
+}
+
+/// One HTTP/1.1 connection: its requests go to `app`; the header of each (the first, or the
+/// next on a kept-alive connection) must arrive within `read_timeout_s`.
+async fn connection<I>(io: I, peer: std::net::SocketAddr, app: Router, ctx: &Context)
 where
-    L: axum::serve::Listener,
-    L::Addr: std::fmt::Debug,
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
-    if let Err(e) = axum::serve(listener, router(ctx)).await {
-        tracing::error!(error = %e, "webhook server stopped");
+    let service = hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+        let mut app = app.clone();
+        async move { tower::Service::call(&mut app, req).await }
+    });
+    let conn = hyper::server::conn::http1::Builder::new()
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(Duration::from_secs(ctx.config.read_timeout_s))
+        .serve_connection(hyper_util::rt::TokioIo::new(io), service);
+    if let Err(e) = conn.await {
+        if e.is_timeout() {
+            ctx.telemetry.connections_cut.with_label_values(&["http", "slow"]).inc();
+        }
+        tracing::debug!(listener = "http", %peer, error = %e, "connection ended with an error");
     }
+}
+
+/// What the request middleware ([`limit`]) shares.
+struct Limits {
+    ctx: Arc<Context>,
+    /// A permit per request under way.
+    requests: tokio::sync::Semaphore,
+}
+
+/// Every request: refused with `503` when `max_concurrent_requests` are under way, answered
+/// `503` when not done within `request_timeout_s`; every response says `nosniff`.
+async fn limit(State(limits): State<Arc<Limits>>, req: Request, next: axum::middleware::Next) -> Response {
+    let ctx = &limits.ctx;
+    let mut response = match limits.requests.try_acquire() {
+        Err(_) => {
+            ctx.telemetry.requests_refused.with_label_values(&["busy"]).inc();
+            let mut r = reply(StatusCode::SERVICE_UNAVAILABLE, json!({ "error": "too many requests under way" }));
+            r.headers_mut().insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
+            r
+        }
+        Ok(_permit) => {
+            let timeout = Duration::from_secs(ctx.config.request_timeout_s);
+            match tokio::time::timeout(timeout, next.run(req)).await {
+                Ok(r) => r,
+                Err(_) => {
+                    ctx.telemetry.requests_refused.with_label_values(&["timeout"]).inc();
+                    tracing::warn!(
+                        timeout_s = ctx.config.request_timeout_s,
+                        "a webhook request was not answered in time"
+                    );
+                    reply(StatusCode::SERVICE_UNAVAILABLE, json!({ "error": "the request was not answered in time" }))
+                }
+            }
+        }
+    };
+    response.headers_mut().insert(header::X_CONTENT_TYPE_OPTIONS, header::HeaderValue::from_static("nosniff"));
+    response
 }
 
 /// The routes, on `ctx`.
@@ -124,12 +214,20 @@ async fn admit(ctx: &Context, source: &'static str, req: Request) -> Result<Admi
         let reason = format!("body of {n} bytes exceeds {max}");
         return Err(refuse(StatusCode::PAYLOAD_TOO_LARGE, Reject::TooLarge, reason, Default::default()).await);
     }
-    match to_bytes(body, max).await {
-        Ok(bytes) => {
+    let read = Duration::from_secs(ctx.config.read_timeout_s);
+    match tokio::time::timeout(read, to_bytes(body, max)).await {
+        Ok(Ok(bytes)) => {
             ctx.telemetry.seen(source, bytes.len(), now);
             Ok(Admitted { origin, body: bytes, scope })
         }
         Err(_) => {
+            ctx.telemetry.requests_refused.with_label_values(&["slow"]).inc();
+            tracing::debug!(source, %origin, "a request body did not arrive within read_timeout_s");
+            let mut r = reply(StatusCode::REQUEST_TIMEOUT, json!({ "error": "the body did not arrive in time" }));
+            r.headers_mut().insert(header::CONNECTION, header::HeaderValue::from_static("close"));
+            Err(r)
+        }
+        Ok(Err(_)) => {
             ctx.telemetry.seen(source, max, now);
             let reason = format!("body exceeds {max} bytes");
             Err(refuse(StatusCode::PAYLOAD_TOO_LARGE, Reject::TooLarge, reason, Default::default()).await)
@@ -266,6 +364,10 @@ async fn graph_admit(
     let uri = req.uri().clone();
     let Admitted { origin, body, scope } = admit(ctx, source, req).await?;
     if let Some(token) = validation_token(&uri) {
+        if token.len() > MAX_VALIDATION_TOKEN {
+            let error = format!("validationToken longer than {MAX_VALIDATION_TOKEN} bytes");
+            return Err(reply(StatusCode::BAD_REQUEST, json!({ "error": error })));
+        }
         return Err((StatusCode::OK, [(header::CONTENT_TYPE, "text/plain")], token).into_response());
     }
     let mut batch = Batch::new(source);

@@ -78,6 +78,26 @@ pub struct SourcesConfig {
     /// Dead letters per source written in a burst before the rate applies.
     #[serde(default = "default_dead_letter_burst")]
     pub dead_letter_burst: u32,
+    /// Open connections per TCP listener (syslog, SIP, webhooks), at most: one past it is
+    /// closed at once and counted (`ccstream_ingest_connections_refused_total`).
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
+    /// Webhook requests handled at once, at most: one past it is answered `503` with
+    /// `Retry-After`.
+    #[serde(default = "default_max_concurrent_requests")]
+    pub max_concurrent_requests: usize,
+    /// A syslog or SIP TCP connection that sends nothing for this long is closed (seconds).
+    /// (A kept-alive webhook connection must send its next request within
+    /// `read_timeout_s`.)
+    #[serde(default = "default_idle_timeout")]
+    pub idle_timeout_s: u64,
+    /// A message, once its first byte came (a syslog or SIP message, a webhook request's
+    /// header or body), must arrive whole within this (seconds); a slower sender is cut off.
+    #[serde(default = "default_read_timeout")]
+    pub read_timeout_s: u64,
+    /// A webhook request is answered within this, or gets `503` (seconds).
+    #[serde(default = "default_request_timeout")]
+    pub request_timeout_s: u64,
     /// The kernel receive buffer asked for on the UDP sockets (bytes; the kernel caps it at
     /// `net.core.rmem_max`): what absorbs a burst while the loop is busy.
     #[serde(default = "default_udp_buffer")]
@@ -101,6 +121,26 @@ fn default_max_message() -> usize {
 
 fn default_max_body() -> usize {
     4 << 20
+}
+
+fn default_max_connections() -> usize {
+    1024
+}
+
+fn default_max_concurrent_requests() -> usize {
+    256
+}
+
+fn default_idle_timeout() -> u64 {
+    300
+}
+
+fn default_read_timeout() -> u64 {
+    30
+}
+
+fn default_request_timeout() -> u64 {
+    60
 }
 
 fn default_dead_letters_per_second() -> f64 {
@@ -178,6 +218,8 @@ pub struct Running {
     /// `(listener name, bound address)`, e.g. `("syslog_udp", 127.0.0.1:5514)`.
     pub addrs: Vec<(&'static str, SocketAddr)>,
     pub telemetry: Arc<Telemetry>,
+    /// Which listeners stopped (for `/ready`).
+    pub health: Arc<Health>,
     publisher: Publisher,
 }
 
@@ -189,19 +231,152 @@ impl Running {
     }
 }
 
-/// Accepts connections for ever, a task each.
+/// Accepts the next connection of `listener`. An accept error (out of file descriptors,
+/// out of buffers) is retried after a pause that doubles from 10 ms to 1 s while errors
+/// last, so a process out of descriptors waits instead of spinning; `backoff` carries the
+/// pause between calls.
+pub async fn accept_next(
+    listener: &tokio::net::TcpListener,
+    name: &str,
+    backoff: &mut std::time::Duration,
+) -> (tokio::net::TcpStream, SocketAddr) {
+    const FIRST: std::time::Duration = std::time::Duration::from_millis(10);
+    loop {
+        match listener.accept().await {
+            Ok(x) => {
+                *backoff = FIRST;
+                return x;
+            }
+            Err(e) => {
+                if *backoff <= FIRST {
+                    tracing::warn!(listener = %name, error = %e, "accept failed; retrying with backoff");
+                }
+                tokio::time::sleep(*backoff).await;
+                *backoff = (*backoff * 2).min(std::time::Duration::from_secs(1));
+            }
+        }
+    }
+}
+
+/// Accepts connections for ever, a task each, at most `ctx.config.max_connections` open at
+/// a time: one past it is closed at once and counted.
 async fn accept<F, Fut>(listener: tokio::net::TcpListener, ctx: Arc<Context>, name: &'static str, connection: F)
 where
     F: Fn(tokio::net::TcpStream, SocketAddr, Arc<Context>) -> Fut,
     Fut: std::future::Future<Output = ()> + Send + 'static,
 {
+    let open = Arc::new(tokio::sync::Semaphore::new(ctx.config.max_connections));
+    let mut backoff = std::time::Duration::ZERO;
     loop {
-        match listener.accept().await {
-            Ok((stream, peer)) => {
-                tokio::spawn(connection(stream, peer, Arc::clone(&ctx)));
-            }
-            Err(e) => tracing::warn!(listener = %name, error = %e, "accept failed"),
+        let (stream, peer) = accept_next(&listener, name, &mut backoff).await;
+        let Ok(permit) = Arc::clone(&open).try_acquire_owned() else {
+            ctx.telemetry.connections_refused.with_label_values(&[name]).inc();
+            tracing::debug!(listener = %name, %peer, "connection refused: max_connections are open");
+            continue;
+        };
+        let task = connection(stream, peer, Arc::clone(&ctx));
+        tokio::spawn(async move {
+            task.await;
+            drop(permit);
+        });
+    }
+}
+
+/// The read timeouts of a TCP source connection: [`SourcesConfig::idle_timeout_s`] while
+/// no message is under way, and what is left of [`SourcesConfig::read_timeout_s`] once one
+/// has begun.
+#[derive(Debug)]
+pub(crate) struct ReadDeadline {
+    idle: std::time::Duration,
+    message: std::time::Duration,
+    /// When the message under way began.
+    started: Option<tokio::time::Instant>,
+}
+
+/// Why a connection was cut off.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Cutoff {
+    /// Silent for the idle timeout.
+    Idle,
+    /// A message did not arrive whole within the read timeout.
+    Slow,
+}
+
+impl Cutoff {
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            Cutoff::Idle => "idle",
+            Cutoff::Slow => "slow",
         }
+    }
+}
+
+impl ReadDeadline {
+    pub(crate) fn new(config: &SourcesConfig) -> Self {
+        ReadDeadline {
+            idle: std::time::Duration::from_secs(config.idle_timeout_s),
+            message: std::time::Duration::from_secs(config.read_timeout_s),
+            started: None,
+        }
+    }
+
+    /// Reads into `buf` within the deadline: `partial` says whether a message is under
+    /// way (bytes of it are buffered). `Err` when the deadline passed first.
+    pub(crate) async fn read<R: tokio::io::AsyncRead + Unpin>(
+        &mut self,
+        stream: &mut R,
+        buf: &mut [u8],
+        partial: bool,
+    ) -> Result<std::io::Result<usize>, Cutoff> {
+        use tokio::io::AsyncReadExt;
+        let (deadline, cutoff) = if partial {
+            let started = *self.started.get_or_insert_with(tokio::time::Instant::now);
+            (started + self.message, Cutoff::Slow)
+        } else {
+            self.started = None;
+            (tokio::time::Instant::now() + self.idle, Cutoff::Idle)
+        };
+        tokio::time::timeout_at(deadline, stream.read(buf)).await.map_err(|_| cutoff)
+    }
+}
+
+/// The listeners' liveness: a listener task that ends (it never should) is recorded here,
+/// and readiness says which.
+#[derive(Debug, Default)]
+pub struct Health {
+    stopped: Mutex<Vec<(String, String)>>,
+}
+
+impl Health {
+    /// Every stopped listener with why, empty while all run.
+    pub fn stopped(&self) -> Vec<(String, String)> {
+        self.stopped.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Runs `task`, listener `name`'s loop, and records it as stopped if it ends or panics.
+    pub fn supervise<F>(self: &Arc<Self>, name: &'static str, task: F)
+    where
+        F: std::future::Future<Output = ()> + Send + 'static,
+    {
+        let handle = tokio::spawn(task);
+        let health = Arc::clone(self);
+        tokio::spawn(async move {
+            let why = match handle.await {
+                Ok(()) => "its loop ended".to_string(),
+                Err(e) if e.is_panic() => {
+                    let p = e.into_panic();
+                    let text = p
+                        .downcast_ref::<&str>()
+                        .map(|s| s.to_string())
+                        .or_else(|| p.downcast_ref::<String>().cloned())
+                        .unwrap_or_else(|| "a panic".into());
+                    format!("it panicked: {text}")
+                }
+                Err(_) => "it was cancelled".to_string(),
+            };
+            tracing::error!(listener = name, why = %why, "a source listener stopped; /ready reports it");
+            health.stopped.lock().unwrap_or_else(|p| p.into_inner()).push((name.to_string(), why));
+        });
     }
 }
 
@@ -275,42 +450,54 @@ pub async fn start(config: SourcesConfig, log: Arc<dyn EventLog>, now_ms: fn() -
     let bind = |name: &'static str, addr: SocketAddr| move |source| crate::Error::Bind { name, addr, source };
     let mut addrs = Vec::new();
     let c = &ctx.config;
-    type SpawnUdp = fn(tokio::net::UdpSocket, Arc<Context>);
-    let udp: [(&'static str, Option<SocketAddr>, SpawnUdp); 2] = [
-        ("syslog_udp", c.syslog_udp, |s, ctx| drop(tokio::spawn(syslog::udp(s, ctx)))),
-        ("sip_udp", c.sip_udp, |s, ctx| drop(tokio::spawn(sip::udp(s, ctx)))),
-    ];
-    for (name, addr, spawn) in udp {
+    let health = Arc::new(Health::default());
+    for (name, addr) in [("syslog_udp", c.syslog_udp), ("sip_udp", c.sip_udp)] {
         let Some(addr) = addr else { continue };
         let sock = bind_udp(addr, c.udp_receive_buffer_bytes).map_err(bind(name, addr))?;
         addrs.push((name, sock.local_addr().map_err(bind(name, addr))?));
-        spawn(sock, Arc::clone(&ctx));
+        let ctx = Arc::clone(&ctx);
+        match name {
+            "syslog_udp" => health.supervise(name, syslog::udp(sock, ctx)),
+            _ => health.supervise(name, sip::udp(sock, ctx)),
+        }
     }
-    type SpawnTcp = fn(tokio::net::TcpListener, Arc<Context>);
-    let tcp: [(&'static str, Option<SocketAddr>, SpawnTcp); 2] = [
-        ("syslog_tcp", c.syslog_tcp, |l, ctx| drop(tokio::spawn(accept(l, ctx, "syslog tcp", syslog::connection)))),
-        ("sip_tcp", c.sip_tcp, |l, ctx| drop(tokio::spawn(accept(l, ctx, "sip tcp", sip::connection)))),
-    ];
-    for (name, addr, spawn) in tcp {
+    for (name, addr) in [("syslog_tcp", c.syslog_tcp), ("sip_tcp", c.sip_tcp)] {
         let Some(addr) = addr else { continue };
         let l = tokio::net::TcpListener::bind(addr).await.map_err(bind(name, addr))?;
         addrs.push((name, l.local_addr().map_err(bind(name, addr))?));
-        spawn(l, Arc::clone(&ctx));
+        let ctx = Arc::clone(&ctx);
+        match name {
+            "syslog_tcp" => health.supervise(name, accept(l, ctx, name, syslog::connection)),
+            _ => health.supervise(name, accept(l, ctx, name, sip::connection)),
+        }
     }
     if let Some(addr) = c.http {
         let l = tokio::net::TcpListener::bind(addr).await.map_err(bind("http", addr))?;
         addrs.push(("http", l.local_addr().map_err(bind("http", addr))?));
-        match (&c.tls_cert, &c.tls_key) {
-            (Some(cert), Some(key)) => {
-                let acceptor = tls::acceptor(cert, key)?;
-                let l = tls::TlsListener::new(l, acceptor).map_err(bind("http", addr))?;
-                tokio::spawn(http::serve(l, Arc::clone(&ctx)));
-            }
-            (None, None) => {
-                tokio::spawn(http::serve(l, Arc::clone(&ctx)));
-            }
+        let tls = match (&c.tls_cert, &c.tls_key) {
+            (Some(cert), Some(key)) => Some(tls::acceptor(cert, key)?),
+            (None, None) => None,
             _ => return Err(crate::Error::TlsHalf),
-        }
+        };
+        health.supervise("http", http::serve(l, tls, Arc::clone(&ctx)));
     }
-    Ok(Running { addrs, telemetry, publisher: ctx.publisher.clone() })
+    Ok(Running { addrs, telemetry, health, publisher: ctx.publisher.clone() })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_listener_that_stops_is_reported() {
+        let health = Arc::new(Health::default());
+        health.supervise("syslog_udp", async { panic!("receive buffer gone") });
+        health.supervise("sip_udp", std::future::pending());
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
+        while health.stopped().is_empty() {
+            assert!(tokio::time::Instant::now() < deadline, "the stopped listener was not reported");
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        assert_eq!(health.stopped(), vec![("syslog_udp".to_string(), "it panicked: receive buffer gone".to_string())]);
+    }
 }

@@ -8,11 +8,11 @@
 
 use std::sync::Arc;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpStream, UdpSocket};
 
 use super::publish::Batch;
-use super::Context;
+use super::{Context, ReadDeadline};
 use crate::sbc::sip::{message_len, parse_request, response};
 use crate::sbc::SOURCE_VQ;
 use crate::telemetry::Reject;
@@ -104,13 +104,15 @@ pub(super) async fn udp(sock: UdpSocket, ctx: Arc<Context>) {
     }
 }
 
-/// One SIP connection over TCP: messages framed by `Content-Length`.
+/// One SIP connection over TCP: messages framed by `Content-Length`; cut off when it is
+/// silent for the idle timeout or a message takes longer than the read timeout.
 pub(super) async fn connection(mut stream: TcpStream, peer: std::net::SocketAddr, ctx: Arc<Context>) {
     let max = ctx.config.max_message_bytes;
     let origin = format!("sip tcp {peer}");
     let sender = peer.ip().to_string();
     let mut buf = Vec::with_capacity(16 * 1024);
     let mut chunk = vec![0u8; 16 * 1024];
+    let mut deadline = ReadDeadline::new(&ctx.config);
     loop {
         loop {
             match message_len(&buf, max) {
@@ -143,7 +145,15 @@ pub(super) async fn connection(mut stream: TcpStream, peer: std::net::SocketAddr
                 }
             }
         }
-        match stream.read(&mut chunk).await {
+        let read = match deadline.read(&mut stream, &mut chunk, !buf.is_empty()).await {
+            Ok(read) => read,
+            Err(cutoff) => {
+                ctx.telemetry.connections_cut.with_label_values(&["sip_tcp", cutoff.as_str()]).inc();
+                tracing::debug!(listener = "sip_tcp", %peer, reason = cutoff.as_str(), "connection cut off");
+                Ok(0)
+            }
+        };
+        match read {
             Ok(0) | Err(_) => {
                 if !buf.is_empty() {
                     let mut batch = Batch::new(SOURCE_VQ);

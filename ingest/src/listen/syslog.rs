@@ -3,11 +3,10 @@
 
 use std::sync::Arc;
 
-use tokio::io::AsyncReadExt;
 use tokio::net::{TcpStream, UdpSocket};
 
 use super::publish::Batch;
-use super::Context;
+use super::{Context, ReadDeadline};
 use crate::sbc::cdr::CdrError;
 use crate::sbc::SOURCE_CDR;
 use crate::telemetry::Reject;
@@ -123,7 +122,9 @@ pub(super) async fn udp(sock: UdpSocket, ctx: Arc<Context>) {
     }
 }
 
-/// One syslog connection over TCP.
+/// One syslog connection over TCP, cut off when it is silent for the idle timeout or a
+/// message takes longer than the read timeout (what it had of that message is a dead
+/// letter).
 pub(super) async fn connection(mut stream: TcpStream, peer: std::net::SocketAddr, ctx: Arc<Context>) {
     let max = ctx.config.max_message_bytes;
     let sender = peer.ip().to_string();
@@ -131,8 +132,23 @@ pub(super) async fn connection(mut stream: TcpStream, peer: std::net::SocketAddr
     let mut buf: Vec<u8> = Vec::with_capacity(64 * 1024);
     let mut skip = Skip::Nothing;
     let mut chunk = vec![0u8; 64 * 1024];
+    let mut deadline = ReadDeadline::new(&ctx.config);
     loop {
-        let n = stream.read(&mut chunk).await.unwrap_or(0);
+        let partial = !buf.is_empty() || skip != Skip::Nothing;
+        let n = match deadline.read(&mut stream, &mut chunk, partial).await {
+            Ok(read) => read.unwrap_or(0),
+            Err(cutoff) => {
+                ctx.telemetry.connections_cut.with_label_values(&["syslog_tcp", cutoff.as_str()]).inc();
+                tracing::debug!(listener = "syslog_tcp", %peer, reason = cutoff.as_str(), "connection cut off");
+                if !buf.is_empty() {
+                    let mut batch = Batch::new(SOURCE_CDR);
+                    let reason = format!("a message did not arrive whole within {} s", ctx.config.read_timeout_s);
+                    ctx.reject(&mut batch, SOURCE_CDR, &origin, Reject::Malformed, reason, &buf);
+                    let _ = ctx.publisher.send(batch).await;
+                }
+                return;
+            }
+        };
         let eof = n == 0;
         let mut data = &chunk[..n];
         // The rest of an oversized message is dropped as it arrives.

@@ -73,8 +73,9 @@ impl TlsListener {
         let local = tcp.local_addr()?;
         let (tx, rx) = mpsc::channel(256);
         tokio::spawn(async move {
+            let mut backoff = Duration::ZERO;
             loop {
-                let Ok((stream, peer)) = tcp.accept().await else { continue };
+                let (stream, peer) = super::accept_next(&tcp, "tls", &mut backoff).await;
                 let (acceptor, tx) = (acceptor.clone(), tx.clone());
                 tokio::spawn(async move {
                     if let Ok(Ok(tls)) = tokio::time::timeout(Duration::from_secs(10), acceptor.accept(stream)).await {
