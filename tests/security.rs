@@ -456,3 +456,40 @@ fn out_of_file_descriptors_the_listeners_wait_instead_of_spinning() {
     assert_eq!(http(metrics, "GET", "/health", &[], b""), (200, "ok\n".to_string()));
     assert_eq!(http(metrics, "GET", "/ready", &[], b""), (200, "ready\n".to_string()));
 }
+
+#[test]
+fn five_thousand_spoofed_sbc_senders_are_refused_and_the_sbc_is_served() {
+    let mut run = Run::start(
+        "metrics_listen = \"127.0.0.1:0\"\n[sources]\nsyslog_udp = \"127.0.0.1:0\"\n\
+         [[sources.sbc_senders]]\nsender = \"127.0.0.1\"\ntenants = [\"contoso\"]\n",
+    );
+    let samples = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("ingest/tests/fixtures/samples");
+    let rows = std::fs::read_to_string(samples.join("audiocodes_cdr_sbc_signaling_odp.txt")).unwrap();
+    let row = rows.lines().nth(1).unwrap();
+    let (syslog, metrics) = (run.addr("syslog_udp"), run.metrics.unwrap().to_string());
+    let received =
+        || common::metric_total(&common::scrape_metrics(&metrics).1, "ccstream_ingest_received_total") as usize;
+    // 5,000 other addresses (127.0.0.0/8 is all loopback), in steps the socket buffer holds.
+    for step in 0..20 {
+        for i in step * 250..(step + 1) * 250 {
+            let spoofed = std::net::UdpSocket::bind(format!("127.0.{}.{}:0", 1 + i / 250, 1 + i % 250)).unwrap();
+            let cdr = row.replace("c62532:22:625", &format!("spoof-{i}"));
+            spoofed.send_to(format!("<134>[S={i}] |{cdr}").as_bytes(), syslog).unwrap();
+        }
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while received() < (step + 1) * 250 {
+            assert!(std::time::Instant::now() < deadline, "only {} datagrams received", received());
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    }
+    let sbc = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    sbc.send_to(format!("<134>[S=1] |{row}").as_bytes(), syslog).unwrap();
+    let data = run.data.clone();
+    wait_for_rows(&data, "SELECT tenant_id, call_id FROM events", "contoso,c62532:22:625", &mut run.child);
+    let text = common::scrape_metrics(&metrics).1;
+    let unauthorized = text
+        .lines()
+        .find(|l| l.starts_with("ccstream_ingest_rejected_total") && l.contains("reason=\"unauthorized\""))
+        .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok());
+    assert_eq!(unauthorized, Some(5000.0), "{text}");
+}

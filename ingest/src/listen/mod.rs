@@ -104,6 +104,10 @@ pub struct SourcesConfig {
     pub udp_receive_buffer_bytes: usize,
     #[serde(default)]
     pub sbc_tenants: Vec<sbc::TenantRule>,
+    /// The SBCs allowed to send syslog and SIP, each for its tenants
+    /// (`[[sources.sbc_senders]]`); none: any sender, for any tenant (a trusted network).
+    #[serde(default)]
+    pub sbc_senders: Vec<sbc::SbcSender>,
     #[serde(default)]
     pub acs_tenants: Vec<acs::TenantRule>,
     /// Microsoft 365 tenants read through Graph (`[[sources.graph]]`).
@@ -388,6 +392,12 @@ fn check_tenants(config: &SourcesConfig) -> Result<(), String> {
     let max = ccstream_schemas::MAX_TENANT_ID_BYTES;
     let tenants = std::iter::once(("default_tenant", &config.default_tenant))
         .chain(config.sbc_tenants.iter().map(|r| ("[[sources.sbc_tenants]]", &r.tenant)))
+        .chain(
+            config
+                .sbc_senders
+                .iter()
+                .flat_map(|s| s.tenants.iter().filter(|t| *t != "*").map(|t| ("[[sources.sbc_senders]]", t))),
+        )
         .chain(config.acs_tenants.iter().map(|r| ("[[sources.acs_tenants]]", &r.tenant)))
         .chain(config.graph.iter().map(|g| ("[[sources.graph]]", &g.tenant)));
     for (at, tenant) in tenants {
@@ -432,7 +442,9 @@ pub async fn start(config: SourcesConfig, log: Arc<dyn EventLog>, now_ms: fn() -
     let telemetry = Arc::new(Telemetry::new());
     let ctx = Arc::new(Context {
         credentials,
-        sbc: Mutex::new(SbcMapper::new(config.default_tenant.clone(), config.sbc_tenants.clone())),
+        sbc: Mutex::new(
+            SbcMapper::new(config.default_tenant.clone(), config.sbc_tenants.clone()).with_senders(&config.sbc_senders),
+        ),
         acs: AcsMapper::new(config.default_tenant.clone(), config.acs_tenants.clone()),
         publisher: Publisher::spawn(
             log,

@@ -60,6 +60,9 @@ async fn handle(ctx: &Context, sender: &str, origin: &str, msg: &[u8]) -> Vec<u8
                 let tag = format!("{:08x}", crc32c::crc32c(msg));
                 response(&req, 200, "OK", &[("SIP-ETag", &tag), ("Expires", "0")])
             }
+            Err(e @ crate::sbc::vq::VqError::Sender(_)) => {
+                refuse(403, "Forbidden", Reject::Unauthorized, e.to_string(), &[], &mut batch)
+            }
             Err(e) => refuse(400, "Bad Request", Reject::Malformed, e.to_string(), &[], &mut batch),
         }
     };

@@ -63,6 +63,7 @@ pub fn frame(buf: &[u8], max: usize) -> Frame {
 fn classify(e: &CdrError) -> Reject {
     match e {
         CdrError::Missing { .. } | CdrError::Field { .. } => Reject::Invalid,
+        CdrError::Sender(_) => Reject::Unauthorized,
         _ => Reject::Malformed,
     }
 }

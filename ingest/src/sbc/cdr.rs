@@ -53,7 +53,15 @@ pub enum CdrError {
     Missing { kind: Kind, column: &'static str },
     #[error("bad {column} {value:?}: {why}")]
     Field { column: &'static str, value: String, why: &'static str },
+    #[error("a CDR row or title of more than {MAX_COLUMNS} columns")]
+    TooManyColumns,
+    /// The sender may not send for the tenant (or for any): see `SbcMapper`'s senders.
+    #[error("{0}")]
+    Sender(String),
 }
+
+/// Columns of a CDR title or row, at most (AudioCodes rows have about 60).
+pub const MAX_COLUMNS: usize = 255;
 
 /// A column the mapping knows by name; everything else is [`Col::Other`] and kept under its
 /// title.
@@ -465,26 +473,49 @@ pub fn split_syslog(line: &str) -> (Option<u64>, &str) {
 #[derive(Debug)]
 pub struct CdrParser {
     /// Per sender: the signaling and media layouts of its latest title rows.
-    layouts: HashMap<String, [Option<Arc<Layout>>; 2]>,
+    layouts: HashMap<String, SenderLayouts>,
+    /// Counts title and row lookups: the recency of `SenderLayouts::used`.
+    clock: u64,
     default_signaling: Arc<Layout>,
     default_media: Arc<Layout>,
+}
+
+/// One sender's title rows, and when it last sent a title or a row.
+#[derive(Debug)]
+struct SenderLayouts {
+    layouts: [Option<Arc<Layout>>; 2],
+    used: u64,
 }
 
 impl Default for CdrParser {
     fn default() -> Self {
         CdrParser {
             layouts: HashMap::new(),
+            clock: 0,
             default_signaling: Arc::new(Layout::default_for(Kind::Signaling)),
             default_media: Arc::new(Layout::default_for(Kind::Media)),
         }
     }
 }
 
-/// Senders whose title rows are remembered at most (beyond, all are forgotten at once and
-/// the defaults apply until each sends its titles again).
-const MAX_LAYOUTS: usize = 4096;
+/// Senders whose title rows are remembered at most: beyond, the sender that sent nothing
+/// for the longest is forgotten (its rows are read with the default titles until it sends
+/// its own again), never the others.
+pub const MAX_LAYOUTS: usize = 4096;
 
 impl CdrParser {
+    /// Forgets the titles of the sender that sent nothing for the longest.
+    fn forget_least_recent(&mut self) {
+        if let Some(oldest) = self.layouts.iter().min_by_key(|(_, l)| l.used).map(|(s, _)| s.clone()) {
+            self.layouts.remove(&oldest);
+        }
+    }
+
+    /// Senders whose titles are remembered.
+    pub fn senders(&self) -> usize {
+        self.layouts.len()
+    }
+
     /// Parses one line from `sender` (the SBC's address, or a file name).
     pub fn parse<'a>(&mut self, sender: &str, line: &'a [u8]) -> Result<Line<'a>, CdrError> {
         let line = std::str::from_utf8(line).map_err(|_| CdrError::NotText)?;
@@ -496,6 +527,10 @@ impl CdrParser {
         let mut start = 0;
         // `|` is ASCII, so every split point is a char boundary.
         for bar in memchr::memchr_iter(b'|', body.as_bytes()) {
+            // One more than a row has (a trailing `|`), then refused.
+            if values.len() > MAX_COLUMNS {
+                return Err(CdrError::TooManyColumns);
+            }
             values.push(body[start..bar].trim_ascii());
             start = bar + 1;
         }
@@ -504,15 +539,19 @@ impl CdrParser {
         if first == "SBCReportType" || first == "MediaReportType" {
             let layout = Layout::from_titles(values.iter().copied().filter(|t| !t.is_empty()))?;
             let kind = layout.kind;
-            if self.layouts.len() >= MAX_LAYOUTS {
-                self.layouts.clear();
-            }
+            self.clock += 1;
             let slot = kind as usize;
             match self.layouts.get_mut(sender) {
-                Some(l) => l[slot] = Some(Arc::new(layout)),
+                Some(l) => {
+                    l.layouts[slot] = Some(Arc::new(layout));
+                    l.used = self.clock;
+                }
                 None => {
-                    let mut l = [None, None];
-                    l[slot] = Some(Arc::new(layout));
+                    if self.layouts.len() >= MAX_LAYOUTS {
+                        self.forget_least_recent();
+                    }
+                    let mut l = SenderLayouts { layouts: [None, None], used: self.clock };
+                    l.layouts[slot] = Some(Arc::new(layout));
                     self.layouts.insert(sender.to_string(), l);
                 }
             }
@@ -531,6 +570,9 @@ impl CdrParser {
             return Err(CdrError::UnknownReport(first.chars().take(64).collect()));
         };
         let layout = self.layout(sender, kind);
+        if values.len() > MAX_COLUMNS + usize::from(values.last() == Some(&"")) {
+            return Err(CdrError::TooManyColumns);
+        }
         if values.len() == layout.columns.len() + 1 && values.last() == Some(&"") {
             values.pop(); // a trailing `|`
         }
@@ -542,8 +584,16 @@ impl CdrParser {
         Ok(Line::Record(cdr))
     }
 
-    fn layout(&self, sender: &str, kind: Kind) -> Arc<Layout> {
-        match self.layouts.get(sender).and_then(|l| l[kind as usize].as_ref()) {
+    /// The layout of `sender`'s rows of `kind` (its titles', else the default); marks the
+    /// sender's titles used.
+    fn layout(&mut self, sender: &str, kind: Kind) -> Arc<Layout> {
+        self.clock += 1;
+        let clock = self.clock;
+        let titles = self.layouts.get_mut(sender).and_then(|l| {
+            l.used = clock;
+            l.layouts[kind as usize].as_ref()
+        });
+        match titles {
             Some(l) => Arc::clone(l),
             None => Arc::clone(match kind {
                 Kind::Signaling => &self.default_signaling,

@@ -20,7 +20,10 @@
 //!   `event_id`.
 //! - Tenants: the first [`TenantRule`] that matches the IP group, a caller/callee number
 //!   prefix or the sender; else the default tenant. Media rows and reports inherit the
-//!   tenant of their session or leg when its signaling CDR was seen.
+//!   tenant of their session or leg when its signaling CDR was seen from the same sender.
+//! - Senders ([`SbcSender`]): when any are configured, input from any other address is
+//!   refused, and a sender may only send for its tenants (a sender of one tenant sends for
+//!   it when no rule matches).
 
 pub mod cdr;
 pub mod sip;
@@ -55,6 +58,16 @@ pub struct TenantRule {
     pub sender: Option<String>,
 }
 
+/// An SBC allowed to send (`[[sources.sbc_senders]]`): its address and the tenants its input
+/// may be for (`["*"]`: any).
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SbcSender {
+    /// The SBC's IP address (the syslog or SIP peer).
+    pub sender: String,
+    pub tenants: Vec<String>,
+}
+
 /// Sessions and legs whose tenant is remembered, at most (oldest forgotten first).
 const MAX_REMEMBERED: usize = 1 << 16;
 
@@ -64,8 +77,11 @@ pub struct SbcMapper {
     parser: CdrParser,
     rules: Vec<TenantRule>,
     default_tenant: String,
-    tenants: HashMap<String, String>,
-    order: VecDeque<String>,
+    /// Sender → the tenants it may send for; empty: every sender is trusted (CDR files).
+    senders: HashMap<String, Vec<String>>,
+    /// (sender, session or SIP Call-ID) → tenant.
+    tenants: HashMap<(String, String), String>,
+    order: VecDeque<(String, String)>,
 }
 
 /// The user part of a SIP URI or number field (`+33001@10.0.1.11` → `+33001`).
@@ -81,29 +97,70 @@ impl SbcMapper {
             parser: CdrParser::default(),
             rules,
             default_tenant: default_tenant.into(),
+            senders: HashMap::new(),
             tenants: HashMap::new(),
             order: VecDeque::new(),
         }
     }
 
-    fn tenant_for(&self, sender: &str, ip_group: Option<&str>, numbers: &[&str]) -> &str {
-        self.rules
+    /// Only `senders` may send, each for its tenants (none given: every sender may send for
+    /// any tenant, as for CDR files an operator ingests).
+    pub fn with_senders(mut self, senders: &[SbcSender]) -> Self {
+        self.senders = senders.iter().map(|s| (s.sender.clone(), s.tenants.clone())).collect();
+        self
+    }
+
+    /// The tenant of input from `sender`: the first rule that matches, else the sender's one
+    /// tenant, else the default; refused when the sender may not send for it.
+    fn tenant_for(&self, sender: &str, ip_group: Option<&str>, numbers: &[&str]) -> Result<&str, String> {
+        let rule = self
+            .rules
             .iter()
             .find(|r| {
                 r.ip_group.as_deref().is_none_or(|g| Some(g) == ip_group)
                     && r.sender.as_deref().is_none_or(|s| s == sender)
                     && r.number_prefix.as_deref().is_none_or(|p| numbers.iter().any(|n| n.starts_with(p)))
             })
-            .map(|r| r.tenant.as_str())
-            .unwrap_or(&self.default_tenant)
+            .map(|r| r.tenant.as_str());
+        if self.senders.is_empty() {
+            return Ok(rule.unwrap_or(&self.default_tenant));
+        }
+        self.check_sender(sender)?;
+        let allowed = &self.senders[sender];
+        let tenant = match (rule, allowed.as_slice()) {
+            (Some(t), _) => t,
+            (None, [only]) if only != "*" => only.as_str(),
+            (None, _) => &self.default_tenant,
+        };
+        if allowed.iter().any(|t| t == "*" || t == tenant) {
+            Ok(tenant)
+        } else {
+            Err(format!("sender {sender} may not send for tenant {tenant:?}"))
+        }
     }
 
-    fn remember(&mut self, key: &str, tenant: &str) {
-        if self.tenants.get(key).map(String::as_str) == Some(tenant) {
+    /// Refuses a sender that is not configured (when senders are), before anything of its
+    /// input is parsed or kept.
+    fn check_sender(&self, sender: &str) -> Result<(), String> {
+        if self.senders.is_empty() || self.senders.contains_key(sender) {
+            Ok(())
+        } else {
+            Err(format!("sender {sender} is not an SBC of [[sources.sbc_senders]]"))
+        }
+    }
+
+    /// The tenant remembered for `key` (a session or SIP Call-ID) of `sender`.
+    fn remembered(&self, sender: &str, key: &str) -> Option<&String> {
+        self.tenants.get(&(sender.to_string(), key.to_string()))
+    }
+
+    fn remember(&mut self, sender: &str, key: &str, tenant: &str) {
+        let key = (sender.to_string(), key.to_string());
+        if self.tenants.get(&key).map(String::as_str) == Some(tenant) {
             return;
         }
-        if self.tenants.insert(key.to_string(), tenant.to_string()).is_none() {
-            self.order.push_back(key.to_string());
+        if self.tenants.insert(key.clone(), tenant.to_string()).is_none() {
+            self.order.push_back(key);
             if self.order.len() > MAX_REMEMBERED {
                 if let Some(old) = self.order.pop_front() {
                     self.tenants.remove(&old);
@@ -120,6 +177,7 @@ impl SbcMapper {
         line: &[u8],
         received_at_ms: i64,
     ) -> Result<Option<Event<'static>>, CdrError> {
+        self.check_sender(sender).map_err(CdrError::Sender)?;
         let cdr = match self.parser.parse(sender, line)? {
             Line::Blank | Line::Title(_) => return Ok(None),
             Line::Record(cdr) => cdr,
@@ -135,9 +193,10 @@ impl SbcMapper {
                     .filter_map(|c| cdr.text(c))
                     .map(user_part)
                     .collect();
-                let tenant = self.tenant_for(sender, cdr.text(Col::IpGroup), &numbers).to_string();
-                self.remember(session, &tenant);
-                self.remember(sip_call_id, &tenant);
+                let tenant =
+                    self.tenant_for(sender, cdr.text(Col::IpGroup), &numbers).map_err(CdrError::Sender)?.to_string();
+                self.remember(sender, session, &tenant);
+                self.remember(sender, sip_call_id, &tenant);
                 let stage_time = match report {
                     "CALL_CONNECT" => cdr.time(Col::ConnectTime)?,
                     "CALL_END" | "DIALOG_END" => cdr.time(Col::ReleaseTime)?,
@@ -148,9 +207,9 @@ impl SbcMapper {
                 Event::new(id, tenant, EventType::SbcLeg, at)
             }
             Kind::Media => {
-                let tenant = match self.tenants.get(session).or_else(|| self.tenants.get(sip_call_id)) {
+                let tenant = match self.remembered(sender, session).or_else(|| self.remembered(sender, sip_call_id)) {
                     Some(t) => t.clone(),
-                    None => self.tenant_for(sender, None, &[]).to_string(),
+                    None => self.tenant_for(sender, None, &[]).map_err(CdrError::Sender)?.to_string(),
                 };
                 let cid = cdr.text(Col::Cid).unwrap_or("");
                 let mut id = format!("{SOURCE_CDR}:{session}:{sip_call_id}:{report}:{cid}");
@@ -184,6 +243,7 @@ impl SbcMapper {
         body: &[u8],
         received_at_ms: i64,
     ) -> Result<Event<'static>, vq::VqError> {
+        self.check_sender(sender).map_err(vq::VqError::Sender)?;
         let r = vq::parse_report(body)?;
         let metrics = r.local.as_ref().or(r.remote.as_ref());
         let start = metrics.and_then(|m| m.time("START"));
@@ -195,12 +255,12 @@ impl SbcMapper {
             r.kind.as_str(),
             start.map(format_rfc3339_ms).unwrap_or_default()
         );
-        let tenant = match self.tenants.get(r.call_id) {
+        let tenant = match self.remembered(sender, r.call_id) {
             Some(t) => t.clone(),
             None => {
                 let numbers: Vec<&str> =
                     ["LocalID", "RemoteID"].into_iter().filter_map(|n| r.session(n)).map(user_part).collect();
-                self.tenant_for(sender, None, &numbers).to_string()
+                self.tenant_for(sender, None, &numbers).map_err(vq::VqError::Sender)?.to_string()
             }
         };
         let mut e = Event::new(id, tenant, EventType::MediaStream, stop.or(start).unwrap_or(received_at_ms));
@@ -342,4 +402,95 @@ fn vq_payload(r: &vq::Report<'_>) -> String {
         }
     }
     Value::Object(map).to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SIGNALING: &str = include_str!("../../tests/fixtures/samples/audiocodes_cdr_sbc_signaling_odp.txt");
+    const MEDIA: &str = include_str!("../../tests/fixtures/samples/audiocodes_cdr_sbc_media_odp.txt");
+
+    fn line(text: &str, n: usize) -> &str {
+        text.lines().nth(n).unwrap()
+    }
+
+    fn tenant<'e>(e: &'e Event<'_>) -> &'e str {
+        e.tenant_id.as_deref().unwrap()
+    }
+
+    /// The sample's title and first row with SIPCallId and SessionId swapped.
+    fn swapped(n: usize) -> String {
+        let mut fields: Vec<&str> = line(SIGNALING, n).split('|').collect();
+        fields.swap(2, 3);
+        fields.join("|")
+    }
+
+    #[test]
+    fn media_rows_join_only_sessions_of_their_own_sender() {
+        let rule = TenantRule { tenant: "contoso".into(), sender: Some("10.0.0.1".into()), ..TenantRule::default() };
+        let mut m = SbcMapper::new("default", vec![rule]);
+        let call = m.map_cdr_line("10.0.0.1", line(SIGNALING, 1).as_bytes(), 0).unwrap().unwrap();
+        assert_eq!(tenant(&call), "contoso");
+        let session = call.call_id.as_deref().unwrap().to_string();
+        let media = line(MEDIA, 1).replace("c62532:22:998", &session);
+        let other = m.map_cdr_line("10.0.0.2", media.as_bytes(), 0).unwrap().unwrap();
+        assert_eq!((other.call_id.as_deref(), tenant(&other)), (Some(session.as_str()), "default"));
+        let own = m.map_cdr_line("10.0.0.1", media.as_bytes(), 0).unwrap().unwrap();
+        assert_eq!(tenant(&own), "contoso");
+    }
+
+    #[test]
+    fn five_thousand_senders_do_not_reset_an_active_sbc_titles() {
+        let mut m = SbcMapper::new("default", vec![]);
+        let (title, row) = (swapped(0), swapped(1));
+        m.map_cdr_line("10.0.0.1", title.as_bytes(), 0).unwrap();
+        let session = line(SIGNALING, 1).split('|').nth(3).unwrap().trim().to_string();
+        for i in 0..5000 {
+            let spoofed = format!("192.0.{}.{}", i / 250, i % 250);
+            m.map_cdr_line(&spoofed, title.as_bytes(), 0).unwrap();
+            if i % 100 == 0 {
+                // Read with the SBC's own titles, whatever the others sent.
+                let e = m.map_cdr_line("10.0.0.1", row.as_bytes(), 0).unwrap().unwrap();
+                assert_eq!(e.call_id.as_deref(), Some(session.as_str()), "after {i} senders");
+            }
+        }
+        assert_eq!(m.parser.senders(), cdr::MAX_LAYOUTS);
+    }
+
+    #[test]
+    fn a_32k_column_title_or_row_is_refused_and_the_sender_keeps_its_titles() {
+        let mut m = SbcMapper::new("default", vec![]);
+        let (title, row) = (swapped(0), swapped(1));
+        m.map_cdr_line("10.0.0.1", title.as_bytes(), 0).unwrap();
+        let wide = format!("SBCReportType{}", "|c".repeat(32 * 1024));
+        assert!(matches!(m.map_cdr_line("10.0.0.1", wide.as_bytes(), 0), Err(CdrError::TooManyColumns)));
+        let wide_row = format!("CALL_START{}", "|x".repeat(32 * 1024));
+        assert!(matches!(m.map_cdr_line("10.0.0.1", wide_row.as_bytes(), 0), Err(CdrError::TooManyColumns)));
+        let session = line(SIGNALING, 1).split('|').nth(3).unwrap().trim().to_string();
+        let e = m.map_cdr_line("10.0.0.1", row.as_bytes(), 0).unwrap().unwrap();
+        assert_eq!(e.call_id.as_deref(), Some(session.as_str()));
+    }
+
+    #[test]
+    fn senders_speak_only_for_their_tenants() {
+        // Caller +33001: the rule gives fabrikam.
+        let rule =
+            TenantRule { tenant: "fabrikam".into(), number_prefix: Some("+33001".into()), ..TenantRule::default() };
+        let senders = [
+            SbcSender { sender: "10.0.0.1".into(), tenants: vec!["contoso".into()] },
+            SbcSender { sender: "10.0.0.2".into(), tenants: vec!["contoso".into(), "fabrikam".into()] },
+        ];
+        let row = line(SIGNALING, 1);
+        let mut m = SbcMapper::new("default", vec![rule]).with_senders(&senders);
+        let refused = m.map_cdr_line("10.0.0.1", row.as_bytes(), 0).unwrap_err();
+        assert_eq!(refused.to_string(), "sender 10.0.0.1 may not send for tenant \"fabrikam\"");
+        assert_eq!(tenant(&m.map_cdr_line("10.0.0.2", row.as_bytes(), 0).unwrap().unwrap()), "fabrikam");
+        let unknown = m.map_cdr_line("10.0.0.9", line(SIGNALING, 0).as_bytes(), 0).unwrap_err();
+        assert_eq!(unknown.to_string(), "sender 10.0.0.9 is not an SBC of [[sources.sbc_senders]]");
+        assert_eq!(m.parser.senders(), 0, "an unknown sender's titles are not kept");
+        // No rule matches: a sender of one tenant sends for it.
+        let mut m = SbcMapper::new("default", vec![]).with_senders(&senders);
+        assert_eq!(tenant(&m.map_cdr_line("10.0.0.1", row.as_bytes(), 0).unwrap().unwrap()), "contoso");
+    }
 }

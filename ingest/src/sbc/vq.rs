@@ -29,6 +29,9 @@ pub enum VqError {
     NotAReport(String),
     #[error("the report has no CallID")]
     NoCallId,
+    /// The sender may not send for the tenant (or for any).
+    #[error("{0}")]
+    Sender(String),
 }
 
 /// Session, interval or alert report.
