@@ -493,3 +493,23 @@ fn five_thousand_spoofed_sbc_senders_are_refused_and_the_sbc_is_served() {
         .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok());
     assert_eq!(unauthorized, Some(5000.0), "{text}");
 }
+
+#[test]
+fn made_up_event_names_do_not_grow_the_metrics() {
+    let run = Run::start(&format!(
+        "metrics_listen = \"127.0.0.1:0\"\n[sources]\nhttp = \"127.0.0.1:0\"\nsecret = \"{FORWARDER}\"\n"
+    ));
+    let envelopes: Vec<String> = (0..500)
+        .map(|i| {
+            format!(
+                r#"{{"id":"m{i}","topic":"/subscriptions/s/resourceGroups/g/providers/Microsoft.Communication/communicationServices/x","subject":"job/x","data":{{}},"eventType":"Microsoft.Communication.RouterJobMadeUp{i}","dataVersion":"1.0","metadataVersion":"1","eventTime":"2026-11-30T10:00:00Z"}}"#
+            )
+        })
+        .collect();
+    let (status, reply) = post(&run, "/acs/eventgrid", FORWARDER, &format!("[{}]", envelopes.join(",")));
+    assert_eq!(status, 200, "{reply}");
+    let text = common::scrape_metrics(&run.metrics.unwrap().to_string()).1;
+    let series: Vec<&str> = text.lines().filter(|l| l.starts_with("ccstream_ingest_unmapped_total{")).collect();
+    assert_eq!(series.len(), 1, "{series:?}");
+    assert!(series[0].contains("event=\"other\"") && series[0].ends_with(" 500"), "{series:?}");
+}

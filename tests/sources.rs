@@ -516,7 +516,7 @@ graph_url = "{graph}"
 notification_url = "https://ccstream.example.test"
 client_state = "state-42-7f3a9c1e5b"
 direct_routing_poll_s = 3600
-presence_users = ["b0000000-0000-4000-8000-00000000000b"]
+presence_users = ["b0000000-0000-4000-8000-00000000000b", "c0000000-0000-4000-8000-00000000000c"]
 presence_poll_s = 1
 "#
     ));
@@ -568,6 +568,10 @@ presence_poll_s = 1
         user = fake_graph::NOTIFIED
     );
     let r = http(http_addr, "POST", &format!("/graph/presence?code={SECRET}"), &[], presence_note.as_bytes());
+    assert_eq!(r.0, 202, "{}", r.1);
+    // One of a user not in presence_users: counted, neither fetched nor kept.
+    let stranger = presence_note.replace(fake_graph::NOTIFIED, "d0000000-0000-4000-8000-00000000000d");
+    let r = http(http_addr, "POST", &format!("/graph/presence?code={SECRET}"), &[], stranger.as_bytes());
     assert_eq!(r.0, 202, "{}", r.1);
     // Calling-bot notifications, forwarded by the bot service.
     for file in ["graph_comms_notification_incoming.json", "graph_comms_notification_established.json"] {

@@ -35,6 +35,12 @@ pub const REFOLDED_CALLS_TOTAL: &str = "ccstream_processor_refolded_calls_total"
 pub const EVICTED_CALLS_TOTAL: &str = "ccstream_processor_evicted_calls_total";
 pub const HELD_CALLS: &str = "ccstream_processor_held_calls";
 pub const HELD_PARTIALS: &str = "ccstream_processor_held_partials";
+pub const UNPUBLISHED_QUEUES: &str = "ccstream_kpi_unpublished_queues";
+
+/// (Tenant, queue) label pairs the KPI metrics carry at most: queue names come from the
+/// events, so a sender must not be able to grow the metrics without bound. Pairs past it
+/// are counted in [`UNPUBLISHED_QUEUES`] (the tables have them all).
+pub const MAX_QUEUE_SERIES: usize = 10_000;
 
 pub const KPI_OFFERED_TOTAL: &str = "ccstream_kpi_offered_calls_total";
 pub const KPI_ANSWERED_TOTAL: &str = "ccstream_kpi_answered_calls_total";
@@ -83,6 +89,8 @@ pub struct Telemetry {
     service_level: GaugeVec,
     /// Totals last reported per (tenant, queue), to turn state totals into counter increments.
     last: Mutex<HashMap<(String, String), [u64; 4]>>,
+    /// (Tenant, queue) pairs not published for [`MAX_QUEUE_SERIES`].
+    pub unpublished_queues: prometheus::IntGauge,
 }
 
 fn counter(r: &Registry, name: &str, help: &str) -> IntCounter {
@@ -205,6 +213,15 @@ impl Telemetry {
                 "Evicted calls folded again from the events table for a late event",
             ),
             evicted_calls: counter(&r, EVICTED_CALLS_TOTAL, "Written calls whose state left memory after retention"),
+            unpublished_queues: {
+                let g = prometheus::IntGauge::new(
+                    UNPUBLISHED_QUEUES,
+                    "(Tenant, queue) pairs left out of the ccstream_kpi_* metrics past their limit",
+                )
+                .expect("valid metric");
+                r.register(Box::new(g.clone())).expect("registered once");
+                g
+            },
             revisions,
             watermark_delay,
             pending_calls,
@@ -238,10 +255,16 @@ impl Telemetry {
     /// Publishes the live queues (summed over partitions by the caller), named.
     pub fn observe_queues(&self, queues: &[(String, String, LiveQueue)]) {
         let mut last = self.last.lock().unwrap_or_else(|p| p.into_inner());
+        let mut unpublished = 0;
         for (tenant, queue, q) in queues {
             let labels = [tenant.as_str(), queue.as_str()];
             let now = [q.offered, q.answered, q.abandoned, q.answered_within_sl];
-            let before = last.entry((tenant.clone(), queue.clone())).or_insert([0; 4]);
+            let key = (tenant.clone(), queue.clone());
+            if last.len() >= MAX_QUEUE_SERIES && !last.contains_key(&key) {
+                unpublished += 1;
+                continue;
+            }
+            let before = last.entry(key).or_insert([0; 4]);
             for (i, c) in [&self.offered, &self.answered, &self.abandoned, &self.answered_within_sl].iter().enumerate()
             {
                 // State only grows between restarts; a restart starts the counters again.
@@ -255,6 +278,7 @@ impl Telemetry {
                 self.service_level.with_label_values(&labels).set(q.interval_answered_within_sl as f64 / denom as f64);
             }
         }
+        self.unpublished_queues.set(unpublished);
     }
 
     /// The Prometheus text exposition of every metric.
@@ -262,5 +286,24 @@ impl Telemetry {
         let mut buf = Vec::new();
         TextEncoder::new().encode(&self.registry.gather(), &mut buf).expect("text encoding cannot fail");
         String::from_utf8(buf).expect("the text format is UTF-8")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn queue_names_past_the_limit_are_counted_not_published() {
+        let t = Telemetry::new();
+        let queues: Vec<(String, String, LiveQueue)> = (0..MAX_QUEUE_SERIES + 50)
+            .map(|i| ("t".to_string(), format!("q{i}"), LiveQueue { offered: 1, ..LiveQueue::default() }))
+            .collect();
+        t.observe_queues(&queues);
+        t.observe_queues(&queues);
+        let text = t.render();
+        let series = text.lines().filter(|l| l.starts_with(KPI_OFFERED_TOTAL) && l.contains('{')).count();
+        assert_eq!(series, MAX_QUEUE_SERIES);
+        assert_eq!(t.unpublished_queues.get(), 50);
     }
 }

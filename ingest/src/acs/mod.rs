@@ -165,9 +165,29 @@ pub struct TenantRule {
 #[derive(Debug, Clone, PartialEq)]
 pub enum Mapped {
     Event(Box<Event<'static>>),
-    /// A valid event with no canonical meaning (counted, not stored); the event name.
-    Unmapped(String),
+    /// A valid event with no canonical meaning (counted, not stored): its name if it is a
+    /// Job Router event ccstream knows, else `other` (a metric label takes only known
+    /// names, so a sender cannot grow the metrics).
+    Unmapped(&'static str),
 }
+
+/// The Job Router events ccstream knows without mapping them: the label values of
+/// `ccstream_ingest_unmapped_total`.
+const KNOWN_UNMAPPED: [&str; 13] = [
+    "RouterJobClassificationFailed",
+    "RouterJobClassified",
+    "RouterJobDeleted",
+    "RouterJobExceptionTriggered",
+    "RouterJobReceived",
+    "RouterJobSchedulingFailed",
+    "RouterJobUnassigned",
+    "RouterJobWaitingForActivation",
+    "RouterJobWorkerSelectorsExpired",
+    "RouterWorkerOfferDeclined",
+    "RouterWorkerOfferExpired",
+    "RouterWorkerOfferRevoked",
+    "RouterWorkerUpdated",
+];
 
 /// Maps ACS envelopes to canonical events.
 #[derive(Debug, Clone)]
@@ -218,7 +238,9 @@ impl AcsMapper {
         } else {
             Some(EventType::CallState)
         };
-        let Some(event_type) = call_type else { return Ok(Mapped::Unmapped(name.to_string())) };
+        let Some(event_type) = call_type else {
+            return Ok(Mapped::Unmapped(KNOWN_UNMAPPED.iter().find(|k| **k == name).copied().unwrap_or("other")));
+        };
         let time = e.time.as_deref().ok_or_else(|| AcsError::Missing { id: e.id.clone(), field: "eventTime" })?;
         let at = parse_rfc3339_ms(time).map_err(|_| AcsError::Bad {
             id: e.id.clone(),

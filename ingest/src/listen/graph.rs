@@ -129,7 +129,12 @@ pub struct GraphLink {
     fetch: mpsc::Sender<String>,
     lifecycle: mpsc::Sender<Lifecycle>,
     presence: Mutex<Tracker>,
+    /// A permit per presence fetch under way (notifications start them).
+    pub(super) presence_fetches: Arc<tokio::sync::Semaphore>,
 }
+
+/// Presence fetches under way per link, at most.
+const PRESENCE_FETCHES: usize = 4;
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
@@ -150,6 +155,7 @@ impl GraphLink {
             fetch,
             lifecycle,
             presence: Mutex::new(Tracker::default()),
+            presence_fetches: Arc::new(tokio::sync::Semaphore::new(PRESENCE_FETCHES)),
         });
         tokio::spawn(fetcher(Arc::clone(&link), Arc::clone(ctx), fetch_rx));
         tokio::spawn(keeper(Arc::clone(&link), Arc::clone(ctx), lifecycle_rx));
@@ -180,13 +186,27 @@ impl GraphLink {
         let _ = self.lifecycle.try_send(what);
     }
 
-    /// Turns presence observations into events (notifications and polls).
+    /// Whether the presence of `user` is followed (`presence_users`).
+    pub fn follows(&self, user: &str) -> bool {
+        self.config.presence_users.iter().any(|u| u.eq_ignore_ascii_case(user))
+    }
+
+    /// Turns presence observations into events (notifications and polls). Only the users
+    /// of `presence_users` are followed: an observation of anyone else is dropped and
+    /// counted (`ccstream_ingest_unmapped_total{event="unknown_user"}`), so the state held
+    /// per user stays bounded by the config.
     pub fn observe_presence(
         &self,
         observed: &[presence::Presence],
         now_ms: i64,
+        telemetry: &crate::telemetry::Telemetry,
     ) -> Vec<ccstream_schemas::Event<'static>> {
-        lock(&self.presence).observe(observed, &self.config.tenant, now_ms)
+        let (known, unknown): (Vec<presence::Presence>, Vec<presence::Presence>) =
+            observed.iter().cloned().partition(|p| self.follows(&p.id));
+        if !unknown.is_empty() {
+            telemetry.unmapped.with_label_values(&[presence::SOURCE, "unknown_user"]).inc_by(unknown.len() as u64);
+        }
+        lock(&self.presence).observe(&known, &self.config.tenant, now_ms)
     }
 
     async fn token(&self) -> Result<String, GraphError> {
@@ -617,7 +637,7 @@ pub(super) async fn fetch_presence(link: &GraphLink, ctx: &Context, ids: &[Strin
     let mut batch = Batch::new(presence::SOURCE);
     match presence::parse(&body) {
         Ok(observed) => {
-            for e in link.observe_presence(&observed, now) {
+            for e in link.observe_presence(&observed, now, &ctx.telemetry) {
                 batch.event(e, now);
             }
         }

@@ -449,14 +449,27 @@ async fn graph_presence(State(ctx): State<Arc<Context>>, req: Request<Body>) -> 
     let mut by_link: Vec<(Arc<GraphLink>, Vec<String>)> = Vec::new();
     for (n, link) in valid {
         let Some(id) = n.resource_id() else { continue };
+        if !link.follows(&id) {
+            ctx.telemetry.unmapped.with_label_values(&[presence::SOURCE, "unknown_user"]).inc();
+            continue;
+        }
         match by_link.iter_mut().find(|(l, _)| Arc::ptr_eq(l, &link)) {
-            Some((_, ids)) => ids.push(id),
+            Some((_, ids)) if !ids.contains(&id) => ids.push(id),
+            Some(_) => {}
             None => by_link.push((link, vec![id])),
         }
     }
     for (link, ids) in by_link {
+        // A bounded number of fetches per link: past it the notification is dropped and
+        // counted (the next one, or the poll, brings the presence).
+        let Ok(permit) = Arc::clone(&link.presence_fetches).try_acquire_owned() else {
+            ctx.telemetry.requests_refused.with_label_values(&["presence_busy"]).inc();
+            tracing::warn!(tenant = %link.config.tenant, "presence notification dropped: fetches under way");
+            continue;
+        };
         let ctx = Arc::clone(&ctx);
         tokio::spawn(async move {
+            let _permit = permit;
             if let Err(e) = graph::fetch_presence(&link, &ctx, &ids).await {
                 tracing::warn!(error = %e, "Graph presence notification failed");
             }
@@ -534,7 +547,7 @@ fn map_delivery(
             Ok(Mapped::Unmapped(name)) => {
                 unmapped += 1;
                 let source = if e.cloud_event { acs::SOURCE_CALL_AUTOMATION } else { acs::SOURCE_JOBROUTER };
-                ctx.telemetry.unmapped.with_label_values(&[source, &name]).inc();
+                ctx.telemetry.unmapped.with_label_values(&[source, name]).inc();
             }
             Err(err) => {
                 let source = if e.cloud_event { acs::SOURCE_CALL_AUTOMATION } else { acs::SOURCE_JOBROUTER };

@@ -10,6 +10,9 @@
 //!   (`first_leg` / `next`): a call has one to three legs, so a scan beats a hash map.
 //! - Event ids folded so far, per call, in an arena of 4-id blocks chained from the call:
 //!   dedup looks only at the call's own ids (a handful, in cache), never at a global set.
+//!   A call with more than [`BLOCK_IDS`] events (no real call has) keeps its ids in a hash
+//!   set instead, so a sender that piles events on one call costs a probe per event, not a
+//!   scan.
 //!
 //! In arrival order only a few hundred calls are open at a time, so the entries an event
 //! touches are almost always in cache; the cost per event is a hash probe and a few adds.
@@ -57,6 +60,8 @@ use crate::batch::{DecodedBatch, Dictionaries, INVALID, NONE, NO_CALL};
 use crate::Result;
 
 const NO_LEG: u32 = u32::MAX;
+/// Event ids a call keeps in its blocks; past them, in `CallFold::many_ids`.
+const BLOCK_IDS: usize = 16;
 const NO_BLOCK: u32 = u32::MAX;
 const MIN_NONE: i64 = i64::MAX;
 const MAX_NONE: i64 = i64::MIN;
@@ -380,6 +385,8 @@ pub struct CallFold {
     legs: Vec<LegAcc>,
     eid_blocks: Vec<[IdKey; 4]>,
     eid_next: Vec<u32>,
+    /// (Call position, event id) of the calls with more than [`BLOCK_IDS`] events.
+    many_ids: hashbrown::HashSet<(u32, IdKey), FixedState>,
     /// (Tenant, id) of the events that belong to no call (agent state, presence…), for dedup.
     other_ids: hashbrown::HashSet<(u32, IdKey), FixedState>,
     /// For every row of the last batch: whether it was the first copy of a valid event.
@@ -447,6 +454,7 @@ impl CallFold {
             legs: Vec::new(),
             eid_blocks: Vec::new(),
             eid_next: Vec::new(),
+            many_ids: hashbrown::HashSet::with_hasher(FixedState::with_seed(0x0a11_1d5e)),
             other_ids: hashbrown::HashSet::with_hasher(FixedState::with_seed(0x007e_41d5)),
             first_copy: Vec::new(),
             row_call: Vec::new(),
@@ -631,6 +639,13 @@ impl CallFold {
     fn remember(&mut self, call: usize, eid: IdKey) -> bool {
         let acc = &self.calls[call];
         let n = acc.n_events as usize;
+        if n >= BLOCK_IDS {
+            if !self.many_ids.insert((call as u32, eid)) {
+                return false;
+            }
+            self.calls[call].n_events += 1;
+            return true;
+        }
         let mut block = acc.eid_block;
         let mut in_block = if n == 0 { 0 } else { (n - 1) % 4 + 1 };
         while block != NO_BLOCK {
@@ -651,7 +666,23 @@ impl CallFold {
             self.eid_blocks[acc.eid_block as usize][n % 4] = eid;
         }
         acc.n_events += 1;
+        if n + 1 == BLOCK_IDS {
+            self.spill_ids(call);
+        }
         true
+    }
+
+    /// Copies call `c`'s [`BLOCK_IDS`] ids from its blocks to `many_ids`, which holds its
+    /// ids from now on.
+    #[cold]
+    fn spill_ids(&mut self, c: usize) {
+        let mut block = self.calls[c].eid_block;
+        while block != NO_BLOCK {
+            for &id in &self.eid_blocks[block as usize] {
+                self.many_ids.insert((c as u32, id));
+            }
+            block = self.eid_next[block as usize];
+        }
     }
 
     #[inline]
@@ -1146,6 +1177,13 @@ impl CallFold {
             self.index.insert_unique(c.hash(hasher), i as u32, |&j| accs[j as usize].hash(hasher));
         }
         let map = |c: u32| remap[c as usize];
+        if !self.many_ids.is_empty() {
+            self.many_ids = std::mem::take(&mut self.many_ids)
+                .into_iter()
+                .filter(|(c, _)| map(*c) != u32::MAX)
+                .map(|(c, id)| (map(c), id))
+                .collect();
+        }
         self.dirty_calls = self.dirty_calls.iter().map(|&c| map(c)).filter(|&c| c != u32::MAX).collect();
         self.refold = self.refold.iter().map(|&c| map(c)).filter(|&c| c != u32::MAX).collect();
         self.before = std::mem::take(&mut self.before)
@@ -1999,5 +2037,46 @@ fn less(names: &crate::batch::Names, a: u32, b: u32) -> bool {
         (_, true) => a != NONE,
         (true, false) => false,
         _ => names.name(a) < names.name(b),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::batch::Decoder;
+    use ccstream_schemas::Event;
+
+    /// Folds `events` (JSON lines) as one batch; returns the first-copy flags.
+    fn fold(fold: &mut CallFold, decoder: &mut Decoder, events: &[String]) -> Vec<bool> {
+        let parsed: Vec<(Event<'_>, ccstream_schemas::Validated)> = events
+            .iter()
+            .map(|l| {
+                let e = Event::from_json(l).unwrap();
+                let v = e.validate().unwrap();
+                (e, v)
+            })
+            .collect();
+        let mut out = DecodedBatch::default();
+        decoder.decode_events(&parsed, &mut out);
+        fold.update(&out, &decoder.dicts);
+        fold.first_copy().to_vec()
+    }
+
+    fn hold(id: usize) -> String {
+        format!(
+            r#"{{"event_id":"h{id}","tenant_id":"t","call_id":"c","agent_id":"a","event_type":"hold_started","occurred_at":"2026-11-30T10:00:00Z"}}"#
+        )
+    }
+
+    #[test]
+    fn a_call_with_many_events_keeps_deduplicating_them() {
+        let (mut f, mut d) = (CallFold::new(0), Decoder::new());
+        let first: Vec<String> = (0..10 * BLOCK_IDS).map(hold).collect();
+        assert!(fold(&mut f, &mut d, &first).iter().all(|x| *x));
+        // Copies of ids from before and after the spill, and new ids.
+        let again = vec![hold(0), hold(BLOCK_IDS - 1), hold(BLOCK_IDS), hold(10 * BLOCK_IDS - 1), hold(10 * BLOCK_IDS)];
+        assert_eq!(fold(&mut f, &mut d, &again), vec![false, false, false, false, true]);
+        assert_eq!(f.stats().duplicates, 4);
+        assert_eq!(f.many_ids.len(), 10 * BLOCK_IDS + 1);
     }
 }
