@@ -129,7 +129,9 @@ pub fn parse_rfc3339_ms(s: &str) -> Result<i64, TimeError> {
 /// UTC epoch milliseconds of a calendar date and time of day, or `None` when a field is out
 /// of range (for sources whose timestamps are not RFC 3339).
 pub fn utc_ms(year: i64, month: u32, day: u32, hour: u32, min: u32, sec: u32, ms: u32) -> Option<i64> {
-    if !(1..=12).contains(&month)
+    // Years of four digits, as RFC 3339 writes them: the arithmetic below cannot overflow.
+    if !(0..=9999).contains(&year)
+        || !(1..=12).contains(&month)
         || day == 0
         || day > days_in_month(year, month)
         || hour > 23

@@ -225,8 +225,8 @@ impl SbcMapper {
                 e.jitter_ms = cdr.int(Col::RtpJitter)?.map(|v| v as f64);
                 e.round_trip_ms = cdr.int(Col::RtpDelay)?.map(|v| v as f64);
                 e.packet_loss_rate = match (cdr.int(Col::InPackets)?, cdr.int(Col::LocalPackLoss)?) {
-                    (Some(received), Some(lost)) if received + lost > 0 && received >= 0 && lost >= 0 => {
-                        Some(lost as f64 / (received + lost) as f64)
+                    (Some(received), Some(lost)) if received >= 0 && lost >= 0 => {
+                        received.checked_add(lost).filter(|&n| n > 0).map(|n| lost as f64 / n as f64)
                     }
                     _ => None,
                 };
@@ -470,6 +470,24 @@ mod tests {
         let session = line(SIGNALING, 1).split('|').nth(3).unwrap().trim().to_string();
         let e = m.map_cdr_line("10.0.0.1", row.as_bytes(), 0).unwrap().unwrap();
         assert_eq!(e.call_id.as_deref(), Some(session.as_str()));
+    }
+
+    #[test]
+    fn times_and_counters_past_their_range_are_errors_not_wrapped_values() {
+        let mut m = SbcMapper::new("default", vec![]);
+        let row = line(SIGNALING, 1);
+        let setup = row.split('|').nth(18).unwrap().trim().to_string();
+        let year = setup.rsplit(' ').next().unwrap();
+        let far = row.replace(&setup, &setup.replace(year, "4294967295"));
+        let err = m.map_cdr_line("10.0.0.1", far.as_bytes(), 0).unwrap_err();
+        assert!(matches!(err, CdrError::Field { column: "SetupTime", .. }), "{err}");
+        // Packet counts that overflow when added: no loss rate, no panic.
+        let mut media: Vec<String> = line(MEDIA, 2).split('|').map(str::to_string).collect();
+        let at = |name: &str| line(MEDIA, 0).split('|').position(|t| t.trim() == name).unwrap();
+        media[at("InPackets")] = i64::MAX.to_string();
+        media[at("LocalPackLoss")] = i64::MAX.to_string();
+        let e = m.map_cdr_line("10.0.0.1", media.join("|").as_bytes(), 0).unwrap().unwrap();
+        assert_eq!(e.packet_loss_rate, None);
     }
 
     #[test]

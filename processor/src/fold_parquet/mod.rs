@@ -167,6 +167,11 @@ impl FoldParquet {
     pub fn open(file: Bytes) -> std::result::Result<Self, String> {
         let meta = ParquetMetaDataReader::new().parse_and_finish(&file).map_err(|e| e.to_string())?;
         let leaves = supported(&meta)?;
+        // Row counts size what the pages may hold: they must add up.
+        let groups = meta.row_groups().iter().map(|g| g.num_rows());
+        if groups.clone().any(|n| n < 0) || groups.sum::<i64>() != meta.file_metadata().num_rows() {
+            return Err("the row groups' row counts do not add up to the file's".into());
+        }
         Ok(FoldParquet {
             file,
             meta: Arc::new(meta),
@@ -258,7 +263,9 @@ impl FoldParquet {
                 continue;
             };
             let meta = rg.column(leaf);
-            let (start, len) = meta.byte_range();
+            // Not `byte_range()`: it asserts that the footer's offsets are not negative.
+            let (start, len) =
+                (meta.dictionary_page_offset().unwrap_or(meta.data_page_offset()), meta.compressed_size());
             let chunk = usize::try_from(start)
                 .ok()
                 .zip(usize::try_from(len).ok())
@@ -268,12 +275,13 @@ impl FoldParquet {
                 .ok_or_else(|| fail(c)(format!("column chunk at {start}+{len} lies outside the file")))?;
             let nullable = meta.column_descr().max_def_level() > 0;
             let fixed = (KINDS[c] == Kind::Time || KINDS[c] == Kind::Float).then_some(8);
-            let cursor = Cursor::new(chunk, meta.compression(), nullable, fixed).map_err(fail(c))?;
+            let rows = usize::try_from(rg.num_rows()).map_err(|_| fail(c)("a negative row count".into()))?;
+            let cursor = Cursor::new(chunk, meta.compression(), nullable, fixed, rows).map_err(fail(c))?;
             let column = Column::new(KINDS[c], cursor).map_err(fail(c))?;
             self.columns.push(Some(column));
         }
         self.group = g;
-        self.group_left = usize::try_from(rg.num_rows()).unwrap_or(0);
+        self.group_left = usize::try_from(rg.num_rows()).unwrap_or(0); // checked in `open`
         Ok(())
     }
 }
@@ -648,8 +656,21 @@ impl Codec {
         })
     }
 
-    /// `src` decompressed into `out` (replacing its contents), which must come to `size` bytes.
+    /// `src` decompressed into `out` (replacing its contents), which must come to `size` bytes
+    /// (at most [`MAX_PAGE_BYTES`]): the size a header claims is checked against the
+    /// compressed data's own before it sizes a buffer.
     fn decompress(&mut self, src: &[u8], size: usize, out: &mut Vec<u8>) -> std::result::Result<(), String> {
+        if size > MAX_PAGE_BYTES {
+            return Err(format!("a page of {size} bytes (more than {MAX_PAGE_BYTES})"));
+        }
+        let claimed = match self {
+            Codec::None => None,
+            Codec::Snappy(_) => Some(snap::raw::decompress_len(src).map_err(|e| format!("Snappy: {e}"))? as u64),
+            Codec::Zstd(_) => zstd::zstd_safe::get_frame_content_size(src).ok().flatten(),
+        };
+        if let Some(n) = claimed.filter(|&n| n != size as u64) {
+            return Err(format!("a page's data decompresses to {n} bytes where its header says {size}"));
+        }
         let n = match self {
             Codec::None => {
                 out.clear();
@@ -696,9 +717,16 @@ struct Cursor {
     indices: Vec<u32>,
     next_index: usize,
     next_value: usize,
+    /// Rows of the row group that no data page has held yet.
+    rows_left: usize,
 }
 
 const SHORT: &str = "a page ends before its values do";
+
+/// A page decompressed, at most (bytes): writers make pages of about 1 MiB.
+const MAX_PAGE_BYTES: usize = 256 << 20;
+/// Values of one page, at most: writers make pages of 20,000 rows or about 1 MiB.
+const MAX_PAGE_VALUES: usize = 1 << 24;
 
 impl Cursor {
     /// A cursor at the start of `chunk`, its dictionary page (if it has one) read.
@@ -707,8 +735,10 @@ impl Cursor {
         compression: Compression,
         nullable: bool,
         fixed: Option<usize>,
+        rows: usize,
     ) -> std::result::Result<Self, String> {
         let mut c = Cursor {
+            rows_left: rows,
             chunk,
             pos: 0,
             codec: Codec::new(compression)?,
@@ -778,6 +808,16 @@ impl Cursor {
     /// Moves to the next data page with rows; false at the chunk's end.
     fn next_data_page(&mut self) -> std::result::Result<bool, String> {
         while let Some((h, body)) = self.peek()? {
+            if h.page_type == DATA_PAGE || h.page_type == DATA_PAGE_V2 {
+                // A page's value count sizes the validity and index buffers.
+                if h.num_values > self.rows_left.min(MAX_PAGE_VALUES) {
+                    return Err(format!(
+                        "a page of {} values where its row group has {} rows left",
+                        h.num_values, self.rows_left
+                    ));
+                }
+                self.rows_left -= h.num_values;
+            }
             let chunk = self.chunk.clone();
             let body = &chunk[body];
             let values_at = match h.page_type {

@@ -365,3 +365,54 @@ proptest::proptest! {
         let _ = read_all(file.into());
     }
 }
+
+/// A Thrift compact `i32` field `delta` ids after the previous one.
+fn i32_field(delta: u8, v: i32, out: &mut Vec<u8>) {
+    out.push(delta << 4 | 5);
+    let mut z = ((v << 1) ^ (v >> 31)) as u32;
+    while z >= 0x80 {
+        out.push(z as u8 | 0x80);
+        z >>= 7;
+    }
+    out.push(z as u8);
+}
+
+/// A v1 data page (`PLAIN`, RLE levels) claiming `uncompressed` bytes and `values`
+/// values, with `body` as its data.
+fn hostile_page(uncompressed: i32, values: i32, body: &[u8]) -> Bytes {
+    let mut b = Vec::new();
+    i32_field(1, DATA_PAGE, &mut b);
+    i32_field(1, uncompressed, &mut b);
+    i32_field(1, body.len() as i32, &mut b);
+    b.push(2 << 4 | 12); // field 5: the data page header
+    i32_field(1, values, &mut b);
+    i32_field(1, Encoding::PLAIN as i32, &mut b);
+    i32_field(1, Encoding::RLE as i32, &mut b);
+    i32_field(1, Encoding::RLE as i32, &mut b);
+    b.extend_from_slice(&[0, 0]);
+    b.extend_from_slice(body);
+    b.into()
+}
+
+#[test]
+fn a_page_claiming_a_huge_size_is_refused_before_anything_is_allocated() {
+    let body = snap::raw::Encoder::new().compress_vec(&[7u8; 64]).unwrap();
+    for (claimed, want) in
+        [(i32::MAX, "more than"), (1_000_000, "decompresses to 64 bytes where its header says 1000000")]
+    {
+        let chunk = hostile_page(claimed, 8, &body);
+        let mut c = Cursor::new(chunk, Compression::SNAPPY, false, Some(8), 8).unwrap();
+        let err = c.next_data_page().unwrap_err();
+        assert!(err.contains(want), "{err}");
+        assert!(c.page.capacity() < 1 << 20, "{} bytes allocated", c.page.capacity());
+    }
+}
+
+#[test]
+fn a_page_claiming_more_values_than_its_row_group_has_is_refused() {
+    let chunk = hostile_page(16, i32::MAX, &[0u8; 16]);
+    let mut c = Cursor::new(chunk, Compression::UNCOMPRESSED, true, Some(8), 100).unwrap();
+    let err = c.next_data_page().unwrap_err();
+    assert!(err.contains("values where its row group has 100 rows left"), "{err}");
+    assert!(c.valid.capacity() < 1024, "{} words allocated", c.valid.capacity());
+}
