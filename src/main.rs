@@ -84,8 +84,18 @@ mod sql;
 #[derive(Debug, Parser)]
 #[command(name = "ccstream", version, about, propagate_version = true)]
 struct Cli {
+    /// Log lines on stderr as text, or as JSON objects (one per line, with their fields)
+    #[arg(long, global = true, env = "CCSTREAM_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
+}
+
+/// How log lines are written (`--log-format`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
 }
 
 #[derive(Debug, Subcommand)]
@@ -124,7 +134,11 @@ fn main() -> ExitCode {
             "warn,ccstream=info,ccstream_query=info,ccstream_ingest=info,ccstream_processor=info,ccstream_eventlog=info",
         )
     });
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    let logs = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match cli.log_format {
+        LogFormat::Text => logs.init(),
+        LogFormat::Json => logs.json().flatten_event(true).with_current_span(false).init(),
+    }
     tune_allocator(&cli.command);
     let runtime = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
         Ok(rt) => rt,

@@ -154,10 +154,17 @@ fn the_webhook_listener_does_not_start_without_credentials() {
     let out = common::ccstream_raw(&["run", "--config", config.to_str().unwrap(), "--until-caught-up"]);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && stderr.contains("16 to 512 bytes"), "{stderr}");
-    // Said in so many words, it starts.
+    // Said in so many words, it starts, and warns (here as a JSON log line).
     write("insecure = true\n");
-    let out = common::ccstream_raw(&["run", "--config", config.to_str().unwrap(), "--until-caught-up"]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let args = ["--log-format", "json", "run", "--config", config.to_str().unwrap(), "--until-caught-up"];
+    let out = common::ccstream_raw(&args);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let warning = stderr
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .find(|v| v["level"] == "WARN" && v["message"].as_str().is_some_and(|m| m.contains("insecure")));
+    assert!(warning.is_some_and(|w| w["target"].is_string() && w["timestamp"].is_string()), "{stderr}");
 }
 
 #[test]
