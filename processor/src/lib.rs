@@ -34,6 +34,17 @@ pub enum Error {
         #[source]
         source: Box<deltalake::DeltaTableError>,
     },
+    #[error(
+        "another processor committed offsets of {app_ids:?} to {table} meanwhile: nothing of this commit \
+         landed (it is not retried, so no row is written twice); restart the processor to re-read the tables"
+    )]
+    OffsetsTaken { table: String, app_ids: Vec<String> },
+    #[error("making {path} durable: {source}")]
+    Sync {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("reading a table back: {0}")]
     ReadTable(#[from] deltalake::datafusion::error::DataFusionError),
     #[error("a write to {table} gave runs covering {covered} of its {rows} rows")]

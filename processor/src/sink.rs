@@ -11,7 +11,14 @@
 //! one consumer group commit to the same tables side by side. Their commits declare what
 //! they read (`"partition" IN (…)`), so Delta's conflict check lets commits on other
 //! partitions through; a commit that loses a race on its own partitions (a rebalance in
-//! flight) is rebuilt on the newer snapshot and retried.
+//! flight) is rebuilt on the newer snapshot and retried — unless the winner recorded
+//! offsets of the same log partitions (`txn` actions of the same app ids): then the rows
+//! may be in the table already, and the commit fails ([`Error::OffsetsTaken`]) instead of
+//! landing them twice.
+//!
+//! On local disk, a commit's data files (and their directories) are fsynced before the
+//! commit that references them, and the commit's log entry after it lands: a power cut
+//! never leaves a committed version pointing at missing bytes.
 
 use std::sync::Arc;
 
@@ -889,6 +896,18 @@ impl Overwrite {
         // partition that moved here) is retried on the newer snapshot: the files this
         // commit replaces are computed again, the new files stay.
         const ATTEMPTS: usize = 8;
+        let local = local_root(&self.location);
+        if let Some(root) = &local {
+            let files: Vec<String> = self
+                .adds
+                .iter()
+                .filter_map(|a| match a {
+                    Action::Add(add) => Some(add.path.clone()),
+                    _ => None,
+                })
+                .collect();
+            sync_files(root.clone(), files, false).await?;
+        }
         for attempt in 1..=ATTEMPTS {
             let mut actions = self.adds.clone();
             actions.append(&mut self.removes);
@@ -907,7 +926,21 @@ impl Overwrite {
                 .build(Some(snapshot), self.table.log_store(), operation.clone())
                 .await;
             match done {
-                Ok(c) => return Ok((self.rows, c.version())),
+                Ok(c) => {
+                    if let Some(root) = local {
+                        sync_files(root, vec![format!("_delta_log/{:020}.json", c.version())], true).await?;
+                    }
+                    return Ok((self.rows, c.version()));
+                }
+                Err(deltalake::DeltaTableError::Transaction {
+                    source:
+                        deltalake::kernel::transaction::TransactionError::CommitConflict(
+                            deltalake::kernel::transaction::CommitConflictError::ConcurrentTransaction,
+                        ),
+                }) => {
+                    let app_ids = self.transactions.iter().map(|(id, _)| id.clone()).collect();
+                    return Err(Error::OffsetsTaken { table: self.name.clone(), app_ids });
+                }
                 Err(deltalake::DeltaTableError::Transaction {
                     source: deltalake::kernel::transaction::TransactionError::CommitConflict(_),
                 }) if attempt < ATTEMPTS => {
@@ -926,6 +959,39 @@ impl Overwrite {
         }
         unreachable!("the last attempt returns")
     }
+}
+
+/// The directory of a table at `location` when it is on local disk (`file://`).
+fn local_root(location: &str) -> Option<std::path::PathBuf> {
+    Url::parse(location).ok().filter(|u| u.scheme() == "file").and_then(|u| u.to_file_path().ok())
+}
+
+/// Fsyncs `files` (paths under `root`) and the directories that hold them, up to `root`
+/// (and `root` itself when `with_root`; a new file's entry is in its parent directory).
+async fn sync_files(root: std::path::PathBuf, files: Vec<String>, with_root: bool) -> Result<()> {
+    tokio::task::spawn_blocking(move || {
+        let sync = |path: &std::path::Path| {
+            std::fs::File::open(path)
+                .and_then(|f| f.sync_all())
+                .map_err(|source| Error::Sync { path: path.display().to_string(), source })
+        };
+        let mut dirs = std::collections::BTreeSet::new();
+        for f in &files {
+            let path = root.join(f);
+            sync(&path)?;
+            let mut dir = path.parent();
+            while let Some(d) = dir.filter(|d| d.starts_with(&root) && *d != root) {
+                dirs.insert(d.to_path_buf());
+                dir = d.parent();
+            }
+        }
+        if with_root || !files.is_empty() {
+            dirs.insert(root.clone());
+        }
+        dirs.iter().try_for_each(|d| sync(d))
+    })
+    .await
+    .map_err(|e| Error::Sync { path: "(the sync task)".into(), source: std::io::Error::other(e) })?
 }
 
 #[cfg(test)]

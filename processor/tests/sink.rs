@@ -369,3 +369,34 @@ async fn an_abandoned_write_leaves_the_table_and_its_files_as_they_were() {
     let back = store.read_where(TABLE_EVENTS, None, false).await.unwrap();
     assert_eq!(rows(&back), rows(&[events.slice(0, 300)]), "the table reads as before");
 }
+
+/// Two processors that both think they own log partition 0 (a rebalance in flight) append
+/// the same offsets' rows: the second commit fails instead of landing the rows twice, and a
+/// commit of another partition's offsets, racing the same way, still lands.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_commit_of_offsets_another_committed_meanwhile_fails_instead_of_landing_twice() {
+    let events = fixture_events();
+    let dir = tempfile::tempdir().unwrap();
+    let store = TableStore::new(dir.path().to_str().unwrap()).unwrap();
+    let writer = |slice: RecordBatch, offsets: Vec<(String, i64)>| {
+        let store = &store;
+        async move {
+            let mut w = store.append_streaming(TABLE_EVENTS, events_schema(), usize::MAX).await.unwrap();
+            w.write(slice).await.unwrap();
+            w.with_transactions(&offsets);
+            w
+        }
+    };
+    writer(events.slice(0, 10), vec![("p0".into(), 10)]).await.commit().await.unwrap();
+    let a = writer(events.slice(10, 10), vec![("p0".into(), 20)]).await;
+    let b = writer(events.slice(10, 10), vec![("p0".into(), 20)]).await;
+    let other = writer(events.slice(20, 10), vec![("p1".into(), 5)]).await;
+    a.commit().await.unwrap();
+    let err = b.commit().await.unwrap_err();
+    assert!(matches!(&err, Error::OffsetsTaken { app_ids, .. } if app_ids == &["p0".to_string()]), "{err}");
+    other.commit().await.unwrap();
+    let back = store.read_where(TABLE_EVENTS, None, false).await.unwrap();
+    assert_eq!(rows(&back), rows(&[events.slice(0, 30)]));
+    let ids = ["p0".to_string(), "p1".to_string()];
+    assert_eq!(store.transaction_versions(TABLE_EVENTS, &ids).await.unwrap(), [Some(20), Some(5)]);
+}
