@@ -12,7 +12,13 @@ the webhook server, fed at a set rate; reports, per protocol, the rate sent and 
 - syslog TCP: `--tcp-lines` lines, LF-framed, as fast as one connection takes them.
 - webhooks: `POST /events` with `--http-batch` canonical events per request from
   `--http-threads` threads; each request is acknowledged only once durable, so the rate is
-  end to end (to the log).
+  end to end (to the log); p50/p99 of the acknowledgement latency.
+
+With `--abuse` (`off`, `on`, or `both`: a run without, then a fresh one with) an abusive
+client runs beside the well-formed load: 64 slowloris connections to the webhooks and 64 to
+syslog/TCP (a byte every 200 ms, reopened when cut off), 2,000 garbage datagrams/s to
+syslog/UDP, and 256 KiB bodies of garbage lines posted to `/events` back to back. Loss is
+counted on accepted events (what the well-formed load sent minus what became events).
 
 Everything runs on one machine (the sender competes with ccstream for the CPUs).
 """
@@ -46,6 +52,67 @@ def wait_for(addr, name, source, target, timeout=60):
     return scrape(addr, name, source)
 
 
+SECRET = "load-secret-0123456789"
+
+
+class Abuser:
+    """The abusive client: slowloris on HTTP and syslog/TCP, garbage over UDP and HTTP."""
+
+    def __init__(self, addrs):
+        self.addrs, self.stop, self.threads = addrs, threading.Event(), []
+        self.garbage_posts = self.cut = 0
+
+    def start(self):
+        for name, head in [("http", b"POST /events HTTP/1.1\r\nHost: x\r\nX-Pad: " + b"a" * 4000),
+                           ("syslog_tcp", b"<134>a line that never ends " * 200)]:
+            for _ in range(64):
+                self.threads.append(threading.Thread(target=self.slowloris, args=(name, head), daemon=True))
+        self.threads.append(threading.Thread(target=self.udp_garbage, daemon=True))
+        self.threads.append(threading.Thread(target=self.http_garbage, daemon=True))
+        [t.start() for t in self.threads]
+
+    def finish(self):
+        self.stop.set()
+        [t.join(timeout=5) for t in self.threads]
+
+    def addr(self, name):
+        host, port = self.addrs[name].rsplit(":", 1)
+        return host, int(port)
+
+    def slowloris(self, name, head):
+        while not self.stop.is_set():
+            try:
+                s = socket.create_connection(self.addr(name), timeout=5)
+                for b in head:
+                    if self.stop.is_set():
+                        break
+                    s.send(bytes([b]))
+                    time.sleep(0.2)
+            except OSError:
+                self.cut += 1
+                time.sleep(0.1)
+
+    def udp_garbage(self):
+        u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        junk = b"<134>garbage, not a CDR | at all\n" * 30
+        while not self.stop.is_set():
+            start = time.time()
+            for _ in range(200):
+                u.sendto(junk, self.addr("syslog_udp"))
+            time.sleep(max(0.0, 0.1 - (time.time() - start)))
+
+    def http_garbage(self):
+        body = b"garbage, not an event\n" * (256 * 1024 // 22)
+        while not self.stop.is_set():
+            try:
+                c = http.client.HTTPConnection(*self.addr("http"), timeout=60)
+                c.request("POST", "/events", body=body, headers={"Authorization": f"Bearer {SECRET}"})
+                c.getresponse().read()
+                self.garbage_posts += 1
+            except OSError:
+                time.sleep(0.1)
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--ccstream", required=True)
@@ -55,7 +122,14 @@ def main():
     ap.add_argument("--http-requests", type=int, default=2000)
     ap.add_argument("--http-batch", type=int, default=100)
     ap.add_argument("--http-threads", type=int, default=4)
+    ap.add_argument("--abuse", choices=["off", "on", "both"], default="off")
     a = ap.parse_args()
+    for abuse in {"off": [False], "on": [True], "both": [False, True]}[a.abuse]:
+        print(f"\n== {'with' if abuse else 'without'} the abusive client ==")
+        run(a, abuse)
+
+
+def run(a, abuse):
     d = tempfile.mkdtemp(prefix="ccstream-load-")
     cfg = f"{d}/ccstream.toml"
     with open(cfg, "w") as f:
@@ -67,7 +141,7 @@ metrics_listen = "127.0.0.1:0"
 syslog_udp = "127.0.0.1:0"
 syslog_tcp = "127.0.0.1:0"
 http = "127.0.0.1:0"
-secret = "load"
+secret = "{SECRET}"
 """)
     proc = subprocess.Popen([a.ccstream, "run", "--config", cfg, "--listen-file", f"{d}/metrics", "--sources-listen-file", f"{d}/sources"],
                             stdout=subprocess.DEVNULL, stderr=open(f"{d}/stderr", "w"))
@@ -77,11 +151,16 @@ secret = "load"
         time.sleep(0.2)
         metrics = open(f"{d}/metrics").read().strip()
         addrs = dict(l.split(" ") for l in open(f"{d}/sources").read().splitlines())
+        abuser = Abuser(addrs)
+        if abuse:
+            abuser.start()
+            time.sleep(1)
         host, port = addrs["syslog_udp"].rsplit(":", 1)
         udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         udp.sendto(f"<134>[S=0] |{TITLE}".encode(), (host, int(port)))
         sent_total, line_no = 1, 0
         print("protocol        offered/s   sent     received   lost    accepted")
+        accepted_before = 0.0
         for rate in [int(r) for r in a.udp_rates.split(",")]:
             n = int(rate * a.seconds)
             msgs = [f"<134>[S={line_no + i}] |{cdr(line_no + i)}".encode() for i in range(n)]
@@ -95,9 +174,10 @@ secret = "load"
                 udp.sendto(m, (host, int(port)))
             elapsed = time.time() - start
             sent_total += n
-            received = wait_for(metrics, "ccstream_ingest_received_total", "sbc.audiocodes", sent_total, 10)
-            accepted = scrape(metrics, "ccstream_ingest_accepted_events_total", "sbc.audiocodes")
-            print(f"syslog/udp  {n / elapsed:12.0f} {n:8d} {received - (sent_total - n):10.0f} {sent_total - received:6.0f} {accepted:10.0f}")
+            # Loss on what became events (the garbage is received too, and rejected).
+            accepted = wait_for(metrics, "ccstream_ingest_accepted_events_total", "sbc.audiocodes", accepted_before + n, 10)
+            print(f"syslog/udp  {n / elapsed:12.0f} {n:8d} {accepted - accepted_before:10.0f} {accepted_before + n - accepted:6.0f} {accepted:10.0f}")
+            accepted_before = accepted
         # TCP: as fast as it goes.
         host, port = addrs["syslog_tcp"].rsplit(":", 1)
         tcp = socket.create_connection((host, int(port)))
@@ -113,7 +193,7 @@ secret = "load"
         # Webhooks.
         host, port = addrs["http"].rsplit(":", 1)
         per_thread = a.http_requests // a.http_threads
-        failures = []
+        failures, latencies = [], []
 
         def worker(t):
             c = http.client.HTTPConnection(host, int(port), timeout=60)
@@ -124,9 +204,11 @@ secret = "load"
                     lines.append(json.dumps({"event_id": f"load-{i}", "tenant_id": "t-load", "agent_id": f"a{i % 50}",
                                              "event_type": "agent_state_changed", "occurred_at": "2026-11-30T09:00:00.000Z",
                                              "to_state": "available"}))
-                c.request("POST", "/events", body="\n".join(lines), headers={"Authorization": "Bearer load"})
+                sent = time.time()
+                c.request("POST", "/events", body="\n".join(lines), headers={"Authorization": f"Bearer {SECRET}"})
                 resp = c.getresponse()
                 resp.read()
+                latencies.append(time.time() - sent)
                 if resp.status != 200:
                     failures.append(resp.status)
 
@@ -137,8 +219,15 @@ secret = "load"
         elapsed = time.time() - start
         n = per_thread * a.http_threads
         accepted = scrape(metrics, "ccstream_ingest_accepted_events_total", "http.events")
+        latencies.sort()
+        p50, p99 = latencies[len(latencies) // 2] * 1000, latencies[int(len(latencies) * 0.99)] * 1000
         print(f"http/events {n / elapsed:12.0f} {n:8d} {n - len(failures):10d} {len(failures):6d} {accepted:10.0f}   "
-              f"(requests/s; {n * a.http_batch / elapsed:.0f} events/s durable)")
+              f"(requests/s; {n * a.http_batch / elapsed:.0f} events/s durable; ack p50 {p50:.1f} ms, p99 {p99:.1f} ms)")
+        if abuse:
+            abuser.finish()
+            print(f"abusive client: {abuser.garbage_posts} garbage bodies posted, {abuser.cut} slowloris connections cut off; "
+                  f"dead letters written {scrape(metrics, 'ccstream_ingest_rejected_total', 'http.events'):.0f} rejected lines "
+                  f"-> dropped past the rate: {scrape(metrics, 'ccstream_ingest_dead_letters_dropped_total', 'http.events') + scrape(metrics, 'ccstream_ingest_dead_letters_dropped_total', 'sbc.audiocodes'):.0f}")
     finally:
         proc.terminate()
         proc.wait()

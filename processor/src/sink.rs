@@ -966,8 +966,13 @@ fn local_root(location: &str) -> Option<std::path::PathBuf> {
     Url::parse(location).ok().filter(|u| u.scheme() == "file").and_then(|u| u.to_file_path().ok())
 }
 
+/// Files past which one `syncfs` of their filesystem is cheaper than an fsync each (a
+/// backfill commit adds about a thousand).
+const SYNCFS_FILES: usize = 8;
+
 /// Fsyncs `files` (paths under `root`) and the directories that hold them, up to `root`
 /// (and `root` itself when `with_root`; a new file's entry is in its parent directory).
+/// Many files are made durable by one `syncfs` of the filesystem that holds `root`.
 async fn sync_files(root: std::path::PathBuf, files: Vec<String>, with_root: bool) -> Result<()> {
     tokio::task::spawn_blocking(move || {
         let sync = |path: &std::path::Path| {
@@ -975,6 +980,17 @@ async fn sync_files(root: std::path::PathBuf, files: Vec<String>, with_root: boo
                 .and_then(|f| f.sync_all())
                 .map_err(|source| Error::Sync { path: path.display().to_string(), source })
         };
+        if files.len() > SYNCFS_FILES {
+            use std::os::fd::AsRawFd;
+            let dir = std::fs::File::open(&root)
+                .map_err(|source| Error::Sync { path: root.display().to_string(), source })?;
+            // SAFETY: syncfs takes an open descriptor, which `dir` holds for the call.
+            if unsafe { libc::syncfs(dir.as_raw_fd()) } != 0 {
+                let source = std::io::Error::last_os_error();
+                return Err(Error::Sync { path: root.display().to_string(), source });
+            }
+            return Ok(());
+        }
         let mut dirs = std::collections::BTreeSet::new();
         for f in &files {
             let path = root.join(f);
