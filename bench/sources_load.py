@@ -226,8 +226,8 @@ secret = "{SECRET}"
         if abuse:
             abuser.finish()
             print(f"abusive client: {abuser.garbage_posts} garbage bodies posted, {abuser.cut} slowloris connections cut off; "
-                  f"dead letters written {scrape(metrics, 'ccstream_ingest_rejected_total', 'http.events'):.0f} rejected lines "
-                  f"-> dropped past the rate: {scrape(metrics, 'ccstream_ingest_dead_letters_dropped_total', 'http.events') + scrape(metrics, 'ccstream_ingest_dead_letters_dropped_total', 'sbc.audiocodes'):.0f}")
+                  f"{scrape(metrics, 'ccstream_ingest_rejected_total', 'http.events'):.0f} garbage lines rejected; "
+                  f"dead letters dropped past the rate: {scrape(metrics, 'ccstream_ingest_dead_letters_dropped_total', 'http.events') + scrape(metrics, 'ccstream_ingest_dead_letters_dropped_total', 'sbc.audiocodes'):.0f}")
     finally:
         proc.terminate()
         proc.wait()
