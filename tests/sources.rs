@@ -549,6 +549,10 @@ presence_poll_s = 1
         note("state-42-7f3a9c1e5b").as_bytes(),
     );
     assert_eq!(ok.0, 202, "{}", ok.1);
+    // A record id that is not a GUID (a path out of /callRecords) is never fetched.
+    let traversal = note("state-42-7f3a9c1e5b").replace(fake_graph::ANSWERED, "../../../users");
+    let r = http(http_addr, "POST", &format!("/graph/notifications?code={SECRET}"), &[], traversal.as_bytes());
+    assert_eq!(r, (202, r#"{"queued":0}"#.to_string()));
     // Lifecycle notifications: renew the subscriptions; list what was missed.
     let lifecycle = |event: &str| {
         format!(
@@ -646,8 +650,14 @@ presence_poll_s = 1
     let facts =
         sql_csv(&data, &format!("SELECT wait_s, talk_s FROM call_facts WHERE call_id = '{}'", fake_graph::ANSWERED));
     assert_eq!(facts.lines().nth(1), Some("52.0,338.0"), "the re-emitted call events changed nothing");
-    let dead = sql_csv(&data, "SELECT source, reason FROM dead_letters");
-    assert_eq!(dead.lines().skip(1).collect::<Vec<_>>(), ["graph.callrecord,wrong clientState"]);
+    let dead = sql_csv(&data, "SELECT source, reason FROM dead_letters ORDER BY reason");
+    assert_eq!(
+        dead.lines().skip(1).collect::<Vec<_>>(),
+        [
+            "graph.callrecord,\"call record id \"\"../../../users\"\" is not a GUID\"",
+            "graph.callrecord,wrong clientState"
+        ]
+    );
 
     let seen = seen.lock().unwrap();
     assert_eq!(

@@ -58,6 +58,10 @@ pub struct GraphConfig {
     /// listed and fetched when new.
     #[serde(default = "default_catch_up_hours")]
     pub catch_up_hours: u64,
+    /// Also list and fetch what is new this often (seconds; 0 = never): what a lost or
+    /// failed notification missed comes then at the latest.
+    #[serde(default = "default_catch_up_every_s")]
+    pub catch_up_every_s: u64,
     /// Pull `getDirectRoutingCalls` this often (seconds; 0 = never).
     #[serde(default)]
     pub direct_routing_poll_s: u64,
@@ -81,6 +85,10 @@ fn default_graph_url() -> String {
 fn default_catch_up_hours() -> u64 {
     24
 }
+fn default_catch_up_every_s() -> u64 {
+    3600
+}
+
 fn default_presence_poll_s() -> u64 {
     60
 }
@@ -159,6 +167,17 @@ impl GraphLink {
         });
         tokio::spawn(fetcher(Arc::clone(&link), Arc::clone(ctx), fetch_rx));
         tokio::spawn(keeper(Arc::clone(&link), Arc::clone(ctx), lifecycle_rx));
+        if link.config.catch_up_every_s > 0 {
+            let (every, link) = (Duration::from_secs(link.config.catch_up_every_s), Arc::clone(&link));
+            tokio::spawn(async move {
+                let mut ticker = tokio::time::interval(every);
+                ticker.tick().await; // the keeper catches up at start
+                loop {
+                    ticker.tick().await;
+                    link.lifecycle(Lifecycle::CatchUp);
+                }
+            });
+        }
         for (log, every) in
             [(Log::DirectRouting, link.config.direct_routing_poll_s), (Log::Pstn, link.config.pstn_poll_s)]
         {
@@ -174,6 +193,13 @@ impl GraphLink {
 
     fn url(&self, path: &str) -> String {
         format!("{}/v1.0{path}", self.config.graph_url.trim_end_matches('/'))
+    }
+
+    /// Whether `url` (a `@odata.nextLink` from a response) is on this link's Graph: the
+    /// token goes nowhere else.
+    fn on_graph(&self, url: &str) -> bool {
+        let base = self.config.graph_url.trim_end_matches('/');
+        url.strip_prefix(base).is_some_and(|rest| rest.starts_with('/'))
     }
 
     /// Queues a call record for fetching (a notification's id).
@@ -364,13 +390,23 @@ async fn fetch_record(link: &GraphLink, ctx: &Context, id: &str) -> Result<(), G
         return Ok(()); // this version (or a newer one) is already published
     }
     let mut next = record.sessions_next_link.take();
+    // A record with a sessions page missing is published with what it has but not marked
+    // seen: the next notification or catch-up fetches it whole.
+    let mut complete = true;
     while let Some(page_url) = next {
+        if !link.on_graph(&page_url) {
+            let reason = format!("a sessions page link off the Graph endpoint: {page_url}");
+            ctx.reject(&mut batch, callrecord::SOURCE, &origin, Reject::Invalid, reason, page_url.as_bytes());
+            complete = false;
+            break;
+        }
         let page = link.get(&page_url).await?;
         ctx.telemetry.received_bytes.with_label_values(&[callrecord::SOURCE]).inc_by(page.len() as u64);
         next = match merge_sessions_page(&mut record, &mut raw, &page) {
             Ok(n) => n,
             Err(e) => {
                 ctx.reject(&mut batch, callrecord::SOURCE, &page_url, Reject::Malformed, e.to_string(), &page);
+                complete = false;
                 None
             }
         };
@@ -386,10 +422,19 @@ async fn fetch_record(link: &GraphLink, ctx: &Context, id: &str) -> Result<(), G
         }
         Err(e) => ctx.reject(&mut batch, callrecord::SOURCE, &origin, Reject::Invalid, e.to_string(), &body),
     }
-    if ctx.publisher.publish(batch).await.is_ok() {
+    if ctx.publisher.publish(batch).await.is_ok() && complete {
         link.mark_seen(&record.id, record.version);
     }
     Ok(())
+}
+
+/// Whether `s` is a GUID (`8-4-4-4-12` hex digits, either case): the only ids that go into a
+/// Graph URL.
+pub fn is_guid(s: &str) -> bool {
+    s.len() == 36
+        && s.bytes()
+            .enumerate()
+            .all(|(i, b)| if matches!(i, 8 | 13 | 18 | 23) { b == b'-' } else { b.is_ascii_hexdigit() })
 }
 
 /// Lists records that started in the catch-up window and queues the new ones.
@@ -418,11 +463,11 @@ async fn catch_up(link: &GraphLink, ctx: &Context) -> Result<usize, GraphError> 
             }
         };
         for r in page.value {
-            if link.seen_version(&r.id).is_none_or(|v| v < r.version) && link.queue_fetch(r.id) {
+            if is_guid(&r.id) && link.seen_version(&r.id).is_none_or(|v| v < r.version) && link.queue_fetch(r.id) {
                 queued += 1;
             }
         }
-        next = page.next_link;
+        next = page.next_link.filter(|u| link.on_graph(u));
     }
     Ok(queued)
 }

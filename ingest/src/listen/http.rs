@@ -410,8 +410,16 @@ async fn graph_notifications(State(ctx): State<Arc<Context>>, req: Request<Body>
         Err(r) => return r,
     };
     let mut queued = 0;
+    let mut batch = Batch::new(callrecord::SOURCE);
     for (n, link) in valid {
         if let Some(id) = n.resource_id().filter(|_| n.is_call_record()) {
+            // Only a GUID becomes part of a Graph URL.
+            if !graph::is_guid(&id) {
+                let origin = format!("graph {}", link.config.entra_tenant_id);
+                let reason = format!("call record id {id:?} is not a GUID");
+                ctx.reject(&mut batch, callrecord::SOURCE, &origin, Reject::Invalid, reason, id.as_bytes());
+                continue;
+            }
             if link.queue_fetch(id) {
                 queued += 1;
             } else {
@@ -420,6 +428,7 @@ async fn graph_notifications(State(ctx): State<Arc<Context>>, req: Request<Body>
             }
         }
     }
+    let _ = ctx.publisher.publish(batch).await;
     reply(StatusCode::ACCEPTED, json!({ "queued": queued }))
 }
 
