@@ -520,3 +520,33 @@ fn made_up_event_names_do_not_grow_the_metrics() {
     assert_eq!(series.len(), 1, "{series:?}");
     assert!(series[0].contains("event=\"other\"") && series[0].ends_with(" 500"), "{series:?}");
 }
+
+#[test]
+fn a_syslog_sender_streaming_past_the_read_timeout_is_not_cut_off() {
+    let run =
+        Run::start("metrics_listen = \"127.0.0.1:0\"\n[sources]\nsyslog_tcp = \"127.0.0.1:0\"\nread_timeout_s = 1\n");
+    let samples = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("ingest/tests/fixtures/samples");
+    let rows = std::fs::read_to_string(samples.join("audiocodes_cdr_sbc_signaling_odp.txt")).unwrap();
+    let row = rows.lines().nth(1).unwrap();
+    // 3 s of lines, each write ending inside a line: a message is always under way.
+    let stream: String =
+        (0..30).map(|i| format!("<134>[S={i}] |{}\n", row.replace("c62532:22:625", &format!("st-{i}")))).collect();
+    let chunks: Vec<&[u8]> = stream.as_bytes().chunks(stream.len() / 30 + 7).collect();
+    let mut tcp = std::net::TcpStream::connect(run.addr("syslog_tcp")).unwrap();
+    for c in &chunks {
+        std::io::Write::write_all(&mut tcp, c).unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(3000 / chunks.len() as u64));
+    }
+    drop(tcp);
+    let metrics = run.metrics.unwrap().to_string();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let text = common::scrape_metrics(&metrics).1;
+        assert!(!text.contains("ccstream_ingest_connections_cut_total{"), "cut off:\n{text}");
+        if common::metric_total(&text, "ccstream_ingest_accepted_events_total") >= 30.0 {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "not every line arrived:\n{text}");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}

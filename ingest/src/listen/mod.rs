@@ -324,6 +324,12 @@ impl ReadDeadline {
         }
     }
 
+    /// A message was completed: the next one under way gets a read timeout of its own (a
+    /// sender streaming back to back always has one under way).
+    pub(crate) fn progress(&mut self) {
+        self.started = None;
+    }
+
     /// Reads into `buf` within the deadline: `partial` says whether a message is under
     /// way (bytes of it are buffered). `Err` when the deadline passed first.
     pub(crate) async fn read<R: tokio::io::AsyncRead + Unpin>(

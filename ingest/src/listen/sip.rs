@@ -120,6 +120,7 @@ pub(super) async fn connection(mut stream: TcpStream, peer: std::net::SocketAddr
         loop {
             match message_len(&buf, max) {
                 Ok(Some(len)) => {
+                    deadline.progress();
                     let msg: Vec<u8> = buf.drain(..len).collect();
                     if msg.iter().all(|b| matches!(b, b'\r' | b'\n')) {
                         continue;

@@ -188,6 +188,9 @@ pub(super) async fn connection(mut stream: TcpStream, peer: std::net::SocketAddr
                 }
             }
         }
+        if at > 0 {
+            deadline.progress();
+        }
         buf.drain(..at);
         if eof && !buf.is_empty() && skip == Skip::Nothing {
             // The last message of a stream may lack its LF.
