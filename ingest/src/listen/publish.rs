@@ -111,7 +111,10 @@ impl Batch {
     /// the dead letter of the origin's other rejections in this batch.
     pub fn reject(&mut self, source: &str, origin: &str, line: Option<i64>, reason: String, raw: &[u8]) {
         self.dead_letters += 1;
-        let at = match self.rejections.iter().position(|r| r.origin == origin && r.source == source) {
+        // Most batches have one origin: the last one is looked at first.
+        let same = |r: &Rejections| r.origin == origin && r.source == source;
+        let last = self.rejections.len().checked_sub(1).filter(|&i| same(&self.rejections[i]));
+        let at = match last.or_else(|| self.rejections.iter().position(same)) {
             Some(at) => at,
             None => {
                 self.rejections.push(Rejections {

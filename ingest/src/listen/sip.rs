@@ -101,7 +101,7 @@ pub(super) async fn udp(sock: UdpSocket, ctx: Arc<Context>) {
                 Err(_) => BAD_REQUEST.to_vec(),
             }
         } else {
-            handle(&ctx, &peer.ip().to_string(), &origin, msg).await
+            handle(&ctx, &peer.ip().to_canonical().to_string(), &origin, msg).await
         };
         let _ = sock.send_to(&reply, peer).await;
     }
@@ -112,7 +112,7 @@ pub(super) async fn udp(sock: UdpSocket, ctx: Arc<Context>) {
 pub(super) async fn connection(mut stream: TcpStream, peer: std::net::SocketAddr, ctx: Arc<Context>) {
     let max = ctx.config.max_message_bytes;
     let origin = format!("sip tcp {peer}");
-    let sender = peer.ip().to_string();
+    let sender = peer.ip().to_canonical().to_string();
     let mut buf = Vec::with_capacity(16 * 1024);
     let mut chunk = vec![0u8; 16 * 1024];
     let mut deadline = ReadDeadline::new(&ctx.config);

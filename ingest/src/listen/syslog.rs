@@ -116,7 +116,7 @@ pub(super) async fn udp(sock: UdpSocket, ctx: Arc<Context>) {
                 let reason = format!("datagram exceeds {max} bytes");
                 ctx.reject(&mut batch, SOURCE_CDR, &origin(), Reject::TooLarge, reason, &buf[..n]);
             } else {
-                lines(&ctx, &mut batch, &peer.ip().to_string(), origin, &buf[..n]);
+                lines(&ctx, &mut batch, &peer.ip().to_canonical().to_string(), origin, &buf[..n]);
             }
         }
         let _ = ctx.publisher.send(batch).await;
@@ -128,7 +128,7 @@ pub(super) async fn udp(sock: UdpSocket, ctx: Arc<Context>) {
 /// letter).
 pub(super) async fn connection(mut stream: TcpStream, peer: std::net::SocketAddr, ctx: Arc<Context>) {
     let max = ctx.config.max_message_bytes;
-    let sender = peer.ip().to_string();
+    let sender = peer.ip().to_canonical().to_string();
     let origin = format!("syslog tcp {peer}");
     let mut buf: Vec<u8> = Vec::with_capacity(64 * 1024);
     let mut skip = Skip::Nothing;

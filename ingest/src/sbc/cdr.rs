@@ -527,7 +527,7 @@ impl CdrParser {
         let mut start = 0;
         // `|` is ASCII, so every split point is a char boundary.
         for bar in memchr::memchr_iter(b'|', body.as_bytes()) {
-            // One more than a row has (a trailing `|`), then refused.
+            // Past the limit (and a trailing `|`): refused without splitting the rest.
             if values.len() > MAX_COLUMNS {
                 return Err(CdrError::TooManyColumns);
             }
@@ -535,6 +535,10 @@ impl CdrParser {
             start = bar + 1;
         }
         values.push(body[start..].trim_ascii());
+        // One limit for titles and rows alike; a trailing `|` leaves an empty last field.
+        if values.len() - usize::from(values.last() == Some(&"")) > MAX_COLUMNS {
+            return Err(CdrError::TooManyColumns);
+        }
         let first = values[0];
         if first == "SBCReportType" || first == "MediaReportType" {
             let layout = Layout::from_titles(values.iter().copied().filter(|t| !t.is_empty()))?;
@@ -570,9 +574,6 @@ impl CdrParser {
             return Err(CdrError::UnknownReport(first.chars().take(64).collect()));
         };
         let layout = self.layout(sender, kind);
-        if values.len() > MAX_COLUMNS + usize::from(values.last() == Some(&"")) {
-            return Err(CdrError::TooManyColumns);
-        }
         if values.len() == layout.columns.len() + 1 && values.last() == Some(&"") {
             values.pop(); // a trailing `|`
         }

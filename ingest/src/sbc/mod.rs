@@ -104,9 +104,12 @@ impl SbcMapper {
     }
 
     /// Only `senders` may send, each for its tenants (none given: every sender may send for
-    /// any tenant, as for CDR files an operator ingests).
+    /// any tenant, as for CDR files an operator ingests). Addresses compare in canonical
+    /// form, as the listeners give them (`::ffff:10.0.0.5` is `10.0.0.5`).
     pub fn with_senders(mut self, senders: &[SbcSender]) -> Self {
-        self.senders = senders.iter().map(|s| (s.sender.clone(), s.tenants.clone())).collect();
+        let canonical =
+            |s: &str| s.parse::<std::net::IpAddr>().map_or(s.to_string(), |ip| ip.to_canonical().to_string());
+        self.senders = senders.iter().map(|s| (canonical(&s.sender), s.tenants.clone())).collect();
         self
     }
 
@@ -510,5 +513,22 @@ mod tests {
         // No rule matches: a sender of one tenant sends for it.
         let mut m = SbcMapper::new("default", vec![]).with_senders(&senders);
         assert_eq!(tenant(&m.map_cdr_line("10.0.0.1", row.as_bytes(), 0).unwrap().unwrap()), "contoso");
+        // A sender written as an IPv4-mapped address is the listeners' canonical one.
+        let mapped = [SbcSender { sender: "::ffff:10.0.0.3".into(), tenants: vec!["contoso".into()] }];
+        let mut m = SbcMapper::new("default", vec![]).with_senders(&mapped);
+        assert_eq!(tenant(&m.map_cdr_line("10.0.0.3", row.as_bytes(), 0).unwrap().unwrap()), "contoso");
+    }
+
+    #[test]
+    fn titles_and_rows_have_the_same_column_limit() {
+        let mut m = SbcMapper::new("default", vec![]);
+        for n in [cdr::MAX_COLUMNS + 1, cdr::MAX_COLUMNS + 2] {
+            let title = format!("SBCReportType{}", "|c".repeat(n - 1));
+            let row = format!("CALL_START{}", "|x".repeat(n - 1));
+            for line in [title, row.clone(), format!("{row}|")] {
+                let err = m.map_cdr_line("10.0.0.1", line.as_bytes(), 0).unwrap_err();
+                assert!(matches!(err, CdrError::TooManyColumns), "{n} columns: {err}");
+            }
+        }
     }
 }
