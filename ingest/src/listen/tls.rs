@@ -68,17 +68,29 @@ pub struct TlsListener {
     local: SocketAddr,
 }
 
+/// TLS handshakes a [`TlsListener`] runs at once, at most.
+const MAX_HANDSHAKES: usize = 256;
+
 impl TlsListener {
     pub fn new(tcp: TcpListener, acceptor: TlsAcceptor) -> std::io::Result<TlsListener> {
         let local = tcp.local_addr()?;
         let (tx, rx) = mpsc::channel(256);
+        // Handshakes under way, at most: one past it is closed at once (a sender opening
+        // connections it never finishes cannot pile up tasks).
+        let handshakes = Arc::new(tokio::sync::Semaphore::new(MAX_HANDSHAKES));
         tokio::spawn(async move {
             let mut backoff = Duration::ZERO;
             loop {
                 let (stream, peer) = super::accept_next(&tcp, "tls", &mut backoff).await;
+                let Ok(permit) = Arc::clone(&handshakes).try_acquire_owned() else {
+                    tracing::debug!(%peer, "TLS connection refused: {MAX_HANDSHAKES} handshakes under way");
+                    continue;
+                };
                 let (acceptor, tx) = (acceptor.clone(), tx.clone());
                 tokio::spawn(async move {
-                    if let Ok(Ok(tls)) = tokio::time::timeout(Duration::from_secs(10), acceptor.accept(stream)).await {
+                    let done = tokio::time::timeout(Duration::from_secs(10), acceptor.accept(stream)).await;
+                    drop(permit);
+                    if let Ok(Ok(tls)) = done {
                         let _ = tx.send((tls, peer)).await;
                     }
                 });
