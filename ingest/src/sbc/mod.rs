@@ -79,8 +79,8 @@ pub struct SbcMapper {
     default_tenant: String,
     /// Sender → the tenants it may send for; empty: every sender is trusted (CDR files).
     senders: HashMap<String, Vec<String>>,
-    /// (sender, session or SIP Call-ID) → tenant.
-    tenants: HashMap<(String, String), String>,
+    /// Sender → session or SIP Call-ID → tenant (nested, so a lookup borrows its keys).
+    tenants: HashMap<String, HashMap<String, String>>,
     order: VecDeque<(String, String)>,
 }
 
@@ -154,19 +154,27 @@ impl SbcMapper {
 
     /// The tenant remembered for `key` (a session or SIP Call-ID) of `sender`.
     fn remembered(&self, sender: &str, key: &str) -> Option<&String> {
-        self.tenants.get(&(sender.to_string(), key.to_string()))
+        self.tenants.get(sender)?.get(key)
     }
 
     fn remember(&mut self, sender: &str, key: &str, tenant: &str) {
-        let key = (sender.to_string(), key.to_string());
-        if self.tenants.get(&key).map(String::as_str) == Some(tenant) {
+        if self.remembered(sender, key).map(String::as_str) == Some(tenant) {
             return;
         }
-        if self.tenants.insert(key.clone(), tenant.to_string()).is_none() {
-            self.order.push_back(key);
+        let sessions = match self.tenants.get_mut(sender) {
+            Some(s) => s,
+            None => self.tenants.entry(sender.to_string()).or_default(),
+        };
+        if sessions.insert(key.to_string(), tenant.to_string()).is_none() {
+            self.order.push_back((sender.to_string(), key.to_string()));
             if self.order.len() > MAX_REMEMBERED {
-                if let Some(old) = self.order.pop_front() {
-                    self.tenants.remove(&old);
+                if let Some((old_sender, old)) = self.order.pop_front() {
+                    if let Some(s) = self.tenants.get_mut(&old_sender) {
+                        s.remove(&old);
+                        if s.is_empty() {
+                            self.tenants.remove(&old_sender);
+                        }
+                    }
                 }
             }
         }
@@ -517,6 +525,19 @@ mod tests {
         let mapped = [SbcSender { sender: "::ffff:10.0.0.3".into(), tenants: vec!["contoso".into()] }];
         let mut m = SbcMapper::new("default", vec![]).with_senders(&mapped);
         assert_eq!(tenant(&m.map_cdr_line("10.0.0.3", row.as_bytes(), 0).unwrap().unwrap()), "contoso");
+    }
+
+    #[test]
+    fn sessions_are_forgotten_oldest_first_past_the_limit() {
+        let mut m = SbcMapper::new("default", vec![]);
+        for i in 0..=MAX_REMEMBERED {
+            m.remember(if i % 2 == 0 { "10.0.0.1" } else { "10.0.0.2" }, &format!("s{i}"), "contoso");
+        }
+        assert_eq!(m.remembered("10.0.0.1", "s0"), None);
+        assert_eq!(m.remembered("10.0.0.2", "s1").map(String::as_str), Some("contoso"));
+        let last = format!("s{MAX_REMEMBERED}");
+        assert_eq!(m.remembered("10.0.0.1", &last).map(String::as_str), Some("contoso"));
+        assert_eq!(m.tenants.values().map(HashMap::len).sum::<usize>(), MAX_REMEMBERED);
     }
 
     #[test]
