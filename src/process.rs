@@ -775,9 +775,11 @@ impl Processor {
         partition: Partition,
         calls: &[CallName],
     ) -> Result<SealedRewrite> {
-        let calls_set: HashSet<&CallName> = calls.iter().collect();
+        // Looked up by borrowed (tenant, call id): no string is built per row of a file.
+        let calls_set: HashSet<(&str, &str)> = calls.iter().map(|c| (c.tenant.as_str(), c.call.as_str())).collect();
         let leaving = |b: &RecordBatch| -> Result<Vec<bool>> {
-            Ok(CallName::of_rows(b)?.iter().map(|c| calls_set.contains(c)).collect())
+            let (tenants, ids) = (string_column(b, "tenant_id")?, string_column(b, "call_id")?);
+            Ok((0..b.num_rows()).map(|i| calls_set.contains(&(tenants.value(i), ids.value(i)))).collect())
         };
         self.rewrite_sealed(table, partition, &calls_filter(calls), leaving).await
     }

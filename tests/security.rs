@@ -15,27 +15,16 @@ const FORWARDER: &str = "provider-forwarder-secret-0003";
 /// Two customers with a credential each, the provider's forwarder for any tenant, and an
 /// ACS rule that gives the resource `fabrikam-acs` to fabrikam.
 fn start() -> Run {
+    let webhooks: String =
+        [("contoso", CONTOSO, "contoso"), ("fabrikam", FABRIKAM, "fabrikam"), ("forwarder", FORWARDER, "*")]
+            .iter()
+            .map(|(name, secret, tenant)| {
+                format!("[[sources.webhooks]]\nname = \"{name}\"\nsecret = \"{secret}\"\ntenants = [\"{tenant}\"]\n")
+            })
+            .collect();
     Run::start(&format!(
-        r#"
-[sources]
-default_tenant = "default"
-http = "127.0.0.1:0"
-[[sources.webhooks]]
-name = "contoso"
-secret = "{CONTOSO}"
-tenants = ["contoso"]
-[[sources.webhooks]]
-name = "fabrikam"
-secret = "{FABRIKAM}"
-tenants = ["fabrikam"]
-[[sources.webhooks]]
-name = "forwarder"
-secret = "{FORWARDER}"
-tenants = ["*"]
-[[sources.acs_tenants]]
-tenant = "fabrikam"
-resource = "fabrikam-acs"
-"#
+        "[sources]\ndefault_tenant = \"default\"\nhttp = \"127.0.0.1:0\"\n{webhooks}\
+         [[sources.acs_tenants]]\ntenant = \"fabrikam\"\nresource = \"fabrikam-acs\"\n"
     ))
 }
 

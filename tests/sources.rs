@@ -539,20 +539,15 @@ presence_poll_s = 1
             id = fake_graph::ANSWERED
         )
     };
-    let forged = http(http_addr, "POST", &format!("/graph/notifications?code={SECRET}"), &[], note("guess").as_bytes());
+    let notify =
+        |body: &str| http(http_addr, "POST", &format!("/graph/notifications?code={SECRET}"), &[], body.as_bytes());
+    let forged = notify(&note("guess"));
     assert_eq!(forged.0, 403, "{}", forged.1);
-    let ok = http(
-        http_addr,
-        "POST",
-        &format!("/graph/notifications?code={SECRET}"),
-        &[],
-        note("state-42-7f3a9c1e5b").as_bytes(),
-    );
+    let ok = notify(&note("state-42-7f3a9c1e5b"));
     assert_eq!(ok.0, 202, "{}", ok.1);
     // A record id that is not a GUID (a path out of /callRecords) is never fetched.
     let traversal = note("state-42-7f3a9c1e5b").replace(fake_graph::ANSWERED, "../../../users");
-    let r = http(http_addr, "POST", &format!("/graph/notifications?code={SECRET}"), &[], traversal.as_bytes());
-    assert_eq!(r, (202, r#"{"queued":0}"#.to_string()));
+    assert_eq!(notify(&traversal), (202, r#"{"queued":0}"#.to_string()));
     // Lifecycle notifications: renew the subscriptions; list what was missed.
     let lifecycle = |event: &str| {
         format!(
@@ -632,13 +627,7 @@ presence_poll_s = 1
     // A newer version of the record re-emits: its streams replace the old ones in the view,
     // the unchanged call events are duplicates. The same version again adds nothing.
     for _ in 0..2 {
-        let r = http(
-            http_addr,
-            "POST",
-            &format!("/graph/notifications?code={SECRET}"),
-            &[],
-            note("state-42-7f3a9c1e5b").as_bytes(),
-        );
+        let r = notify(&note("state-42-7f3a9c1e5b"));
         assert_eq!(r.0, 202, "{}", r.1);
     }
     wait_for_rows(

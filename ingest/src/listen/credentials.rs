@@ -55,12 +55,12 @@ impl TenantScope {
         match (self, named) {
             (TenantScope::Any, Some(t)) => Ok(t.to_string()),
             (TenantScope::Any, None) => Ok(default.to_string()),
-            (TenantScope::Only(ts), Some(t)) if ts.iter().any(|x| x == t) => Ok(t.to_string()),
+            (scope @ TenantScope::Only(_), Some(t)) if scope.allows(t) => Ok(t.to_string()),
             (TenantScope::Only(ts), Some(t)) => {
                 Err(format!("names a resource of tenant {t:?}; the credential speaks for {}", ts.join(", ")))
             }
             (TenantScope::Only(ts), None) if ts.len() == 1 => Ok(ts[0].clone()),
-            (TenantScope::Only(ts), None) if ts.iter().any(|x| x == default) => Ok(default.to_string()),
+            (scope @ TenantScope::Only(_), None) if scope.allows(default) => Ok(default.to_string()),
             (TenantScope::Only(ts), None) => {
                 Err(format!("no rule names its tenant, and the credential speaks for several ({})", ts.join(", ")))
             }
@@ -77,6 +77,17 @@ pub enum Verdict {
     Wrong,
     /// A credential's: its name and tenants.
     Allowed { name: String, scope: TenantScope },
+}
+
+impl Verdict {
+    /// The status and reason a refused request gets (`None`: allowed).
+    pub fn refusal(&self) -> Option<(axum::http::StatusCode, &'static str)> {
+        match self {
+            Verdict::Missing => Some((axum::http::StatusCode::UNAUTHORIZED, "no webhook secret")),
+            Verdict::Wrong => Some((axum::http::StatusCode::FORBIDDEN, "wrong webhook secret")),
+            Verdict::Allowed { .. } => None,
+        }
+    }
 }
 
 /// The configured webhook credentials.

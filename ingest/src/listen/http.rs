@@ -200,10 +200,7 @@ async fn admit(ctx: &Context, source: &'static str, req: Request) -> Result<Admi
             drop(body);
             ctx.telemetry.seen(source, declared.unwrap_or(0), now);
             ctx.telemetry.reject(source, Reject::Unauthorized);
-            let (status, why) = match verdict {
-                Verdict::Missing => (StatusCode::UNAUTHORIZED, "no webhook secret"),
-                _ => (StatusCode::FORBIDDEN, "wrong webhook secret"),
-            };
+            let (status, why) = verdict.refusal().expect("not allowed");
             tracing::info!(source, %origin, why, "webhook request refused");
             return Err(reply(status, json!({ "error": why })));
         }
@@ -279,20 +276,21 @@ async fn events(State(ctx): State<Arc<Context>>, req: Request<Body>) -> Response
         let checked = std::str::from_utf8(line)
             .map_err(|_| "not UTF-8".to_string())
             .and_then(|text| Event::from_json(text).map_err(|e| e.to_string()))
-            .and_then(|e| e.validate().map(|_| e).map_err(|e| e.to_string()))
+            .and_then(|e| e.validate().map(|typed| (e, typed)).map_err(|e| e.to_string()))
             .map_err(|reason| (Reject::Invalid, reason))
-            .and_then(|e| match e.tenant_id.as_deref() {
+            .and_then(|(e, typed)| match e.tenant_id.as_deref() {
                 Some(t) if !scope.allows(t) => {
                     Err((Reject::Unauthorized, format!("tenant_id {t:?} is not a tenant of this request's credential")))
                 }
-                _ => Ok(e),
+                _ => Ok((e, typed)),
             });
         match checked {
-            Ok(mut event) => {
+            Ok((mut event, typed)) => {
+                // Checked once: the source set here is none of what `validate` checks.
                 if event.source.is_none() {
                     event.source = Some(SOURCE_EVENTS.into());
                 }
-                batch.event(event, now);
+                batch.validated_event(&event, typed, now);
             }
             Err((why, reason)) => {
                 let at = Some(i as i64 + 1);
@@ -314,10 +312,8 @@ async fn events(State(ctx): State<Arc<Context>>, req: Request<Body>) -> Response
 /// answered `200` with `WebHook-Allowed-Origin` set to that origin (any rate). It needs the
 /// secret like every other request.
 async fn abuse_protection(State(ctx): State<Arc<Context>>, headers: HeaderMap, uri: Uri) -> Response {
-    match ctx.credentials.check(presented(&headers, &uri).as_deref()) {
-        Verdict::Missing => return reply(StatusCode::UNAUTHORIZED, json!({ "error": "no webhook secret" })),
-        Verdict::Wrong => return reply(StatusCode::FORBIDDEN, json!({ "error": "wrong webhook secret" })),
-        Verdict::Allowed { .. } => {}
+    if let Some((status, why)) = ctx.credentials.check(presented(&headers, &uri).as_deref()).refusal() {
+        return reply(status, json!({ "error": why }));
     }
     let Some(origin) = headers.get("webhook-request-origin").cloned() else {
         return reply(StatusCode::BAD_REQUEST, json!({ "error": "no WebHook-Request-Origin header" }));

@@ -211,6 +211,12 @@ impl Context {
         batch.reject(source, origin, line, reason, raw);
     }
 
+    /// Counts and logs a TCP source connection of `listener` that `cutoff` ended.
+    pub(crate) fn cut(&self, listener: &'static str, peer: SocketAddr, cutoff: Cutoff) {
+        self.telemetry.connections_cut.with_label_values(&[listener, cutoff.as_str()]).inc();
+        tracing::debug!(listener, %peer, reason = cutoff.as_str(), "connection cut off");
+    }
+
     fn sbc(&self) -> std::sync::MutexGuard<'_, SbcMapper> {
         self.sbc.lock().unwrap_or_else(|p| p.into_inner())
     }

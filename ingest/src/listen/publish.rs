@@ -92,18 +92,22 @@ impl Batch {
     /// A mapping always makes valid events; should one not be, it goes on the log as JSON
     /// and the processor dead-letters it with the reason.
     pub fn event(&mut self, mut event: Event<'_>, now_ms: i64) {
-        let value = match event.validate() {
-            Ok(typed) => {
-                let mut value = Vec::with_capacity(160);
-                encode_event(&event, &Validated { ingested_at_ms: Some(now_ms), ..typed }, &mut value);
-                value
-            }
+        match event.validate() {
+            Ok(typed) => self.validated_event(&event, typed, now_ms),
             Err(_) => {
                 event.ingested_at = Some(format_rfc3339_ms(now_ms).into());
-                event.to_json().into_bytes()
+                self.records.push((event_key(&event).to_vec(), event.to_json().into_bytes()));
+                self.events += 1;
             }
-        };
-        self.records.push((event_key(&event).to_vec(), value));
+        }
+    }
+
+    /// Adds an event the caller has checked (`typed` is its [`Event::validate`]), stamped as
+    /// ingested at `now_ms`.
+    pub fn validated_event(&mut self, event: &Event<'_>, typed: Validated, now_ms: i64) {
+        let mut value = Vec::with_capacity(160);
+        encode_event(event, &Validated { ingested_at_ms: Some(now_ms), ..typed }, &mut value);
+        self.records.push((event_key(event).to_vec(), value));
         self.events += 1;
     }
 

@@ -152,8 +152,7 @@ pub(super) async fn connection(mut stream: TcpStream, peer: std::net::SocketAddr
         let read = match deadline.read(&mut stream, &mut chunk, !buf.is_empty()).await {
             Ok(read) => read,
             Err(cutoff) => {
-                ctx.telemetry.connections_cut.with_label_values(&["sip_tcp", cutoff.as_str()]).inc();
-                tracing::debug!(listener = "sip_tcp", %peer, reason = cutoff.as_str(), "connection cut off");
+                ctx.cut("sip_tcp", peer, cutoff);
                 Ok(0)
             }
         };

@@ -139,8 +139,7 @@ pub(super) async fn connection(mut stream: TcpStream, peer: std::net::SocketAddr
         let n = match deadline.read(&mut stream, &mut chunk, partial).await {
             Ok(read) => read.unwrap_or(0),
             Err(cutoff) => {
-                ctx.telemetry.connections_cut.with_label_values(&["syslog_tcp", cutoff.as_str()]).inc();
-                tracing::debug!(listener = "syslog_tcp", %peer, reason = cutoff.as_str(), "connection cut off");
+                ctx.cut("syslog_tcp", peer, cutoff);
                 if !buf.is_empty() {
                     let mut batch = Batch::new(SOURCE_CDR);
                     let reason = format!("a message did not arrive whole within {} s", ctx.config.read_timeout_s);

@@ -1247,7 +1247,10 @@ impl CallFold {
             };
             out.push(Some(c));
             let mut rev = revision.value(i);
-            let fixed = fixes.get(&(tenants.value(i).to_string(), ids.value(i).to_string()));
+            // Keys are built only when there are corrections to look up (rarely, after a crash).
+            let fixed = (!fixes.is_empty())
+                .then(|| fixes.get(&(tenants.value(i).to_string(), ids.value(i).to_string())))
+                .flatten();
             for (r, column, value) in fixed.into_iter().flatten() {
                 if *r > revision.value(i) {
                     if let Some(pos) = names.iter().position(|n| n == column) {
@@ -1947,7 +1950,8 @@ fn partial_rows(b: &RecordBatch, dicts: &mut Dictionaries, fixes: &Fixes) -> Res
         );
         let mut v: [Option<i64>; 13] = std::array::from_fn(|j| values[j].is_valid(i).then(|| values[j].value(i)));
         let mut rev = revision.value(i);
-        let fixed = fixes.get(&(tenants.value(i).to_string(), partial_key(dicts, &key)));
+        let fixed =
+            (!fixes.is_empty()).then(|| fixes.get(&(tenants.value(i).to_string(), partial_key(dicts, &key)))).flatten();
         for (r, column, value) in fixed.into_iter().flatten() {
             if *r > revision.value(i) {
                 if let Some(pos) = Part::COLUMNS.iter().position(|n| n == column) {
